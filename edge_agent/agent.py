@@ -1,0 +1,276 @@
+"""The daemon: wiring and lifecycle only.
+
+Start-up order matters: take the instance lock, open the database, recover what a
+crash left, open GPIO (outputs to ``initial``), start the workers, then tell systemd
+READY. Everything else (the broker, the clock sync) may come later: the agent works
+offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
+``drain_timeout``, then outputs go to their safe state. SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__, systemd
+from .actions import Registry, Runtime, build_registry
+from .commands import Command, NewCommand
+from .config import Settings, load_settings
+from .errors import AlreadyRunning, ConfigError, EdgeAgentError, StorageError
+from .hardware import Hardware
+from .journal import Journal
+from .runner import Runner
+from .store import Store
+from .taskqueue import TaskQueue
+from .tasks import set_submitter
+
+__all__ = ["Agent", "check_jobs"]
+
+log = logging.getLogger(__name__)
+
+
+def check_jobs(settings: Settings, registry: Registry) -> None:
+    """Every job names a known action with valid arguments; raises ConfigError naming the job."""
+    for job in settings.jobs:
+        try:
+            registry.validate(job.action, job.args)
+        except EdgeAgentError as exc:
+            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.action") from None
+
+
+class _InstanceLock:
+    """An flock on ``<db>.lock``: one daemon per database."""
+
+    def __init__(self, db_path: str):
+        self.path = db_path + ".lock"
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot create the lock file: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise AlreadyRunning(f"another edge-agent (pid {other}) is already running on {db_path}") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def daemon_running(db_path: str) -> int | None:
+    """The pid of the daemon holding ``db_path``'s lock, or None."""
+    try:
+        fd = os.open(db_path + ".lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
+
+
+class Agent:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._lock: _InstanceLock | None = None
+        self.store: Store | None = None
+        self.hardware: Hardware | None = None
+        self.queue: TaskQueue | None = None
+        self.link: Any = None
+        self.scheduler: Any = None
+        self.watchdog: Any = None
+        self._components: list[Any] = []
+
+    # ----------------------------------------------------------------- start
+
+    def start(self) -> None:
+        s = self.settings
+        self._lock = _InstanceLock(s.db_path)
+        self.store = Store(s.db_path, sync=s.sync)
+        journal = Journal(self.store)
+        runtime = Runtime(started_monotonic=self.started_monotonic)
+        self.registry = build_registry(s, runtime)
+        check_jobs(s, self.registry)
+
+        self.link = self._make_link()
+        reporter = self.link.reporter if self.link else None
+        self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, seq, when: queue.retry_at(cur, seq, when),
+                             reporter=reporter, network_up=self._network_up)
+        queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
+                                       on_submitted=self.link.accepted if self.link else None)
+        runtime.submit = queue.submit
+        runtime.publish = self.link.publish if self.link else None
+        set_submitter(queue.submit)
+
+        self.hardware = Hardware(s.devices, s.pin_factory, on_change=self._on_gpio_change)
+        runtime.hardware = self.hardware
+        self.hardware.open()
+
+        interrupted = queue.recover(lambda cmd: self.registry.is_idempotent(cmd.action, cmd.args))
+        if interrupted and self.link:
+            with self.store.transaction() as cur:
+                for cmd in interrupted:
+                    self.link.reporter.finished(cur, cmd)
+        with self.store.transaction() as cur:
+            self.store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
+        self._prune()
+        queue.start(s.db_path)
+        self._components = []
+        self.scheduler = self._make_scheduler()
+        if self.scheduler is not None:
+            self.scheduler.start()
+            self._components.append(self.scheduler)
+        if self.link is not None:
+            self.link.start(hardware_states=self.hardware.states())
+            self._components.append(self.link)
+        log.info("edge-agent %s ready: device %r, %d device(s), %d job(s), %d window(s), MQTT %s, database %s",
+                 __version__, s.device_id, len(s.devices), len(s.jobs), len(s.windows),
+                 f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt else "off", s.db_path)
+        systemd.notify("READY=1\nSTATUS=running")
+
+    def _make_link(self) -> Any:
+        if self.settings.mqtt is None:
+            return None
+        from .mqtt import MqttLink
+
+        assert self.store is not None
+        return MqttLink(self.settings, self.store, agent=self)
+
+    def _make_scheduler(self) -> Any:
+        if not self.settings.jobs and not self.settings.windows:
+            return None
+        from .scheduler import Scheduler
+
+        assert self.store is not None and self.queue is not None and self.hardware is not None
+        return Scheduler(self.settings, self.store, submit=self.queue.submit, hardware=self.hardware)
+
+    def _network_up(self) -> bool:
+        return True
+
+    def _on_gpio_change(self, name: str, value: Any) -> None:
+        if self.link is not None:
+            self.link.gpio_changed(name, value)
+
+    def _prune(self) -> None:
+        assert self.store is not None
+        removed = Journal(self.store).prune(time.time() - self.settings.keep)
+        if removed:
+            log.info("forgot %d finished command(s) older than %.0f days", removed, self.settings.keep / 86400)
+
+    # ----------------------------------------------------------------- run
+
+    def install_signal_handlers(self) -> None:
+        # Handlers only set flags: the main loop does the work.
+        def stop(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+            self._wake.set()
+
+        def reload(signum: int, frame: Any) -> None:
+            self._reload_requested = True
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def run_forever(self, *, on_tick: Callable[[], None] | None = None) -> None:
+        interval = systemd.watchdog_interval()
+        last_prune = time.monotonic()
+        while not self._stop_requested:
+            self._wake.wait(interval if interval else 3600.0)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if interval and self.alive():
+                systemd.notify("WATCHDOG=1")
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                self._prune()
+            if on_tick:
+                on_tick()
+
+    def alive(self) -> bool:
+        """Whether every loop that must run is running (the watchdog is fed only then)."""
+        return all(getattr(c, "alive", lambda: True)() for c in self._components)
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP): jobs, windows and log level change live; the rest needs a restart."""
+        try:
+            new = load_settings(self.settings.path)
+            check_jobs(new, self.registry)
+        except EdgeAgentError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old = self.settings
+        needs_restart = [name for name in ("device_id", "groups", "db_path", "sync", "mqtt", "pin_factory", "devices",
+                                           "task_modules", "task_paths", "workers")
+                         if getattr(old, name) != getattr(new, name)]
+        self.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.scheduler is not None:
+            self.scheduler.reload(new)
+        elif new.jobs or new.windows:
+            self.scheduler = self._make_scheduler()
+            if self.scheduler is not None:
+                self.scheduler.start()
+                self._components.append(self.scheduler)
+        if needs_restart:
+            log.warning("reloaded; these changes take effect at the next restart: %s", ", ".join(needs_restart))
+        else:
+            log.info("reloaded %s", new.path)
+
+    # ----------------------------------------------------------------- stop
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        for component in reversed(self._components):
+            try:
+                component.stop()
+            except Exception:
+                log.exception("stopping %s", type(component).__name__)
+        if self.queue is not None:
+            log.info("draining: %d command(s) running, up to %.0fs", self.queue.busy, self.settings.drain_timeout)
+            if not self.queue.stop(self.settings.drain_timeout):
+                log.warning("commands still running after %.0fs; they will be recovered at the next start",
+                            self.settings.drain_timeout)
+        if self.hardware is not None:
+            self.hardware.close()
+        if self.link is not None:
+            self.link.close()
+        set_submitter(None)
+        if self.store is not None:
+            self.store.flush()
+            self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        log.info("stopped")
+
+    # ----------------------------------------------------------------- facts for state
+
+    def submit(self, new: NewCommand) -> tuple[Command, bool]:
+        assert self.queue is not None
+        return self.queue.submit(new)

@@ -1,0 +1,320 @@
+"""The ``edge-agent`` command: a thin shell over the library.
+
+Exit codes: 0 success; 1 the thing asked for failed; 2 usage or config error.
+Imports are lazy so that ``--help`` and ``send`` start quickly on a 1 GHz CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="edge-agent", description="A durable task runner for Raspberry Pi-class devices.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def cmd(name: str, help_text: str, *, config: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            sp.add_argument("--config", metavar="PATH", help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.toml)")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON document")
+        return sp
+
+    cmd("run", "run the daemon in the foreground (systemd Type=notify)", json_flag=False)
+    s = cmd("send", "queue a command (also while the daemon is down) and print its id")
+    s.add_argument("action", help="action name, e.g. gpio.set")
+    s.add_argument("pairs", nargs="*", metavar="key=value", help="arguments; values are read as JSON when they parse, else as text")
+    s.add_argument("--args", metavar="JSON", help="arguments as one JSON object")
+    s.add_argument("--id", help="command id (a repeated id runs at most once)")
+    s.add_argument("--ttl", type=float, metavar="SECONDS", help="expire if it cannot start within this time")
+    s.add_argument("--wait", nargs="?", const=30.0, type=float, metavar="SECONDS", help="wait for the outcome (default 30 s)")
+    st = cmd("status", "is it all right? daemon, MQTT link, queue, outbox, clock, next firings, failures")
+    st.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS", help="refresh every SECONDS")
+    j = cmd("jobs", "every job and window: trigger, next firings, last fired")
+    j.add_argument("--from", dest="start", metavar="ISO", help="list firings after this instant (default: now)")
+    j.add_argument("--count", type=int, default=3, metavar="N", help="firings per job (default 3)")
+    su = cmd("sun", "solar events of one local date")
+    su.add_argument("--date", metavar="YYYY-MM-DD", help="local date (default: today)")
+    su.add_argument("--lat", type=float, help="latitude (with --lon and --tz no config is needed)")
+    su.add_argument("--lon", type=float, help="longitude")
+    su.add_argument("--tz", help="IANA time zone, e.g. Europe/Istanbul")
+    h = cmd("history", "recent commands and their outcomes")
+    h.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    cmd("check", "validate the config; exit 2 with a clear message when it is wrong", json_flag=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import ConfigError, EdgeAgentError, InvalidCommand
+
+    try:
+        handler = globals()[f"_cmd_{args.command}"]
+        return int(handler(args))
+    except (ConfigError, InvalidCommand) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
+    except EdgeAgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .config import config_path, load_settings
+
+    return load_settings(config_path(args.config))
+
+
+def _out(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    import logging
+
+    from .agent import Agent
+    from .errors import ConfigError, EdgeAgentError
+
+    log = logging.getLogger("edge_agent")
+    agent = Agent(settings)
+    agent.install_signal_handlers()
+    try:
+        agent.start()
+    except EdgeAgentError as exc:
+        log.critical("cannot start: %s", exc)
+        agent.stop()
+        return 2 if isinstance(exc, ConfigError) else 1
+    except BaseException:
+        log.critical("cannot start", exc_info=True)
+        agent.stop()
+        return 1
+    try:
+        agent.run_forever()
+    except BaseException:
+        log.critical("fatal error; putting outputs in their safe state", exc_info=True)
+        agent.stop()
+        return 1
+    agent.stop()
+    return 0
+
+
+# --------------------------------------------------------------------------- send
+
+
+def parse_pairs(pairs: Sequence[str], args_json: str | None) -> dict[str, Any]:
+    """``key=value`` words (values read as JSON when they parse) over an optional JSON object."""
+    from .errors import InvalidCommand
+
+    out: dict[str, Any] = {}
+    if args_json is not None:
+        try:
+            doc = json.loads(args_json)
+        except ValueError as exc:
+            raise InvalidCommand(f"--args is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidCommand(f"--args must be a JSON object, got {type(doc).__name__}")
+        out.update(doc)
+    for word in pairs:
+        key, sep, raw = word.partition("=")
+        if not sep or not key.strip():
+            raise InvalidCommand(f"expected key=value, got {word!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from .actions import build_registry
+    from .client import LocalClient
+    from .commands import NewCommand, check_id
+
+    settings = _settings(args)
+    values = parse_pairs(args.pairs, args.args)
+    registry = build_registry(settings)
+    _, clean = registry.validate(args.action, values)
+    fields: dict[str, Any] = {"action": args.action, "args": clean, "source": "cli"}
+    if args.id is not None:
+        fields["id"] = check_id(args.id)
+    if args.ttl is not None:
+        if args.ttl <= 0:
+            from .errors import InvalidCommand
+
+            raise InvalidCommand("--ttl must be a positive number of seconds")
+        fields["deadline"] = time.time() + args.ttl
+    client = LocalClient(settings)
+    cmd, created = client.submit(NewCommand(**fields))
+    from .agent import daemon_running
+
+    if not args.json:
+        print(cmd.id)
+        if not created:
+            print(f"note: id {cmd.id} is already known ({cmd.state}); it was not queued again", file=sys.stderr)
+        if daemon_running(settings.db_path) is None:
+            print("note: the daemon is not running; the command runs when it starts", file=sys.stderr)
+    if args.wait is None:
+        if args.json:
+            _out({"id": cmd.id, "status": "accepted" if created else cmd.state, "duplicate": not created})
+        return 0
+    end = time.monotonic() + args.wait
+    delay = 0.002
+    while True:
+        current = client.journal.get(cmd.id)
+        if current is not None and current.terminal:
+            break
+        if time.monotonic() >= end:
+            if args.json:
+                _out({"id": cmd.id, "status": current.state if current else "unknown", "timeout": True})
+            else:
+                print(f"no outcome after {args.wait:g}s (state: {current.state if current else 'unknown'})", file=sys.stderr)
+            return 1
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+    outcome = current.outcome()
+    if not created:
+        outcome["duplicate"] = True
+    if args.json:
+        _out(outcome)
+    elif current.state == "succeeded":
+        print(f"succeeded: {json.dumps(current.result)}")
+    else:
+        print(f"{current.state}: {current.error_type}: {current.error_message}")
+    return 0 if current.state == "succeeded" else 1
+
+
+# --------------------------------------------------------------------------- status / history
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect_status, render_status
+
+    settings = _settings(args)
+    while True:
+        doc = collect_status(settings)
+        if args.json:
+            _out(doc)
+        else:
+            if args.watch:
+                print("\x1b[2J\x1b[H", end="")
+            print(render_status(doc))
+        if not args.watch:
+            return 0 if doc["daemon"]["running"] else 1
+        time.sleep(args.watch)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from .client import LocalClient
+
+    settings = _settings(args)
+    client = LocalClient(settings, create=False)
+    rows = client.journal.history(max(1, args.n))
+    if args.json:
+        _out({"commands": [dict(c.outcome(), created=c.created, source=c.source, args=c.args) for c in rows]})
+        return 0
+    if not rows:
+        print("no commands yet")
+    for c in rows:
+        err = f"  {c.error_type}: {c.error_message}" if c.error_type else ""
+        res = f"  {json.dumps(c.result)}" if c.result is not None and c.state == "succeeded" else ""
+        print(f"{_fmt_time(c.created)}  {c.state:<9} {c.action:<14} {c.id[:32]:<32} try {c.attempts}{res}{err}")
+    return 0
+
+
+# --------------------------------------------------------------------------- check / jobs / sun
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .actions import build_registry
+    from .agent import check_jobs
+
+    settings = _settings(args)
+    registry = build_registry(settings)
+    check_jobs(settings, registry)
+    print(f"{settings.path}: OK: device {settings.device_id!r}, {len(settings.devices)} device(s), "
+          f"{len(settings.jobs)} job(s), {len(settings.windows)} window(s), {len(registry.names())} action(s), "
+          f"MQTT {'off' if settings.mqtt is None else f'{settings.mqtt.host}:{settings.mqtt.port}'}")
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from .schedule.report import jobs_report, render_jobs
+
+    settings = _settings(args)
+    doc = jobs_report(settings, start=args.start, count=max(1, args.count))
+    if args.json:
+        _out(doc)
+    else:
+        print(render_jobs(doc))
+    return 0
+
+
+def _cmd_sun(args: argparse.Namespace) -> int:
+    from datetime import date, datetime
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from .errors import ConfigError
+    from .schedule.solar import sun_report
+
+    if args.lat is not None and args.lon is not None and args.tz:
+        lat, lon, tzname = args.lat, args.lon, args.tz
+    else:
+        if args.lat is not None or args.lon is not None or args.tz:
+            if args.config is None:
+                raise ConfigError("give all of --lat, --lon and --tz, or a config with [location]")
+        settings = _settings(args)
+        loc = settings.location
+        if loc.latitude is None:
+            raise ConfigError("no [location] latitude/longitude in the config (or give --lat --lon --tz)", path=settings.path)
+        lat = args.lat if args.lat is not None else loc.latitude
+        lon = args.lon if args.lon is not None else loc.longitude
+        tzname = args.tz or loc.timezone
+    if not -90 <= lat <= 90 or not -180 <= lon <= 180:
+        raise ConfigError(f"latitude must be -90..90 and longitude -180..180, got {lat}, {lon}")
+    try:
+        tz = ZoneInfo(tzname)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {tzname!r}") from None
+    try:
+        day = date.fromisoformat(args.date) if args.date else datetime.now(tz).date()
+    except ValueError:
+        raise ConfigError(f"--date must be YYYY-MM-DD, got {args.date!r}") from None
+    doc = sun_report(day, lat, lon, tz)
+    if args.json:
+        _out(doc)
+        return 0
+    print(f"{doc['date']}  {doc['timezone']}  {lat:.4f}, {lon:.4f}")
+    for name, when in doc["events"].items():
+        shown = when[11:19] + " " + when[19:] if when else f"- ({doc['missing'].get(name, 'none this day')})"
+        print(f"  {name:<18} {shown}")
+    return 0

@@ -1,0 +1,621 @@
+"""Typed settings, read once from a TOML file: the only module that reads the config.
+
+Every error names the file, the key and the problem (:class:`ConfigError`), and
+unknown keys are errors with a did-you-mean, so a typo fails at start-up, not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DeviceSpec",
+    "JobSpec",
+    "MqttSettings",
+    "Settings",
+    "WindowSpec",
+    "config_path",
+    "load_settings",
+    "parse_settings",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.toml"
+DEFAULT_DB_PATH = "/var/lib/edge-agent/agent.db"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+TRIGGER_KINDS = ("solar", "cron", "every", "at")
+
+
+@dataclass(frozen=True)
+class LocationSettings:
+    latitude: float | None = None
+    longitude: float | None = None
+    timezone: str = "UTC"
+
+    @property
+    def tz(self) -> Any:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "edge"
+    username: str | None = None
+    password_file: str | None = None
+    tls: TLSSettings | None = None
+    keepalive: float = 30.0
+    protocol: str = "auto"  # auto | 5 | 3.1.1
+    client_id: str | None = None
+    max_payload: int = 65536
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    state_interval: float = 300.0
+    session_expiry: float = 86400.0
+
+    def password(self) -> str | None:
+        """The password, read from ``password_file`` (first line)."""
+        if not self.password_file:
+            return None
+        with open(self.password_file, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\r\n")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    kind: str  # output | pwm | input
+    pin: int | str
+    active_high: bool = True
+    initial: str | float = "off"
+    frequency: float = 100.0
+    pull_up: bool | None = None
+    bounce_time: float | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    kind: str  # solar | cron | every | at
+    value: str
+    offset: float
+    action: str
+    args: Mapping[str, Any]
+    missed: str  # skip | once | all
+    grace: float
+    key: str  # where it stands in the file, for messages: "jobs[0]"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    device: str
+    start: str
+    until: str
+    value: str | float
+    key: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str
+    device_id: str
+    groups: tuple[str, ...] = ()
+    location: LocationSettings = field(default_factory=LocationSettings)
+    db_path: str = DEFAULT_DB_PATH
+    sync: str = "normal"  # normal | full
+    keep: float = 7 * 86400.0
+    clock_trust: str = "sync"  # sync | always
+    mqtt: MqttSettings | None = None
+    pin_factory: str | None = None
+    devices: Mapping[str, DeviceSpec] = field(default_factory=dict)
+    task_modules: tuple[str, ...] = ()
+    task_paths: tuple[str, ...] = ()
+    workers: int = 4
+    drain_timeout: float = 10.0
+    jobs: tuple[JobSpec, ...] = ()
+    windows: tuple[WindowSpec, ...] = ()
+    log_level: str = "info"
+
+
+def config_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The config file to use: ``--config``, else ``$EDGE_AGENT_CONFIG``, else the default."""
+    env = os.environ if environ is None else environ
+    return explicit or env.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate the config file at ``path``; raises :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("no such file (give --config PATH or set EDGE_AGENT_CONFIG)", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a config file", path=path) from None
+    except PermissionError:
+        raise ConfigError("permission denied", path=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc}", path=path) from None
+    return parse_settings(raw, path=path)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Table:
+    """One TOML table being read: tracks keys used so leftovers can be reported."""
+
+    def __init__(self, raw: Any, key: str, path: str):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"expected a table, got {_show(raw)}", path=path, key=key)
+        self.raw, self.key, self.path, self.used = raw, key, path, set()
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, key=self._key(name))
+
+    def _key(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def get(self, name: str, conv: Callable[[Any], Any], default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.raw:
+            if required:
+                raise self.error(name, "is required")
+            return default
+        try:
+            return conv(self.raw[name])
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise self.error(name, str(exc)) from None
+
+    def table(self, name: str) -> _Table | None:
+        self.used.add(name)
+        if name not in self.raw:
+            return None
+        return _Table(self.raw[name], self._key(name), self.path)
+
+    def finish(self, allowed_extra: tuple[str, ...] = ()) -> None:
+        known = self.used | set(allowed_extra)
+        for name in self.raw:
+            if name not in known:
+                hint = difflib.get_close_matches(name, sorted(known), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(sorted(known))})"
+                raise self.error(name, f"unknown key{suggestion}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_show(value)}")
+    return value
+
+
+def _nonempty_str(value: Any) -> str:
+    if not _str(value).strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number from {lo} to {hi}, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be from {lo} to {hi}, got {value}")
+        return value
+
+    return conv
+
+
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def conv(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"expected a number from {lo} to {hi}, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be from {lo} to {hi}, got {value}")
+        return float(value)
+
+    return conv
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        if value not in options:
+            hint = difflib.get_close_matches(str(value), options, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {_show(value)}{extra}")
+        return str(value)
+
+    return conv
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _signed_duration(value: Any) -> float:
+    return parse_duration(value, signed=True)
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {_show(value)}")
+    return tuple(value)
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = _str(value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Istanbul')") from None
+    return name
+
+
+def _system_timezone() -> str:
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env and "/" in env:
+        return env
+    try:
+        with open("/etc/timezone", encoding="utf-8") as fh:
+            name = fh.read().strip()
+            if name:
+                return name
+    except OSError:
+        pass
+    try:
+        target = os.readlink("/etc/localtime")
+        marker = "zoneinfo/"
+        if marker in target:
+            return target.split(marker, 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+def _default_device_id() -> str:
+    name = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower().split(".")[0]).strip("-_")
+    return name if name and _NAME.match(name) else "edge"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Settings:
+    """Validate a decoded TOML document; raises :class:`ConfigError`."""
+    top = _Table(dict(raw), "", path)
+
+    device_id, groups = _default_device_id(), ()
+    if (t := top.table("device")) is not None:
+        device_id = t.get("id", _ident("device id"), device_id)
+        groups = t.get("groups", _ident_list, ())
+        t.finish()
+
+    location = LocationSettings(timezone=_system_timezone())
+    if (t := top.table("location")) is not None:
+        lat = t.get("latitude", _float_range(-90, 90))
+        lon = t.get("longitude", _float_range(-180, 180))
+        if (lat is None) != (lon is None):
+            raise t.error("latitude" if lat is None else "longitude", "latitude and longitude go together")
+        location = LocationSettings(lat, lon, t.get("timezone", _timezone, location.timezone))
+        t.finish()
+
+    db_path, sync, keep = DEFAULT_DB_PATH, "normal", 7 * 86400.0
+    if (t := top.table("storage")) is not None:
+        db_path = t.get("path", _nonempty_str, db_path)
+        sync = t.get("sync", _choice("normal", "full"), sync)
+        keep = t.get("keep", _duration, keep)
+        if keep < 86400:
+            raise t.error("keep", "must be at least 1d: command ids are remembered at least that long")
+        t.finish()
+    if not os.path.isabs(db_path) and path != "<config>":
+        db_path = str(Path(path).resolve().parent / db_path)
+
+    clock_trust = "sync"
+    if (t := top.table("clock")) is not None:
+        clock_trust = t.get("trust", _choice("sync", "always"), clock_trust)
+        t.finish()
+
+    mqtt = None
+    if (t := top.table("mqtt")) is not None:
+        mqtt = _parse_mqtt(t)
+
+    pin_factory = None
+    if (t := top.table("gpio")) is not None:
+        pin_factory = t.get("pin_factory", _choice("mock", "lgpio", "rpigpio", "pigpio", "native"))
+        t.finish()
+
+    devices: dict[str, DeviceSpec] = {}
+    if (t := top.table("devices")) is not None:
+        for name in t.raw:
+            t.used.add(name)
+            if not _DEVICE_NAME.match(name):
+                raise t.error(name, "a device name uses letters, digits, '_' and '-'")
+            sub = t.table(name)
+            assert sub is not None
+            devices[name] = _parse_device(name, sub)
+        pins: dict[Any, str] = {}
+        for spec in devices.values():
+            if spec.pin in pins:
+                raise t.error(f"{spec.name}.pin", f"pin {spec.pin} is already used by device {pins[spec.pin]!r}")
+            pins[spec.pin] = spec.name
+
+    modules: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    if (t := top.table("tasks")) is not None:
+        modules = t.get("modules", _str_list, ())
+        paths = t.get("paths", _str_list, ())
+        t.finish()
+    if path != "<config>":
+        base = os.path.dirname(os.path.abspath(path))
+        paths = tuple(p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in paths)
+
+    workers, drain = 4, 10.0
+    if (t := top.table("queue")) is not None:
+        workers = t.get("workers", _int_range(1, 64), workers)
+        drain = t.get("drain_timeout", _duration, drain)
+        t.finish()
+
+    log_level = "info"
+    if (t := top.table("log")) is not None:
+        log_level = t.get("level", _choice("debug", "info", "warning", "error"), log_level)
+        t.finish()
+
+    jobs = tuple(_parse_jobs(top, devices))
+    windows = tuple(_parse_windows(top, devices))
+    top.finish()
+
+    settings = Settings(
+        path=path, device_id=device_id, groups=groups, location=location, db_path=db_path, sync=sync,
+        keep=keep, clock_trust=clock_trust, mqtt=mqtt, pin_factory=pin_factory, devices=devices,
+        task_modules=modules, task_paths=paths, workers=workers, drain_timeout=drain, jobs=jobs,
+        windows=windows, log_level=log_level,
+    )
+    _check_schedules(settings)
+    return settings
+
+
+def _ident(what: str) -> Callable[[Any], str]:
+    def conv(value: Any) -> str:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise ValueError(f"a {what} is lowercase letters, digits, '_' and '-', starting with a letter or digit; got {_show(value)}")
+        return value
+
+    return conv
+
+
+def _ident_list(value: Any) -> tuple[str, ...]:
+    return tuple(_ident("group name")(v) for v in _str_list(value))
+
+
+def _parse_mqtt(t: _Table) -> MqttSettings:
+    tls = None
+    if "tls" in t.raw:
+        sub = t.table("tls")
+        assert sub is not None
+        tls = TLSSettings(
+            ca_file=sub.get("ca_file", _readable_file),
+            cert_file=sub.get("cert_file", _readable_file),
+            key_file=sub.get("key_file", _readable_file),
+            insecure=sub.get("insecure", _bool, False),
+        )
+        sub.finish()
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise sub.error("cert_file", "cert_file and key_file go together")
+    password_file = t.get("password_file", _readable_file)
+    username = t.get("username", _nonempty_str)
+    if password_file and not username:
+        raise t.error("username", "is required when password_file is given")
+    prefix = t.get("topic_prefix", _topic_part, "edge")
+    settings = MqttSettings(
+        host=t.get("host", _nonempty_str, "127.0.0.1"),
+        port=t.get("port", _int_range(1, 65535), 8883 if tls else 1883),
+        topic_prefix=prefix,
+        username=username,
+        password_file=password_file,
+        tls=tls,
+        keepalive=t.get("keepalive", _duration, 30.0),
+        protocol=t.get("protocol", _choice("auto", "5", "3.1.1"), "auto"),
+        client_id=t.get("client_id", _nonempty_str),
+        max_payload=t.get("max_payload", _int_range(256, 16 * 1024 * 1024), 65536),
+        discovery=t.get("discovery", _bool, True),
+        discovery_prefix=t.get("discovery_prefix", _topic_part, "homeassistant"),
+        state_interval=t.get("state_interval", _duration, 300.0),
+        session_expiry=t.get("session_expiry", _duration, 86400.0),
+    )
+    if settings.keepalive < 5:
+        raise t.error("keepalive", "must be at least 5s")
+    t.finish()
+    return settings
+
+
+def _topic_part(value: Any) -> str:
+    text = _nonempty_str(value)
+    if any(c in text for c in "#+\0") or text.startswith("/") or text.endswith("/"):
+        raise ValueError(f"not a usable topic prefix: {text!r} (no '#', '+', or leading/trailing '/')")
+    return text
+
+
+def _readable_file(value: Any) -> str:
+    name = _nonempty_str(value)
+    if not os.path.isfile(name):
+        raise ValueError(f"no such file: {name}")
+    if not os.access(name, os.R_OK):
+        raise ValueError(f"cannot read {name} (permission denied)")
+    return name
+
+
+def _pin(value: Any) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a GPIO number like 17 or a name like 'GPIO17' / 'BOARD11', got {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value <= 53:
+            raise ValueError(f"GPIO numbers run from 0 to 53, got {value}")
+        return value
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"expected a GPIO number like 17 or a name like 'GPIO17' / 'BOARD11', got {_show(value)}")
+
+
+def _parse_device(name: str, t: _Table) -> DeviceSpec:
+    kind = t.get("kind", _choice("output", "pwm", "input"), required=True)
+    pin = t.get("pin", _pin, required=True)
+    active_high = t.get("active_high", _bool, True)
+    if kind == "input":
+        spec = DeviceSpec(
+            name, kind, pin, active_high, "off",
+            pull_up=t.get("pull_up", _bool), bounce_time=t.get("bounce_time", _duration),
+        )
+    elif kind == "pwm":
+        initial = t.get("initial", _level, 0.0)
+        spec = DeviceSpec(name, kind, pin, active_high, initial, frequency=t.get("frequency", _float_range(1, 100000), 100.0))
+    else:
+        spec = DeviceSpec(name, kind, pin, active_high, t.get("initial", _choice("off", "on"), "off"))
+    t.finish()
+    return spec
+
+
+def _level(value: Any) -> float:
+    if value in ("on", "off"):
+        return 1.0 if value == "on" else 0.0
+    return _float_range(0.0, 1.0)(value)
+
+
+def _array_of_tables(top: _Table, name: str) -> list[tuple[str, _Table]]:
+    top.used.add(name)
+    raw = top.raw.get(name, [])
+    if not isinstance(raw, list):
+        raise top.error(name, f"expected [[{name}]] tables, got {_show(raw)}")
+    return [(f"{name}[{i}]", _Table(item, f"{name}[{i}]", top.path)) for i, item in enumerate(raw)]
+
+
+def _parse_jobs(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[JobSpec]:
+    jobs: list[JobSpec] = []
+    seen: set[str] = set()
+    for key, t in _array_of_tables(top, "jobs"):
+        name = t.get("name", _ident("job name"), required=True)
+        if name in seen:
+            raise t.error("name", f"job name {name!r} is used twice")
+        seen.add(name)
+        kinds = [k for k in TRIGGER_KINDS if k in t.raw]
+        if len(kinds) != 1:
+            raise t.error("", f"needs exactly one of {', '.join(TRIGGER_KINDS)}; found {len(kinds) or 'none'}".replace(".: ", ": "))
+        kind = kinds[0]
+        value = t.get(kind, _trigger_value)
+        offset = t.get("offset", _signed_duration, 0.0)
+        if offset and kind != "solar":
+            raise t.error("offset", "only solar jobs take an offset")
+        args = t.get("args", _args_table, {})
+        jobs.append(
+            JobSpec(
+                name=name, kind=kind, value=value, offset=offset,
+                action=t.get("action", _nonempty_str, required=True), args=args,
+                missed=t.get("missed", _choice("skip", "once", "all"), "once"),
+                grace=t.get("grace", _duration, 7200.0), key=key,
+            )
+        )
+        t.finish()
+    return jobs
+
+
+def _trigger_value(value: Any) -> str:
+    if isinstance(value, datetime):  # TOML datetimes for `at`
+        return value.isoformat()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value}s"
+    return _nonempty_str(value)
+
+
+def _args_table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of arguments, got {_show(value)}")
+    return dict(value)
+
+
+def _parse_windows(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[WindowSpec]:
+    windows: list[WindowSpec] = []
+    for key, t in _array_of_tables(top, "windows"):
+        device = t.get("device", _nonempty_str, required=True)
+        spec = devices.get(device)
+        if spec is None:
+            raise t.error("device", f"no device {device!r} under [devices]{_did_you_mean(device, devices)}")
+        if spec.kind == "input":
+            raise t.error("device", f"{device!r} is an input; windows hold outputs")
+        value: str | float = t.get("value", _level, 1.0) if spec.kind == "pwm" else t.get("value", _choice("on", "off"), "on")
+        windows.append(WindowSpec(device, t.get("from", _nonempty_str, required=True), t.get("until", _nonempty_str, required=True), value, key))
+        t.finish()
+    return windows
+
+
+def _did_you_mean(name: str, options: Mapping[str, Any] | list[str]) -> str:
+    hint = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _check_schedules(settings: Settings) -> None:
+    """Triggers and window expressions are parsed now so a bad one stops start-up."""
+    loc = settings.location
+    needs_location = [j for j in settings.jobs if j.kind == "solar"]
+    if needs_location and loc.latitude is None:
+        raise ConfigError("solar jobs need [location] latitude and longitude", path=settings.path, key=f"{needs_location[0].key}.solar")
+    if not settings.jobs and not settings.windows:
+        return
+    from .schedule.triggers import build_trigger
+    from .schedule.windows import parse_time_expr
+
+    for job in settings.jobs:
+        try:
+            build_trigger(
+                job.kind, job.value, offset_s=job.offset, latitude=loc.latitude, longitude=loc.longitude,
+                tz=loc.tz, anchor=None,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.{job.kind}") from None
+    for window in settings.windows:
+        for name, text in (("from", window.start), ("until", window.until)):
+            try:
+                expr = parse_time_expr(text)
+            except ValueError as exc:
+                raise ConfigError(str(exc), path=settings.path, key=f"{window.key}.{name}") from None
+            if getattr(expr, "event", None) and loc.latitude is None:
+                raise ConfigError("solar times need [location] latitude and longitude", path=settings.path, key=f"{window.key}.{name}")

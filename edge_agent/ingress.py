@@ -1,0 +1,177 @@
+"""MQTT ingress and replies: topics in, commands into the journal, replies into the outbox.
+
+Topics (P = topic prefix, D = device id), as in the contract:
+
+    P/D/cmd/<action>              {"id", "args", "ttl"}  -> a command; replies on P/D/reply
+    P/group/<group>/cmd/<action>  the same, for every member of the group
+    P/D/gpio/<device>/set         ON / OFF / TOGGLE / 0..1 (Home Assistant style)
+
+A payload is JSON, never unpickled; only registered actions run. Bad input gets a
+``rejected`` reply wherever an id can be read, and always a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .actions import Registry
+from .commands import Command, NewCommand, parse_payload
+from .errors import EdgeAgentError, InvalidArguments, InvalidCommand
+from .outbox import Outbox
+from .store import Store
+
+__all__ = ["Ingress", "Topics"]
+
+log = logging.getLogger(__name__)
+
+
+class Topics:
+    """The topic names of one device."""
+
+    def __init__(self, prefix: str, device_id: str, groups: tuple[str, ...] = (), discovery_prefix: str = "homeassistant"):
+        self.prefix, self.device = prefix, device_id
+        base = f"{prefix}/{device_id}"
+        self.base = base
+        self.reply = f"{base}/reply"
+        self.status = f"{base}/status"
+        self.state = f"{base}/state"
+        self.groups = groups
+        self.ha_status = f"{discovery_prefix}/status"
+        self.subscriptions = [f"{base}/cmd/+", f"{base}/gpio/+/set", *(f"{prefix}/group/{g}/cmd/+" for g in groups)]
+
+    def gpio(self, device: str) -> str:
+        return f"{self.base}/gpio/{device}"
+
+    def route(self, topic: str) -> tuple[str, str] | None:
+        """(kind, name): ("cmd", action), ("group", action), ("set", device), ("ha_status", "") or None."""
+        if topic == self.ha_status:
+            return "ha_status", ""
+        parts = topic.split("/")
+        pre = self.prefix.split("/")
+        n = len(pre)
+        if parts[:n] != pre:
+            return None
+        rest = parts[n:]
+        if len(rest) == 3 and rest[0] == self.device and rest[1] == "cmd":
+            return "cmd", rest[2]
+        if len(rest) == 4 and rest[0] == "group" and rest[1] in self.groups and rest[2] == "cmd":
+            return "group", rest[3]
+        if len(rest) == 4 and rest[0] == self.device and rest[1] == "gpio" and rest[3] == "set":
+            return "set", rest[2]
+        return None
+
+
+def reply_document(cmd: Command, *, duplicate: bool = False, status: str | None = None) -> dict[str, Any]:
+    doc = cmd.outcome()
+    if status is not None:
+        doc["status"] = status
+    if duplicate:
+        doc["duplicate"] = True
+    return doc
+
+
+class Ingress:
+    """Turns MQTT messages into commands; writes the replies of the contract."""
+
+    def __init__(self, store: Store, outbox: Outbox, topics: Topics, *, max_payload: int,
+                 registry: Callable[[], Registry], submit: Callable[..., tuple[Command, bool]],
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.outbox = outbox
+        self.topics = topics
+        self.max_payload = max_payload
+        self.registry = registry
+        self.submit = submit
+        self.clock = clock
+        self.rejected = 0
+
+    # ----------------------------------------------------------------- in
+
+    def handle(self, topic: str, payload: bytes, *, response_topic: str | None = None,
+               correlation: bytes | None = None) -> None:
+        """Commit the command (or the rejection) a message carries. Raises StorageError only."""
+        route = self.topics.route(topic)
+        if route is None:
+            log.warning("ignored a message on %r: not a topic this agent obeys", topic[:200])
+            return
+        kind, name = route
+        if kind == "set":
+            self._handle_set(name, payload)
+            return
+        command_id: str | None = None
+        try:
+            command_id, args, ttl = parse_payload(payload, max_size=self.max_payload)
+            _, clean = self.registry().validate(name, args)
+        except InvalidCommand as exc:
+            command_id = command_id or getattr(exc, "command_id", None)
+            self._reject(command_id, name, exc, topic, response_topic, correlation)
+            return
+        now = self.clock()
+        fields: dict[str, Any] = {"action": name, "args": clean, "source": "group" if kind == "group" else "mqtt",
+                                  "reply_to": response_topic, "correlation": correlation}
+        if command_id is not None:
+            fields["id"] = command_id
+        if ttl is not None:
+            fields["deadline"] = now + ttl
+        with self.store.transaction() as cur:
+            row, created = self.submit(NewCommand(**fields), cur)
+            if not created:
+                self._reply(cur, row, duplicate=True, response_topic=response_topic, correlation=correlation)
+
+    def _handle_set(self, device: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", errors="replace").strip()
+        value: Any = text.lower()
+        if value not in ("on", "off", "toggle"):
+            try:
+                value = float(text)
+            except ValueError:
+                pass
+        try:
+            _, clean = self.registry().validate("gpio.set", {"device": device, "value": value})
+        except InvalidCommand as exc:
+            self.rejected += 1
+            log.warning("rejected %s/gpio/%s/set %r: %s", self.topics.base, device[:80], text[:40], exc)
+            return
+        with self.store.transaction() as cur:
+            self.submit(NewCommand(action="gpio.set", args=clean, source="ha"), cur)
+
+    def _reject(self, command_id: str | None, action: str, exc: EdgeAgentError, topic: str,
+                response_topic: str | None, correlation: bytes | None) -> None:
+        self.rejected += 1
+        log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", exc)
+        if command_id is None and response_topic is None:
+            return
+        doc = {"id": command_id, "action": action[:200], "status": "rejected", "result": None,
+               "error": {"type": exc.kind if not isinstance(exc, InvalidArguments) else "invalid_arguments",
+                         "message": str(exc)},
+               "attempt": 0, "ts": round(self.clock(), 3)}
+        with self.store.transaction() as cur:
+            self._put_reply(cur, doc, response_topic, correlation)
+
+    # ----------------------------------------------------------------- out
+
+    def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        """Called in the transaction that queued ``cmd``: commands from MQTT hear ``accepted``."""
+        if cmd.source in ("mqtt", "group"):
+            self._reply(cur, cmd, status="accepted")
+
+    def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        """Called in the transaction that records an outcome: every command's outcome is published."""
+        self._reply(cur, cmd)
+
+    def _reply(self, cur: sqlite3.Cursor, cmd: Command, *, duplicate: bool = False, status: str | None = None,
+               response_topic: str | None = None, correlation: bytes | None = None) -> None:
+        doc = reply_document(cmd, duplicate=duplicate, status=status)
+        self._put_reply(cur, doc, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation)
+
+    def _put_reply(self, cur: sqlite3.Cursor, doc: dict[str, Any], response_topic: str | None,
+                   correlation: bytes | None) -> None:
+        import json
+
+        props = {"correlation": correlation.hex()} if correlation is not None else None
+        self.outbox.put(cur, response_topic or self.topics.reply, json.dumps(doc, separators=(",", ":"), default=str),
+                        qos=1, props=props)

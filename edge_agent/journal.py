@@ -1,0 +1,191 @@
+"""The command journal: every command's state, from ``queued`` to an outcome.
+
+    queued ──claim──► running ──► succeeded | failed
+      │  ▲                 │
+      │  └── retry later ◄─┘ (attempts left; ``next_attempt`` set)
+      └──► expired (its deadline passed before it could start)
+
+The journal, not Huey's queue, is the source of truth: Huey deletes a task before
+running it, so a crash could lose it. At start-up :meth:`Journal.recover` puts every
+open command back in line (``queued`` ones as they were; ``running`` ones re-run if
+their action is idempotent, else they fail as ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .commands import Command, NewCommand
+from .store import Store
+
+__all__ = ["Journal", "Recovery"]
+
+_COLUMNS = (
+    "seq, id, action, args, source, state, attempts, created, not_before, deadline, started, finished, "
+    "next_attempt, result, error_type, error_message, reply_to, correlation, parked"
+)
+
+
+def _row(r: tuple[Any, ...]) -> Command:
+    return Command(
+        seq=r[0], id=r[1], action=r[2], args=json.loads(r[3]), source=r[4], state=r[5], attempts=r[6],
+        created=r[7], not_before=r[8], deadline=r[9], started=r[10], finished=r[11], next_attempt=r[12],
+        result=json.loads(r[13]) if r[13] is not None else None, error_type=r[14], error_message=r[15],
+        reply_to=r[16], correlation=r[17], parked=bool(r[18]),
+    )
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`Journal.recover` found after a stop or crash."""
+
+    requeued: list[Command]
+    rerun: list[Command]
+    interrupted: list[Command]
+
+
+class Journal:
+    """Reads and changes command rows. Methods taking ``cur`` join the caller's transaction."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.clock = clock
+
+    # ----------------------------------------------------------------- writing
+
+    def add(self, cur: sqlite3.Cursor, cmd: NewCommand, *, enqueued: bool) -> tuple[Command, bool]:
+        """Insert ``cmd``; if its id is already known, return the stored row and False."""
+        now = self.clock()
+        cur.execute(
+            "insert into commands (id, action, args, source, state, created, not_before, deadline, reply_to, correlation, enqueued) "
+            "values (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
+            (cmd.id, cmd.action, json.dumps(cmd.args, separators=(",", ":")), cmd.source, now, cmd.not_before,
+             cmd.deadline, cmd.reply_to, cmd.correlation, int(enqueued)),
+        )
+        created = cur.rowcount == 1
+        row = cur.execute(f"select {_COLUMNS} from commands where id = ?", (cmd.id,)).fetchone()
+        return _row(row), created
+
+    def claim(self, cur: sqlite3.Cursor, seq: int) -> Command | None:
+        """Mark a queued command running (one more attempt); None if it is not queued any more."""
+        now = self.clock()
+        row = cur.execute(
+            f"update commands set state = 'running', attempts = attempts + 1, started = ?, parked = 0 "
+            f"where seq = ? and state = 'queued' returning {_COLUMNS}",
+            (now, seq),
+        ).fetchone()
+        return _row(row) if row else None
+
+    def finish(self, cur: sqlite3.Cursor, seq: int, state: str, *, result: Any = None,
+               error: tuple[str, str] | None = None) -> Command:
+        """Record an outcome: ``succeeded``, ``failed`` or ``expired``."""
+        now = self.clock()
+        row = cur.execute(
+            f"update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
+            f"next_attempt = null, parked = 0 where seq = ? returning {_COLUMNS}",
+            (state, now, json.dumps(result, default=str, separators=(",", ":")) if result is not None else None,
+             error[0] if error else None, error[1] if error else None, seq),
+        ).fetchone()
+        return _row(row)
+
+    def retry_later(self, cur: sqlite3.Cursor, seq: int, when: float, error: tuple[str, str], *,
+                    refund: bool = False) -> Command:
+        """Put a command back in line for ``when``; ``refund`` gives back the attempt (parked work)."""
+        row = cur.execute(
+            f"update commands set state = 'queued', next_attempt = ?, error_type = ?, error_message = ?, "
+            f"attempts = attempts - ?, parked = ? where seq = ? returning {_COLUMNS}",
+            (when, error[0], error[1], int(refund), int(refund), seq),
+        ).fetchone()
+        return _row(row)
+
+    def take_unadopted(self, cur: sqlite3.Cursor, limit: int = 500) -> list[Command]:
+        """Commands other processes wrote (``enqueued = 0``), now handed to the queue."""
+        rows = cur.execute(
+            f"update commands set enqueued = 1 where seq in (select seq from commands where enqueued = 0 "
+            f"and state = 'queued' order by seq limit ?) returning {_COLUMNS}",
+            (limit,),
+        ).fetchall()
+        return sorted((_row(r) for r in rows), key=lambda c: c.seq)
+
+    def recover(self, cur: sqlite3.Cursor, is_idempotent: Callable[[Command], bool]) -> Recovery:
+        """Settle the commands a crash left open; returns those to put back in the queue."""
+        requeued, rerun, interrupted = [], [], []
+        for r in cur.execute(f"select {_COLUMNS} from commands where state in ('queued', 'running') order by seq").fetchall():
+            cmd = _row(r)
+            if cmd.state == "queued":
+                requeued.append(cmd)
+            elif is_idempotent(cmd):
+                rerun.append(cmd)
+            else:
+                interrupted.append(cmd)
+        if rerun:
+            cur.executemany("update commands set state = 'queued' where seq = ?", [(c.seq,) for c in rerun])
+        if requeued or rerun:
+            cur.execute("update commands set enqueued = 1 where state = 'queued' and enqueued = 0")
+        now = self.clock()
+        finished = []
+        for cmd in interrupted:
+            row = cur.execute(
+                f"update commands set state = 'failed', finished = ?, error_type = 'interrupted', "
+                f"error_message = ? where seq = ? returning {_COLUMNS}",
+                (now, "the agent stopped while this command was running; it is not idempotent, so it was not run again", cmd.seq),
+            ).fetchone()
+            finished.append(_row(row))
+        return Recovery(requeued, [c for c in self._by_seq(cur, rerun)], finished)
+
+    def _by_seq(self, cur: sqlite3.Cursor, cmds: Iterable[Command]) -> list[Command]:
+        out = []
+        for c in cmds:
+            r = cur.execute(f"select {_COLUMNS} from commands where seq = ?", (c.seq,)).fetchone()
+            out.append(_row(r))
+        return out
+
+    def prune(self, older_than: float) -> int:
+        """Forget finished commands older than ``older_than`` (unix time); returns how many."""
+        with self.store.transaction() as cur:
+            cur.execute("delete from commands where finished is not null and finished < ?", (older_than,))
+            return cur.rowcount
+
+    # ----------------------------------------------------------------- reading
+
+    def get(self, command_id: str) -> Command | None:
+        rows = self.store.query(f"select {_COLUMNS} from commands where id = ?", (command_id,))
+        return _row(rows[0]) if rows else None
+
+    def get_seq(self, cur: sqlite3.Cursor, seq: int) -> Command | None:
+        r = cur.execute(f"select {_COLUMNS} from commands where seq = ?", (seq,)).fetchone()
+        return _row(r) if r else None
+
+    def history(self, limit: int = 20) -> list[Command]:
+        rows = self.store.query(f"select {_COLUMNS} from commands order by seq desc limit ?", (limit,))
+        return [_row(r) for r in rows]
+
+    def open_commands(self, limit: int = 50) -> list[Command]:
+        rows = self.store.query(
+            f"select {_COLUMNS} from commands where state in ('queued', 'running') order by seq limit ?", (limit,)
+        )
+        return [_row(r) for r in rows]
+
+    def recent_failures(self, limit: int = 5) -> list[Command]:
+        rows = self.store.query(
+            f"select {_COLUMNS} from commands where state in ('failed', 'expired') order by finished desc limit ?", (limit,)
+        )
+        return [_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {"queued": 0, "running": 0, "parked": 0, "retrying": 0}
+        for state, parked, retrying, n in self.store.query(
+            "select state, parked, next_attempt is not null, count(*) from commands "
+            "where state in ('queued', 'running') group by 1, 2, 3"
+        ):
+            out[state] += n
+            if parked:
+                out["parked"] += n
+            elif retrying and state == "queued":
+                out["retrying"] += n
+        return out

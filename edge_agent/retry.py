@@ -1,0 +1,81 @@
+"""Retry policies: how many attempts, how long to wait between them, and which errors deserve one.
+
+Delays grow exponentially up to a cap with "full jitter" (a random delay between 0
+and the exponential value), so a fleet of devices that lost the same server does not
+hammer it in lockstep when it returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import ssl
+from dataclasses import dataclass
+
+from .durations import parse_duration
+from .errors import NetworkUnavailable, PermanentError, RetryableError, TaskError
+
+__all__ = ["RetryPolicy", "classify"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``retries`` further attempts after the first; delays in seconds; ``deadline`` after creation."""
+
+    retries: int = 0
+    delay: float = 1.0
+    backoff: float = 2.0
+    max_delay: float = 300.0
+    jitter: bool = True
+    deadline: float | None = None
+
+    @classmethod
+    def build(cls, retries: int = 0, retry_delay: str | float = "1s", backoff: float = 2.0,
+              max_delay: str | float = "5m", jitter: bool = True, deadline: str | float | None = None) -> RetryPolicy:
+        """A policy from human units (``"30s"``); raises ValueError on nonsense."""
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+        if backoff < 1:
+            raise ValueError(f"backoff must be >= 1, got {backoff!r}")
+        return cls(retries, parse_duration(retry_delay), float(backoff), parse_duration(max_delay), jitter,
+                   parse_duration(deadline) if deadline is not None else None)
+
+    def delay_before(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` attempts failed."""
+        ceiling = min(self.max_delay, self.delay * self.backoff ** max(0, attempt - 1))
+        if not self.jitter:
+            return ceiling
+        return (rng or random).uniform(0.0, ceiling)
+
+
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN, errno.EHOSTDOWN,
+}
+
+
+def classify(exc: BaseException) -> str:
+    """``"network"`` (wait for the network), ``"retry"`` (transient) or ``"permanent"``.
+
+    Tasks say what they mean by raising :class:`RetryableError`, :class:`NetworkUnavailable`
+    or :class:`PermanentError`; other exceptions are judged by type. Unknown errors are
+    ``retry``: with ``retries = 0`` (the default) that still fails at once.
+    """
+    if isinstance(exc, NetworkUnavailable):
+        return "network"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, (RetryableError, TaskError)):
+        return "retry"
+    if isinstance(exc, (socket.gaierror, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)):
+        return "network"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "permanent"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "network"
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return "network"
+    if isinstance(exc, (TypeError, ValueError, KeyError, LookupError, AttributeError)):
+        return "permanent"
+    return "retry"

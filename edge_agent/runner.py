@@ -1,0 +1,153 @@
+"""Running one command: claim it, call its action, record the outcome, report it.
+
+An outcome is one of: ``succeeded``; ``failed`` (a permanent error, or retries used
+up); ``expired`` (its deadline passed before it could start); or back to ``queued``
+for a later attempt (a retryable error with attempts left, or the network is down:
+then the attempt is given back and the command is "parked").
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .actions import Registry
+from .commands import Command
+from .errors import EdgeAgentError, RetryableError, StorageError
+from .journal import Journal
+from .retry import classify
+from .store import Store
+
+__all__ = ["Reporter", "Runner"]
+
+log = logging.getLogger(__name__)
+
+#: how long a command parked for the network waits before it looks again, at most
+PARK_RECHECK = 30.0
+MAX_ERROR_TEXT = 1000
+
+
+class Reporter(Protocol):
+    """Told about outcomes inside the transaction that records them (the MQTT outbox is one)."""
+
+    def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None: ...
+
+
+class _Silent:
+    def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        pass
+
+
+class Runner:
+    def __init__(self, store: Store, journal: Journal, registry: Registry, *,
+                 retry_at: Callable[[sqlite3.Cursor, int, float], None],
+                 reporter: Reporter | None = None, network_up: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self.store = store
+        self.journal = journal
+        self.registry = registry
+        self.retry_at = retry_at
+        self.reporter: Reporter = reporter or _Silent()
+        self.network_up = network_up
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    def __call__(self, seq: int) -> None:
+        try:
+            self.run(seq)
+        except StorageError as exc:
+            # The command stays `running` in the journal: recovered at the next start.
+            log.error("command #%d: could not record its outcome: %s", seq, exc)
+
+    def run(self, seq: int) -> Command | None:
+        now = self.clock()
+        with self.store.transaction() as cur:
+            cmd = self.journal.claim(cur, seq)
+            if cmd is None:
+                return None  # already run or finished: a second message for one command
+            if cmd.deadline is not None and now > cmd.deadline:
+                done = self.journal.finish(cur, seq, "expired", error=("expired", f"its deadline passed {now - cmd.deadline:.1f}s before it could start"))
+                self.reporter.finished(cur, done)
+                log.info("command %s (%s) expired before it could run", cmd.id, cmd.action)
+                return done
+            action = None
+            try:
+                action = self.registry.get(cmd.action)
+            except EdgeAgentError as exc:
+                done = self.journal.finish(cur, seq, "failed", error=(exc.kind, str(exc)))
+                self.reporter.finished(cur, done)
+                return done
+            if action.needs_network and not self.network_up():
+                return self._park(cur, cmd, "the network is down")
+
+        started = time.monotonic()
+        try:
+            kwargs = dict(cmd.args)
+            if action.wants_command:
+                kwargs["command"] = cmd
+            result = action.fn(**kwargs)
+        except Exception as exc:
+            return self._failed(cmd, action, exc, time.monotonic() - started)
+        with self.store.transaction() as cur:
+            done = self.journal.finish(cur, seq, "succeeded", result=_jsonable(result))
+            self.reporter.finished(cur, done)
+        log.debug("command %s (%s) succeeded in %.1f ms", cmd.id, cmd.action, (time.monotonic() - started) * 1000)
+        return done
+
+    def _park(self, cur: sqlite3.Cursor, cmd: Command, why: str) -> Command:
+        when = self.clock() + PARK_RECHECK
+        if cmd.deadline is not None:
+            when = min(when, cmd.deadline + 0.001)
+        parked = self.journal.retry_later(cur, cmd.seq, when, ("network_unavailable", why), refund=True)
+        self.retry_at(cur, cmd.seq, when)
+        return parked
+
+    def _failed(self, cmd: Command, action: Any, exc: Exception, took: float) -> Command:
+        kind = classify(exc)
+        error = (_error_type(exc), _error_text(exc))
+        policy = action.retry
+        now = self.clock()
+        with self.store.transaction() as cur:
+            if kind == "network" and action.needs_network:
+                log.info("command %s (%s) waits for the network: %s", cmd.id, cmd.action, error[1])
+                return self._park(cur, cmd, error[1])
+            if kind != "permanent" and cmd.attempts <= policy.retries:
+                delay = policy.delay_before(cmd.attempts, self.rng)
+                if isinstance(exc, RetryableError) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, policy.max_delay))
+                when = now + delay
+                if cmd.deadline is None or when < cmd.deadline:
+                    log.warning("command %s (%s) attempt %d of %d failed: %s; next attempt in %.1fs", cmd.id,
+                                cmd.action, cmd.attempts, policy.retries + 1, error[1], delay)
+                    retried = self.journal.retry_later(cur, cmd.seq, when, error)
+                    self.retry_at(cur, cmd.seq, when)
+                    return retried
+            done = self.journal.finish(cur, cmd.seq, "failed", error=error)
+            self.reporter.finished(cur, done)
+        log.error("command %s (%s) failed after %d attempt(s): %s: %s", cmd.id, cmd.action, cmd.attempts, error[0], error[1])
+        return done
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, EdgeAgentError):
+        return exc.kind
+    return type(exc).__name__
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)

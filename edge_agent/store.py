@@ -1,0 +1,204 @@
+"""The one SQLite file that holds everything durable: commands, the queue, the outbox, schedule state.
+
+One connection per process, guarded by a lock: SQLite has one writer at a time
+anyway, and sharing the connection lets the journal and Huey's queue tables change
+in the same transaction. WAL mode; ``synchronous=NORMAL`` by default survives any
+process crash (kill -9), and :meth:`Store.flush` makes the last writes power-cut safe
+without an fsync per command (see the README's "Durability" section).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import StorageError
+
+__all__ = ["SCHEMA_VERSION", "Store", "translate_sqlite_error"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    # The command journal: one row per command, the source of truth for what must run.
+    """create table if not exists commands (
+        seq integer primary key,
+        id text not null unique,
+        action text not null,
+        args text not null,
+        source text not null,
+        state text not null,
+        attempts integer not null default 0,
+        created real not null,
+        not_before real,
+        deadline real,
+        started real,
+        finished real,
+        next_attempt real,
+        result text,
+        error_type text,
+        error_message text,
+        reply_to text,
+        correlation blob,
+        enqueued integer not null default 0,
+        parked integer not null default 0
+    )""",
+    "create index if not exists commands_open on commands (state, seq) where state in ('queued', 'running')",
+    "create index if not exists commands_finished on commands (finished) where finished is not null",
+    # Messages to publish, in order; retained state coalesces on `coalesce_key`.
+    """create table if not exists outbox (
+        seq integer primary key,
+        topic text not null,
+        payload blob not null,
+        qos integer not null default 1,
+        retain integer not null default 0,
+        coalesce_key text unique,
+        props text,
+        created real not null
+    )""",
+    # What each scheduled job last fired: (job, planned instant) is the identity of a firing.
+    """create table if not exists firings (
+        job text primary key,
+        planned real not null,
+        fired real not null
+    )""",
+    # Small facts the daemon shares with the CLI: pid, start time, link state, last error.
+    "create table if not exists meta (key text primary key, value text not null)",
+)
+
+
+def translate_sqlite_error(exc: sqlite3.Error, path: str) -> StorageError:
+    """A :class:`StorageError` that says what is wrong with the database at ``path``, in words."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        msg = f"{path}: the database is read-only (check its permissions and those of its folder)"
+    elif "disk is full" in text or "database or disk is full" in text:
+        msg = f"{path}: the disk is full; nothing was written"
+    elif "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        msg = f"{path}: not an edge-agent database ({text})"
+    elif "unable to open" in text:
+        msg = f"{path}: cannot open the database (does its folder exist, and may we write there?)"
+    elif "locked" in text:
+        msg = f"{path}: the database stayed locked by another process ({text})"
+    else:
+        msg = f"{path}: database error: {text}"
+    return StorageError(msg)
+
+
+class Store:
+    """An open database file with the edge-agent schema.
+
+    ``transaction()`` yields a cursor inside ``BEGIN IMMEDIATE`` ... ``COMMIT``;
+    nested calls from the same thread join the outer transaction.
+    """
+
+    def __init__(self, path: str, *, sync: str = "normal", create: bool = True, timeout: float = 10.0):
+        self.path = path
+        self.lock = threading.RLock()
+        self._depth = 0
+        try:
+            if create:
+                folder = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(folder):
+                    raise StorageError(f"{path}: folder {folder} does not exist")
+                if not os.path.exists(path):
+                    # Task data is pickled by Huey: keep the file private to its owner (and group).
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif not os.path.exists(path):
+                raise StorageError(f"{path}: no database yet (has the agent ever run with this config?)")
+            self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self.conn.execute("pragma journal_mode=wal")
+            self.conn.execute(f"pragma synchronous={'full' if sync == 'full' else 'normal'}")
+            self.conn.execute("pragma cache_size=-2000")
+            self.conn.execute("pragma temp_store=memory")
+            if create:
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, path) from exc
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("pragma user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"{self.path}: written by a newer edge-agent (schema {version}); upgrade edge-agent")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction() as cur:
+            for sql in _SCHEMA:
+                cur.execute(sql)
+            cur.execute(f"pragma user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self.lock:
+            cur = self.conn.cursor()
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield cur
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                cur.execute("begin immediate")
+            except sqlite3.Error as exc:
+                raise translate_sqlite_error(exc, self.path) from exc
+            self._depth = 1
+            try:
+                yield cur
+                self.conn.commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise translate_sqlite_error(exc, self.path) from exc
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                self._depth = 0
+                cur.close()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.rollback()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor for reads outside any transaction (each statement sees committed data)."""
+        with self.lock:
+            cur = self.conn.cursor()
+            try:
+                yield cur
+            except sqlite3.Error as exc:
+                raise translate_sqlite_error(exc, self.path) from exc
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.reading() as cur:
+            return cur.execute(sql, params).fetchall()
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.query("select value from meta where key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, cur: sqlite3.Cursor, key: str, value: str) -> None:
+        cur.execute("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value", (key, value))
+
+    def flush(self) -> None:
+        """Make every committed transaction durable against a power cut (one fsync of the WAL)."""
+        wal = self.path + "-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self.lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()

@@ -1,0 +1,288 @@
+"""Huey wired to the journal: the queue that worker threads take commands from.
+
+Huey's SQLite tables (``task`` and ``schedule``) live in the agent's database and
+carry one small message per command: ``run_command(seq)``, pickled by Huey but made
+only here, from journal rows (never from network data). Commands enter the journal
+and the queue in one transaction.
+
+Two Huey defaults are replaced because they break promises (DESIGN.md):
+- the idle worker polls with up to 10 s of delay: :class:`QueueStorage` blocks on a
+  condition that in-process enqueues signal, and other processes poke it awake
+  (:mod:`edge_agent.poke`), so pickup takes milliseconds and idle costs nothing;
+- Huey deletes a task before running it: the journal keeps the command ``running``
+  until it has an outcome, and :meth:`TaskQueue.start` recovers what a crash left.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from huey import Huey
+from huey.storage import SqliteStorage
+
+from .commands import Command, NewCommand
+from .journal import Journal
+from .poke import PokeListener
+from .store import Store
+
+__all__ = ["QueueStorage", "TaskQueue"]
+
+log = logging.getLogger(__name__)
+
+#: how often an idle worker looks for work nobody poked about (a missed poke)
+SAFETY_INTERVAL = 30.0
+
+
+class QueueStorage(SqliteStorage):
+    """Huey's SQLite storage on the agent's shared connection, with a blocking dequeue.
+
+    ``dequeue`` returns the next ready message, moving due scheduled ones first, or
+    waits until an enqueue signals, the next scheduled one is due, or :meth:`wake_all`.
+    """
+
+    blocking = True
+
+    def __init__(self, name: str = "edge", store: Store | None = None, **kwargs: Any):
+        assert store is not None
+        self.store = store
+        self.cond = threading.Condition()
+        self._generation = 0
+        self.stopping = False
+        super().__init__(name=name, filename=store.path, **kwargs)
+
+    # Huey reaches the database through ``conn`` and ``db()``: route both to the Store.
+    @property
+    def conn(self) -> sqlite3.Connection:  # type: ignore[override]
+        return self.store.conn
+
+    def db(self, commit: bool = False, close: bool = False) -> Any:  # type: ignore[override]
+        return self.store.transaction() if commit else self.store.reading()
+
+    def close(self) -> bool:
+        return False
+
+    # --- signalling
+
+    def signal(self) -> None:
+        with self.cond:
+            self._generation += 1
+            self.cond.notify()
+
+    def wake_all(self) -> None:
+        with self.cond:
+            self._generation += 1
+            self.cond.notify_all()
+
+    # --- queue
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        super().enqueue(data, priority)
+        self.signal()
+
+    def enqueue_in(self, cur: sqlite3.Cursor, data: bytes, eta: float | None, now: float) -> None:
+        """Add a message inside the caller's transaction; call :meth:`signal` after commit."""
+        if eta is not None and eta > now:
+            cur.execute("insert into schedule (queue, data, timestamp) values (?, ?, ?)", (self.name, data, eta))
+        else:
+            cur.execute("insert into task (queue, data, priority) values (?, ?, 0)", (self.name, data))
+
+    def add_to_schedule(self, data: bytes, ts: datetime) -> None:
+        # Huey passes naive UTC datetimes; store real unix time.
+        stamp = ts.replace(tzinfo=UTC).timestamp() if ts.tzinfo is None else ts.timestamp()
+        self.sql("insert into schedule (queue, data, timestamp) values (?, ?, ?)", (self.name, data, stamp), commit=True)
+        self.signal()
+
+    def read_schedule(self, ts: datetime) -> list[bytes]:
+        stamp = ts.replace(tzinfo=UTC).timestamp() if ts.tzinfo is None else ts.timestamp()
+        with self.store.transaction() as cur:
+            rows = cur.execute("delete from schedule where queue = ? and timestamp <= ? returning data, timestamp",
+                               (self.name, stamp)).fetchall()
+        return [bytes(d) for d, _ in sorted(rows, key=lambda r: r[1])]
+
+    def _pop(self, now: float) -> tuple[bytes | None, float | None]:
+        with self.store.reading() as cur:
+            row = cur.execute(
+                "delete from schedule where id = (select id from schedule where queue = ? and timestamp <= ? "
+                "order by timestamp, id limit 1) returning data", (self.name, now)).fetchone()
+            if row is None:
+                row = cur.execute(
+                    "delete from task where id = (select id from task where queue = ? "
+                    "order by priority desc, id limit 1) returning data", (self.name,)).fetchone()
+            if row is not None:
+                return bytes(row[0]), None
+            nxt = cur.execute("select min(timestamp) from schedule where queue = ?", (self.name,)).fetchone()[0]
+        return None, nxt
+
+    def dequeue(self) -> bytes | None:
+        while not self.stopping:
+            generation = self._generation
+            data, next_eta = self._pop(time.time())
+            if data is not None:
+                return data
+            timeout = SAFETY_INTERVAL if next_eta is None else min(SAFETY_INTERVAL, max(0.0, next_eta - time.time()))
+            with self.cond:
+                if generation == self._generation and not self.stopping:
+                    self.cond.wait(timeout)
+        return None
+
+
+class TaskQueue:
+    """The daemon's queue: submit, adopt other processes' commands, run workers, recover, drain."""
+
+    def __init__(self, store: Store, journal: Journal, execute: Callable[[int], None], *, workers: int = 4,
+                 on_submitted: Callable[[sqlite3.Cursor, Command], None] | None = None):
+        self.store = store
+        self.journal = journal
+        self.huey = Huey("edge", results=False, utc=True, storage_class=QueueStorage, store=store)
+        self.storage: QueueStorage = self.huey.storage
+        self._run = self.huey.task(name="run_command")(execute)
+        self.workers = workers
+        self.on_submitted = on_submitted
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._poke: PokeListener | None = None
+        self.heartbeat: Callable[[str], None] = lambda name: None
+
+    # ----------------------------------------------------------------- entering the queue
+
+    def message(self, seq: int) -> bytes:
+        return self.huey.serialize_task(self._run.s(seq))  # type: ignore[no-any-return]
+
+    def put_in(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        """Queue an accepted journal row, inside the caller's transaction."""
+        eta = cmd.next_attempt or cmd.not_before
+        self.storage.enqueue_in(cur, self.message(cmd.seq), eta, time.time())
+
+    def submit(self, new: NewCommand, cur: sqlite3.Cursor | None = None) -> tuple[Command, bool]:
+        """Journal and queue ``new`` in one transaction (or the caller's); (row, created)."""
+        if cur is None:
+            with self.store.transaction() as own:
+                row, created = self._submit(own, new)
+        else:
+            row, created = self._submit(cur, new)
+        if created:
+            self.storage.signal()
+        return row, created
+
+    def _submit(self, cur: sqlite3.Cursor, new: NewCommand) -> tuple[Command, bool]:
+        row, created = self.journal.add(cur, new, enqueued=True)
+        if created:
+            self.put_in(cur, row)
+            if self.on_submitted is not None:
+                self.on_submitted(cur, row)
+        return row, created
+
+    def adopt(self) -> int:
+        """Queue the commands other processes wrote since the last look."""
+        if not self.store.query("select 1 from commands where state = 'queued' and enqueued = 0 limit 1"):
+            return 0
+        total = 0
+        while True:
+            with self.store.transaction() as cur:
+                rows = self.journal.take_unadopted(cur)
+                for cmd in rows:
+                    self.put_in(cur, cmd)
+                    if self.on_submitted is not None:
+                        self.on_submitted(cur, cmd)
+            total += len(rows)
+            for _ in rows:
+                self.storage.signal()
+            if len(rows) < 500:
+                return total
+
+    def retry_at(self, cur: sqlite3.Cursor, seq: int, when: float) -> None:
+        self.storage.enqueue_in(cur, self.message(seq), when, time.time())
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def recover(self, is_idempotent: Callable[[Command], bool]) -> list[Command]:
+        """Rebuild Huey's tables from the journal; returns commands that ended ``interrupted``.
+
+        Huey's queue is derived state: a message may have been deleted by a dequeue
+        whose command never started, so it is dropped and made again from the journal.
+        """
+        with self.store.transaction() as cur:
+            cur.execute("delete from task where queue = ?", (self.storage.name,))
+            cur.execute("delete from schedule where queue = ?", (self.storage.name,))
+            found = self.journal.recover(cur, is_idempotent)
+            for cmd in (*found.requeued, *found.rerun):
+                self.put_in(cur, cmd)
+        if found.rerun:
+            log.warning("re-running %d idempotent command(s) that a stop interrupted: %s", len(found.rerun),
+                        ", ".join(c.id for c in found.rerun[:10]))
+        if found.interrupted:
+            log.warning("%d command(s) were running when the agent stopped and are not idempotent: marked failed "
+                        "(interrupted): %s", len(found.interrupted), ", ".join(c.id for c in found.interrupted[:10]))
+        if found.requeued:
+            log.info("%d queued command(s) carried over", len(found.requeued))
+        return found.interrupted
+
+    def start(self, poke_path: str | None) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if poke_path is not None:
+            self._poke = PokeListener(poke_path)
+            t = threading.Thread(target=self._listen, name="poke", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.adopt()
+
+    def _listen(self) -> None:
+        assert self._poke is not None
+        while self._poke.wait():
+            try:
+                self.adopt()
+            except Exception:
+                log.exception("could not take commands queued by another process")
+                time.sleep(1.0)
+
+    def _work(self) -> None:
+        name = threading.current_thread().name
+        while not self.storage.stopping:
+            try:
+                data = self.storage.dequeue()
+            except Exception:
+                log.exception("reading the queue failed; trying again in 1s")
+                time.sleep(1.0)
+                continue
+            if data is None:
+                continue
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                task = self.huey.deserialize_task(data)
+                task.execute()
+            except Exception:
+                log.exception("worker %s: unexpected error", name)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+            self.heartbeat(name)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking work; wait up to ``timeout`` s for running commands. True if all finished."""
+        self.storage.stopping = True
+        self.storage.wake_all()
+        if self._poke is not None:
+            self._poke.close()
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def depth(self) -> int:
+        rows = self.store.query("select count(*) from commands where state in ('queued', 'running')")
+        return int(rows[0][0])
