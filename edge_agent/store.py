@@ -24,8 +24,10 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
+    # AUTOINCREMENT: seq must never be reused, even after every row was deleted
+    # (GPIO writes are ordered by it; the outbox publisher resumes after the last seq it sent).
     """create table if not exists commands (
-        seq integer primary key,
+        seq integer primary key autoincrement,
         id text not null unique,
         action text not null,
         args text not null,
@@ -50,7 +52,7 @@ _SCHEMA = (
     "create index if not exists commands_finished on commands (finished) where finished is not null",
     # Messages to publish, in order; retained state coalesces on `coalesce_key`.
     """create table if not exists outbox (
-        seq integer primary key,
+        seq integer primary key autoincrement,
         topic text not null,
         payload blob not null,
         qos integer not null default 1,

@@ -1,0 +1,240 @@
+"""Shared fixtures: a real mosquitto per test session, and the real daemon as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class Broker:
+    """A mosquitto process on a free port that a test may stop and start again."""
+
+    def __init__(self, workdir: Path, extra: str = ""):
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(textwrap.dedent(f"""\
+            listener {self.port} 127.0.0.1
+            allow_anonymous true
+            persistence true
+            persistence_location {workdir}/
+            autosave_interval 1
+            set_tcp_nodelay true
+            max_queued_messages 100000
+            max_inflight_messages 100
+            """) + extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not os.path.exists(MOSQUITTO):
+            pytest.skip("mosquitto is not installed")
+        with open(self.workdir / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that stop and restart it."""
+    (tmp_path / "broker").mkdir()
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+class Daemon:
+    """The real ``edge-agent run`` as a child process."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        self.config = config
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "daemon.log"
+
+    def start(self, wait_ready: bool = True) -> None:
+        notify = None
+        if wait_ready:
+            sock_path = str(self.config.parent / f"notify-{time.monotonic_ns()}.sock")
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notify.bind(sock_path)
+            self.env["NOTIFY_SOCKET"] = sock_path
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(self.config)],
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        if notify is not None:
+            notify.settimeout(20)
+            try:
+                while True:
+                    msg = notify.recv(4096).decode()
+                    if "READY=1" in msg:
+                        break
+            except TimeoutError:
+                raise AssertionError(f"daemon not ready in 20 s; log:\n{self.log.read_text()[-3000:]}") from None
+            finally:
+                notify.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self.proc = None
+        return rc
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_agent", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, timeout=timeout, env=self.env, cwd=ROOT)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(config_body: str, env: dict[str, str] | None = None, name: str = "config.toml") -> Daemon:
+        d = Daemon(write_config(tmp_path / name, config_body), env)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc is not None:
+            d.proc.kill()
+            d.proc.wait(10)
+
+
+class Listener:
+    """A paho client that records every message on some topics."""
+
+    def __init__(self, port: int, topics: list[str], protocol: int = 5):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[Any] = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311)
+        self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ready = threading.Event()
+
+        def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+            c.subscribe([(t, 1) for t in topics])
+
+        def on_subscribe(*a: Any) -> None:
+            ready.set()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            with self.cond:
+                self.messages.append(msg)
+                self.cond.notify_all()
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert ready.wait(10), "listener did not subscribe"
+
+    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 10.0, count: int = 1) -> list[Any]:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [m for m in self.messages if pred(m)]
+                if len(found) >= count:
+                    return found
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {count} matching message(s), got {len(found)}: "
+                                         f"{[(m.topic, m.payload[:200]) for m in self.messages[-10:]]}")
+                self.cond.wait(left)
+
+    def replies(self, command_id: str) -> list[dict[str, Any]]:
+        with self.cond:
+            out = []
+            for m in self.messages:
+                if m.topic.endswith("/reply"):
+                    doc = json.loads(m.payload)
+                    if doc.get("id") == command_id:
+                        out.append(doc)
+            return out
+
+    def publish(self, topic: str, payload: Any, qos: int = 1, **kw: Any) -> None:
+        data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        self.client.publish(topic, data, qos=qos, **kw).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def listener_factory() -> Iterator[Callable[..., Listener]]:
+    made: list[Listener] = []
+
+    def make(port: int, topics: list[str], protocol: int = 5) -> Listener:
+        listener = Listener(port, topics, protocol)
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        listener.close()
