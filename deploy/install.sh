@@ -250,14 +250,16 @@ EOF
 }
 
 install_package() {
-    local venv_python
+    local venv_python pip
     venv_python=$(at "$VENV")/bin/python
+    pip=("$venv_python" -m pip install --disable-pip-version-check --no-input --quiet --upgrade)
     resolve_source
-    # --force-reinstall of edge-agent alone: a rebuilt checkout with an
-    # unchanged version number must still replace the installed code.
-    "$venv_python" -m pip install --disable-pip-version-check --no-input --quiet --upgrade "$PIP_TARGET_SPEC"
-    "$venv_python" -m pip install --disable-pip-version-check --no-input --quiet --force-reinstall --no-deps \
-        "$PIP_TARGET_SPEC"
+    "${pip[@]}" "$PIP_TARGET_SPEC"
+    # pip rebuilds and replaces a source directory every time, but keeps an
+    # installed version when handed a wheel or sdist with the same number.
+    if [[ -f $PIP_TARGET_SPEC ]]; then
+        "${pip[@]}" --force-reinstall --no-deps "$PIP_TARGET_SPEC"
+    fi
     say "installed $("$venv_python" -m pip show edge-agent 2>/dev/null | sed -n 's/^Version: /edge-agent /p')"
 }
 
@@ -290,7 +292,9 @@ write_config() {
         ' "$template" >"$conf.new"
         tasks=$REPO_DIR/config/example_tasks.py
         if [[ -f $tasks && ! -e $(at "$CONF_DIR")/example_tasks.py ]]; then
+            # [tasks] in the example imports it from the config's directory
             install -m 0640 -- "$tasks" "$(at "$CONF_DIR")/example_tasks.py"
+            [[ -n $ROOT ]] || chown -- "root:$USER_NAME" "$CONF_DIR/example_tasks.py"
         fi
     else
         cat >"$conf.new" <<EOF
@@ -306,11 +310,13 @@ trust = "sync"
 EOF
     fi
     chmod 0640 -- "$conf.new"
+    if [[ -n $ROOT ]]; then
+        say "would run: chown root:$USER_NAME $CONF"
+    else
+        chown -- "root:$USER_NAME" "$conf.new"
+    fi
     mv -- "$conf.new" "$conf"
     say "wrote $CONF (device id \"$id\"): edit it for your pins, location and broker"
-    [[ -n $ROOT ]] && say "would run: chown root:$USER_NAME $CONF"
-    [[ -z $ROOT ]] && chown -- "root:$USER_NAME" "$conf" "$(at "$CONF_DIR")"/*.py 2>/dev/null
-    return 0
 }
 
 validate_config() {
@@ -339,35 +345,42 @@ install_unit() {
     fi
 }
 
+# systemctl verbs that need a running systemd (not: enable/disable, which only
+# write symlinks and also work in a chroot while building an image).
+systemctl_live() {
+    if [[ -n $ROOT ]] || systemd_running; then
+        system systemctl "$@"
+    else
+        say "systemd is not running here: skipped systemctl $*"
+    fi
+}
+
 start_service() {
-    system systemctl daemon-reload
+    systemctl_live daemon-reload
     system systemctl enable "$SERVICE"
     if ((!START)); then
-        say "not starting now (--no-start): systemctl restart $SERVICE"
+        say "not starting now (--no-start); later: systemctl restart $SERVICE"
         return
     fi
-    if [[ -n $ROOT ]]; then
-        system systemctl restart "$SERVICE"
-        return
-    fi
-    if ! systemd_running; then
+    if [[ -z $ROOT ]] && ! systemd_running; then
         warn "systemd is not running here (a chroot or container?): the service starts at boot"
         return
     fi
-    # Type=notify: restart returns once the daemon reports READY, or fails.
-    if ! system systemctl restart "$SERVICE"; then
+    # Type=notify: restart returns once the daemon reports READY=1, or fails.
+    if ! systemctl_live restart "$SERVICE"; then
         systemctl status --no-pager --lines=30 "$SERVICE" >&2 || true
         die "$SERVICE did not start; see: journalctl -u $SERVICE"
     fi
-    say "$SERVICE is running; logs: journalctl -u $SERVICE -f; status: edge-agent status"
+    [[ -n $ROOT ]] || say "$SERVICE is running; logs: journalctl -u $SERVICE -f; status: edge-agent status"
 }
 
 uninstall() {
     if [[ -e $(at "$UNIT") ]]; then
-        system systemctl disable --now "$SERVICE"
+        systemctl_live stop "$SERVICE"
+        system systemctl disable "$SERVICE"
     fi
     rm -f -- "$(at "$UNIT")"
-    system systemctl daemon-reload
+    systemctl_live daemon-reload
     local link
     link=$(at "$BIN_LINK")
     if [[ -L $link && $(readlink -- "$link") == "$VENV/bin/edge-agent" ]]; then

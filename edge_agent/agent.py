@@ -166,6 +166,11 @@ class Agent:
     def _network_up(self) -> bool:
         return True
 
+    def clock_trusted(self) -> bool:
+        if self.scheduler is not None:
+            return bool(self.scheduler.clock_trusted())
+        return self.settings.clock_trust == "always" or systemd.clock_synchronized()
+
     def _on_gpio_change(self, name: str, value: Any) -> None:
         if self.link is not None:
             self.link.gpio_changed(name, value)

@@ -43,7 +43,7 @@ def parse_duration(text: str | int | float, *, signed: bool = False) -> float:
 def format_duration(seconds: float) -> str:
     """The inverse of :func:`parse_duration` for whole seconds: ``5400 -> '1h30m'``."""
     sign = "-" if seconds < 0 else ""
-    rest = int(round(abs(seconds)))
+    rest = round(abs(seconds))
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:

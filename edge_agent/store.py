@@ -61,11 +61,13 @@ _SCHEMA = (
         props text,
         created real not null
     )""",
-    # What each scheduled job last fired: (job, planned instant) is the identity of a firing.
+    # Per scheduled job: when it was first seen (it never fires for instants before),
+    # and the last planned instant handled. (job, planned instant) identifies a firing.
     """create table if not exists firings (
         job text primary key,
-        planned real not null,
-        fired real not null
+        since real not null,
+        planned real,
+        fired real
     )""",
     # Small facts the daemon shares with the CLI: pid, start time, link state, last error.
     "create table if not exists meta (key text primary key, value text not null)",
@@ -201,6 +203,5 @@ class Store:
             os.close(fd)
 
     def close(self) -> None:
-        with self.lock:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.close()
+        with self.lock, contextlib.suppress(sqlite3.Error):
+            self.conn.close()

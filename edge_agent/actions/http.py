@@ -78,7 +78,7 @@ def http_request(url: str, method: str = "GET", json_body: Any = None, body: str
         if isinstance(reason, (TimeoutError, socket.timeout)):
             raise RetryableError(f"no answer from {url} within {timeout}s") from None
         raise NetworkUnavailable(f"cannot reach {url}: {reason}") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise RetryableError(f"no answer from {url} within {timeout}s") from None
     except (ConnectionError, OSError) as exc:
         raise NetworkUnavailable(f"connection to {url} failed: {exc}") from None

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
-__all__ = ["CronExpr"]
+__all__ = ["CronExpr", "wall_to_instant"]
 
-_UTC = timezone.utc
 _FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_MONTHS = {name: i for i, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
-_DAYS = {name: i for i, name in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+_MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_MONTHS = {name: i for i, name in enumerate(_MONTH_NAMES, 1)}
+_DAYS = {name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 _NAMES: tuple[dict[str, int], ...] = ({}, {}, {}, _MONTHS, _DAYS)
 _NICKNAMES = {
     "@yearly": "0 0 1 1 *",
@@ -162,14 +162,24 @@ class CronExpr:
 
     def _instants(self, wall: datetime, tz: tzinfo) -> list[datetime]:
         """The UTC instants at which local time ``wall`` makes this job fire."""
-        first = wall.replace(tzinfo=tz, fold=0).astimezone(_UTC)
-        second = wall.replace(tzinfo=tz, fold=1).astimezone(_UTC)
+        first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+        second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
         exists = first.astimezone(tz).replace(tzinfo=None) == wall
         if not exists:  # in a spring-forward gap
             return [_gap_end(second, first, tz)] if self.wall_clock else []
         if self.wall_clock or first == second:
             return [first]
         return [first, second]  # ambiguous, wildcard hour: both passes
+
+
+def wall_to_instant(wall: datetime, tz: tzinfo) -> datetime:
+    """The UTC instant of naive local time ``wall`` in ``tz``, by the wall-clock rules:
+    its first occurrence when the clocks repeat it, the first valid instant after the
+    gap when they skip it (02:30 on spring-forward day in New York -> 03:00 EDT)."""
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if first.astimezone(tz).replace(tzinfo=None) == wall.replace(fold=0):
+        return first
+    return _gap_end(wall.replace(tzinfo=tz, fold=1).astimezone(UTC), first, tz)
 
 
 def _gap_end(before: datetime, after: datetime, tz: tzinfo) -> datetime:

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from typing import NamedTuple
+
+from edge_agent.durations import parse_duration
 
 __all__ = [
     "SOLAR_EVENTS",
@@ -39,6 +41,7 @@ __all__ = [
     "SolarOccurrence",
     "SolarPause",
     "next_solar",
+    "parse_solar_expr",
     "solar_event_of_day",
     "solar_events",
     "solar_pause",
@@ -88,7 +91,6 @@ _OMEGA = 2.0 * math.pi / _DAY_S  # hour angle rate relative to the Sun, rad/s
 # How many cycles next_solar() looks ahead: a year and a bit covers the longest
 # polar night or day anywhere but within a degree or so of the poles.
 _SEARCH_CYCLES = 372
-_UTC = timezone.utc
 
 # The lunar and planetary perturbations of the Sun's longitude that the low-precision
 # theory leaves out (it is otherwise off by up to 35"): (amplitude ", phase at J2000 °,
@@ -255,6 +257,22 @@ def _solve_crossing(low: float, high: float, target: float, sin_lat: float, cos_
     return ts
 
 
+def parse_solar_expr(text: str) -> tuple[str, float]:
+    """``"sunset-15m"`` -> ``("sunset", -900.0)``; ``"dusk"`` -> ``("dusk", 0.0)``.
+
+    Raises ValueError naming the problem (unknown event, bad offset).
+    """
+    body = text.strip().replace(" ", "").lower()
+    cut = next((i for i, char in enumerate(body) if char in "+-"), len(body))
+    event, offset = body[:cut], body[cut:]
+    if event not in SOLAR_EVENTS:
+        raise ValueError(f"unknown solar event {event!r} in {text!r}; expected one of {', '.join(SOLAR_EVENTS)}")
+    try:
+        return event, parse_duration(offset, signed=True) if offset else 0.0
+    except ValueError as exc:
+        raise ValueError(f"bad offset in {text!r}: {exc}") from None
+
+
 def _check_place(latitude: float, longitude: float) -> None:
     if not -90.0 <= latitude <= 90.0:
         raise ValueError(f"latitude must be between -90 and 90, got {latitude}")
@@ -279,7 +297,7 @@ def _first_cycle(ts: float, longitude: float) -> int:
 
 
 def _utc(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, _UTC)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def next_solar(
