@@ -33,7 +33,10 @@ REPO_DIR=$(dirname "$SCRIPT_DIR")
 
 ROOT=${EDGE_AGENT_ROOT:-}
 SOURCE=""
-PYTHON=${PYTHON:-python3}
+# Debian's interpreter by default: a venv links to its interpreter, which the
+# service user must be able to run (a pyenv under /root would not do).
+PYTHON=python3
+[[ -x /usr/bin/python3 ]] && PYTHON=/usr/bin/python3
 DEVICE_ID=""
 USE_APT=1
 START=1
@@ -47,7 +50,8 @@ usage: install.sh [options]
   --from SRC        what to install: a source directory, a wheel or sdist, or a
                     pip requirement such as "edge-agent" or "edge-agent==0.2.0"
                     (default: the checkout this script is in, else "edge-agent")
-  --python PATH     interpreter for the venv, 3.11 or newer (default: python3)
+  --python PATH     interpreter for the venv, 3.11 or newer, runnable by the
+                    service user (default: /usr/bin/python3)
   --device-id ID    [device] id for a newly written config (default: hostname)
   --no-apt          do not install Debian packages (python3-venv, python3-lgpio)
   --no-start        enable the service but do not (re)start it now
@@ -59,6 +63,7 @@ usage: install.sh [options]
 EOF
 }
 
+ARGS=("$@")
 while (($#)); do
     case $1 in
         --from) SOURCE=${2:?--from needs a value}; shift ;;
@@ -107,7 +112,7 @@ setup_root() {
         mkdir -p -- "$ROOT"
         say "operating inside $ROOT; the real system is left alone"
     elif ((EUID != 0)); then
-        die "run as root (sudo $0 $*), or use --root DIR to try it in a directory"
+        die "run as root (sudo $0 ${ARGS[*]}), or use --root DIR to try it in a directory"
     fi
 }
 
@@ -180,7 +185,7 @@ create_user() {
             || system usermod --append --groups "$GPIO_GROUP" "$USER_NAME"
     else
         system useradd --system --user-group --groups "$GPIO_GROUP" --home-dir "$STATE_DIR" \
-            --no-create-home --shell /usr/sbin/nologin --comment "edge-agent daemon" "$USER_NAME"
+            --no-create-home --no-log-init --shell /usr/sbin/nologin --comment "edge-agent daemon" "$USER_NAME"
     fi
 }
 
@@ -198,7 +203,7 @@ make_dir() {
 create_dirs() {
     install -d -m 0755 -- "$(at "$APP_DIR")"
     make_dir "$CONF_DIR" 0750 "root:$USER_NAME"
-    make_dir "$STATE_DIR" 0770 "$USER_NAME:$USER_NAME"
+    make_dir "$STATE_DIR" 0750 "$USER_NAME:$USER_NAME"
 }
 
 create_venv() {
@@ -317,12 +322,20 @@ EOF
     fi
     mv -- "$conf.new" "$conf"
     say "wrote $CONF (device id \"$id\"): edit it for your pins, location and broker"
+    if grep -q '^pin_factory *= *"mock"' "$conf"; then
+        say "it drives mock pins until you remove pin_factory = \"mock\" from its [gpio] table"
+    fi
 }
 
 validate_config() {
     local check=("$(at "$VENV")/bin/edge-agent" check --config "$(at "$CONF")")
     # As the service user on the real system: what the daemon can read is what counts.
-    [[ -z $ROOT ]] && command -v runuser >/dev/null && check=(runuser -u "$USER_NAME" -- "${check[@]}")
+    if [[ -z $ROOT ]] && command -v runuser >/dev/null; then
+        runuser -u "$USER_NAME" -- "$VENV/bin/python" -c '' 2>/dev/null \
+            || die "user $USER_NAME cannot run $VENV/bin/python: $PYTHON must be readable by" \
+                "all (not under /root, e.g. a pyenv); use --python /usr/bin/python3"
+        check=(runuser -u "$USER_NAME" -- "${check[@]}")
+    fi
     if ! (cd / && "${check[@]}"); then
         die "$CONF is not valid for this version (see above); the running service was not" \
             "restarted. Fix it, then: systemctl restart $SERVICE"
@@ -405,7 +418,7 @@ cleanup() { [[ -n $WORK_DIR ]] && rm -rf -- "$WORK_DIR"; return 0; }
 trap cleanup EXIT
 
 main() {
-    setup_root "$@"
+    setup_root
     if [[ $MODE == uninstall ]]; then
         uninstall
         return
@@ -428,4 +441,4 @@ main() {
     start_service
 }
 
-main "$@"
+main

@@ -99,6 +99,7 @@ class Agent:
         self.scheduler: Any = None
         self.watchdog: Any = None
         self._components: list[Any] = []
+        self._last_problems: list[str] = []
 
     # ----------------------------------------------------------------- start
 
@@ -216,7 +217,16 @@ class Agent:
 
     def alive(self) -> bool:
         """Whether every loop that must run is running (the watchdog is fed only then)."""
-        return all(getattr(c, "alive", lambda: True)() for c in self._components)
+        problems = [type(c).__name__ for c in self._components if not c.alive()]
+        if self.queue is not None:
+            problems += self.queue.wedged(self.settings.task_timeout)
+        if problems:
+            if problems != self._last_problems:
+                log.error("not feeding the watchdog: %s", ", ".join(problems))
+            self._last_problems = problems
+            return False
+        self._last_problems = []
+        return True
 
     def reload(self) -> None:
         """Re-read the config (SIGHUP): jobs, windows and log level change live; the rest needs a restart."""
@@ -273,6 +283,13 @@ class Agent:
         if self._lock is not None:
             self._lock.release()
         log.info("stopped")
+
+    def announce_discovery(self) -> None:
+        """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""
+        if self.link is not None and self.store is not None and self.settings.mqtt and self.settings.mqtt.discovery:
+            from .discovery import announce
+
+            announce(self.settings, self.store, self.link.outbox)
 
     # ----------------------------------------------------------------- facts for state
 

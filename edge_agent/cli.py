@@ -138,6 +138,8 @@ def parse_pairs(pairs: Sequence[str], args_json: str | None) -> dict[str, Any]:
     if args_json is not None:
         try:
             doc = json.loads(args_json)
+        except RecursionError:
+            raise InvalidCommand("--args is nested too deeply") from None
         except ValueError as exc:
             raise InvalidCommand(f"--args is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
@@ -149,9 +151,34 @@ def parse_pairs(pairs: Sequence[str], args_json: str | None) -> dict[str, Any]:
             raise InvalidCommand(f"expected key=value, got {word!r}")
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = raw
         out[key.strip()] = value
+    from .commands import MAX_DEPTH, _depth
+
+    if _depth(out) > MAX_DEPTH:
+        raise InvalidCommand(f"arguments are nested deeper than {MAX_DEPTH} levels")
+    return out
+
+
+def _text_where_wanted(action: Any, pairs: Sequence[str], values: dict[str, Any]) -> dict[str, Any]:
+    """``zone=12`` means the text "12" when the parameter takes text but not a number.
+
+    A ``key=value`` word is read as JSON first (so ``minutes=5`` is a number); if that
+    value does not fit the parameter's type but the word as typed does, the text wins.
+    """
+    from .commands import _check
+
+    params = {p.name: p for p in action.params}
+    out = dict(values)
+    for word in pairs:
+        key, _, raw = word.partition("=")
+        key = key.strip()
+        param = params.get(key)
+        if param is None or out.get(key) == raw or _check(param.annotation, out.get(key))[0]:
+            continue
+        if _check(param.annotation, raw)[0]:
+            out[key] = raw
     return out
 
 
@@ -163,6 +190,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args)
     values = parse_pairs(args.pairs, args.args)
     registry = build_registry(settings)
+    values = _text_where_wanted(registry.get(args.action), args.pairs, values)
     _, clean = registry.validate(args.action, values)
     fields: dict[str, Any] = {"action": args.action, "args": clean, "source": "cli"}
     if args.id is not None:

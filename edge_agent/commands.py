@@ -256,7 +256,8 @@ def _check(annotation: Any, value: Any) -> tuple[bool, Any]:
                 return True, converted
         return False, value
     if origin is typing.Literal:
-        return value in typing.get_args(annotation), value
+        # Compare types too: True == 1 and 1 == 1.0, but Literal[1] does not mean True.
+        return any(type(value) is type(a) and value == a for a in typing.get_args(annotation)), value
     if annotation is type(None) or annotation is None:
         return value is None, value
     if annotation is bool:
@@ -264,7 +265,11 @@ def _check(annotation: Any, value: Any) -> tuple[bool, Any]:
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        try:
+            ok = ok and math.isfinite(value)
+        except OverflowError:  # an int beyond float's range (JSON allows any number of digits)
+            ok = False
         return ok, float(value) if ok else value
     if annotation is str:
         return isinstance(value, str), value

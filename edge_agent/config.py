@@ -137,6 +137,7 @@ class Settings:
     task_paths: tuple[str, ...] = ()
     workers: int = 4
     drain_timeout: float = 10.0
+    task_timeout: float = 3600.0
     jobs: tuple[JobSpec, ...] = ()
     windows: tuple[WindowSpec, ...] = ()
     log_level: str = "info"
@@ -348,6 +349,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
         if keep < 86400:
             raise t.error("keep", "must be at least 1d: command ids are remembered at least that long")
         t.finish()
+    db_path = os.path.expanduser(db_path)
     if not os.path.isabs(db_path) and path != "<config>":
         db_path = str(Path(path).resolve().parent / db_path)
 
@@ -376,9 +378,10 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
             devices[name] = _parse_device(name, sub)
         pins: dict[Any, str] = {}
         for spec in devices.values():
-            if spec.pin in pins:
-                raise t.error(f"{spec.name}.pin", f"pin {spec.pin} is already used by device {pins[spec.pin]!r}")
-            pins[spec.pin] = spec.name
+            same = _pin_identity(spec.pin)
+            if same in pins:
+                raise t.error(f"{spec.name}.pin", f"pin {spec.pin} is already used by device {pins[same]!r}")
+            pins[same] = spec.name
 
     modules: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
@@ -390,10 +393,13 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
         base = os.path.dirname(os.path.abspath(path))
         paths = tuple(p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in paths)
 
-    workers, drain = 4, 10.0
+    workers, drain, task_timeout = 4, 10.0, 3600.0
     if (t := top.table("queue")) is not None:
         workers = t.get("workers", _int_range(1, 64), workers)
         drain = t.get("drain_timeout", _duration, drain)
+        task_timeout = t.get("task_timeout", _duration, task_timeout)
+        if task_timeout <= 0:
+            raise t.error("task_timeout", "must be more than 0s")
         t.finish()
 
     log_level = "info"
@@ -408,7 +414,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
     settings = Settings(
         path=path, device_id=device_id, groups=groups, location=location, db_path=db_path, sync=sync,
         keep=keep, clock_trust=clock_trust, mqtt=mqtt, pin_factory=pin_factory, devices=devices,
-        task_modules=modules, task_paths=paths, workers=workers, drain_timeout=drain, jobs=jobs,
+        task_modules=modules, task_paths=paths, workers=workers, drain_timeout=drain, task_timeout=task_timeout, jobs=jobs,
         windows=windows, log_level=log_level,
     )
     _check_schedules(settings)
@@ -497,6 +503,14 @@ def _pin(value: Any) -> int | str:
     raise ValueError(f"expected a GPIO number like 17 or a name like 'GPIO17' / 'BOARD11', got {_show(value)}")
 
 
+def _pin_identity(pin: int | str) -> int | str:
+    """The same GPIO however it is written: 17, "17", "GPIO17" and "BCM17" are one pin."""
+    if isinstance(pin, str):
+        m = re.fullmatch(r"(?:GPIO|BCM)?\s*(\d+)", pin.strip(), re.IGNORECASE)
+        return int(m.group(1)) if m else pin.strip().upper()
+    return pin
+
+
 def _parse_device(name: str, t: _Table) -> DeviceSpec:
     kind = t.get("kind", _choice("output", "pwm", "input"), required=True)
     pin = t.get("pin", _pin, required=True)
@@ -539,7 +553,7 @@ def _parse_jobs(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[JobSpec]
         seen.add(name)
         kinds = [k for k in TRIGGER_KINDS if k in t.raw]
         if len(kinds) != 1:
-            raise t.error("", f"needs exactly one of {', '.join(TRIGGER_KINDS)}; found {len(kinds) or 'none'}".replace(".: ", ": "))
+            raise ConfigError(f"needs exactly one of {', '.join(TRIGGER_KINDS)}; found {len(kinds) or 'none'}", path=t.path, key=key)
         kind = kinds[0]
         value = t.get(kind, _trigger_value)
         offset = t.get("offset", _signed_duration, 0.0)

@@ -149,9 +149,10 @@ class Hardware:
             before = self.read(name)
             try:
                 if spec.kind == "pwm":
-                    level = 1.0 if value == "on" else 0.0 if value == "off" else float(value)
                     if value == "toggle":
                         level = 0.0 if float(dev.value) > 0 else 1.0
+                    else:
+                        level = 1.0 if value == "on" else 0.0 if value == "off" else float(value)
                     dev.value = level
                 elif value == "toggle":
                     dev.toggle()
@@ -172,9 +173,11 @@ class Hardware:
             if spec.kind == "input" or name not in self._devices:
                 continue
             try:
-                self.set(name, spec.initial)
+                value, _ = self.set(name, spec.initial)
             except HardwareError as exc:
                 log.error("could not make %s safe: %s", name, exc)
+            else:
+                log.info("%s is %s, its safe state", name, value)
 
     def states(self) -> dict[str, Value]:
         return {name: self.read(name) for name in self._devices}

@@ -52,9 +52,7 @@ _KEY_VALUE = re.compile(
          (?P<value>"[^"]*"|'[^']*'|[^\s,;&'"}}\])]+)""",
     re.IGNORECASE | re.VERBOSE,
 )
-_URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/:@]+:)[^\s/@]+(?=@)", re.IGNORECASE
-)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/:@]+:)[^\s/@]+(?=@)", re.IGNORECASE)
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -118,9 +116,7 @@ class _TerminalFormatter(logging.Formatter):
     """Local time, level, logger and message; continuation lines indented."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-        )
+        super().__init__("%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         text = redact(super().format(record))
@@ -145,9 +141,7 @@ class _Handler(logging.StreamHandler[TextIO]):
     """Marks the handler ``setup_logging`` installed, so a second call replaces it."""
 
 
-def setup_logging(
-    level: str = "info", *, stream: TextIO | None = None, journald: bool | None = None
-) -> None:
+def setup_logging(level: str = "info", *, stream: TextIO | None = None, journald: bool | None = None) -> None:
     """Send every log record at ``level`` or above to ``stream`` (default: stderr), one line each.
 
     ``journald=None`` detects journald: ``$JOURNAL_STREAM`` names the device and
@@ -158,9 +152,7 @@ def setup_logging(
     try:
         levelno = _LEVELS[level.lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown log level {level!r}; use debug, info, warning, error or critical"
-        ) from None
+        raise ValueError(f"unknown log level {level!r}; use debug, info, warning, error or critical") from None
     if stream is None:
         stream = sys.stderr
     if journald is None:

@@ -11,12 +11,13 @@ import errno
 import random
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 
 from .durations import parse_duration
 from .errors import NetworkUnavailable, PermanentError, RetryableError, TaskError
 
-__all__ = ["RetryPolicy", "classify"]
+__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "classify"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,21 @@ class RetryPolicy:
 
     def delay_before(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` attempts failed."""
-        ceiling = min(self.max_delay, self.delay * self.backoff ** max(0, attempt - 1))
+        try:
+            ceiling = min(self.max_delay, self.delay * self.backoff ** max(0, attempt - 1))
+        except OverflowError:  # 2.0 ** 1024 and up: long past the cap
+            ceiling = self.max_delay
         if not self.jitter:
             return ceiling
         return (rng or random).uniform(0.0, ceiling)
 
 
+#: HTTP statuses worth another attempt (408 timeout, 425 too early, 429 too many, 5xx)
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+# ETIMEDOUT is not here: Python raises it as TimeoutError, which is a "retry" (see classify).
 _TRANSIENT_ERRNOS = {
-    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
     errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.EAGAIN, errno.EHOSTDOWN,
 }
 
@@ -61,7 +69,20 @@ def classify(exc: BaseException) -> str:
     Tasks say what they mean by raising :class:`RetryableError`, :class:`NetworkUnavailable`
     or :class:`PermanentError`; other exceptions are judged by type. Unknown errors are
     ``retry``: with ``retries = 0`` (the default) that still fails at once.
+
+    A timeout is ``retry``, not ``network``: it does not show that the network is
+    down (a half-open connection or a slow server times out too), and parked work
+    never uses up its attempts, so a timeout that parked could park for good.
+    urllib's ``URLError`` is judged by the error it wraps and ``HTTPError`` by its
+    status, as the built-in ``http.request`` judges them.
     """
+    # Not imported here (it costs the CLI a few ms): if urllib.error is not loaded, exc is not one of its.
+    urllib_error = sys.modules.get("urllib.error")
+    if urllib_error is not None:
+        if isinstance(exc, urllib_error.HTTPError):
+            return "retry" if exc.code in RETRYABLE_STATUS else "permanent"
+        if isinstance(exc, urllib_error.URLError) and isinstance(exc.reason, BaseException):
+            return classify(exc.reason)
     if isinstance(exc, NetworkUnavailable):
         return "network"
     if isinstance(exc, PermanentError):
@@ -72,8 +93,8 @@ def classify(exc: BaseException) -> str:
         return "network"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "permanent"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "network"
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return "retry"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return "network"
     if isinstance(exc, (TypeError, ValueError, KeyError, LookupError, AttributeError)):

@@ -109,7 +109,9 @@ class Scheduler:
         self._wake.set()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The thread runs and its loop came round recently (it wakes at least every minute)."""
+        fresh = time.monotonic() - self.last_beat < 2 * MAX_SLEEP + 30
+        return self._thread is not None and self._thread.is_alive() and fresh
 
     def clock_trusted(self) -> bool:
         if self.settings.clock_trust == "always":
@@ -195,12 +197,13 @@ class Scheduler:
         return out
 
     def _fire(self, spec: Any, instants: tuple[datetime, ...], last: datetime | None, now_ts: float) -> None:
+        # Deadlines are on the runner's clock (real time), not the schedule clock.
         grace = spec.grace if spec.missed != "skip" else ON_TIME
         with self.store.transaction() as cur:
             for planned in instants:
                 ts = planned.timestamp()
                 cmd = NewCommand(action=spec.action, args=dict(spec.args), id=f"job:{spec.name}:{ts:.0f}",
-                                 source="schedule", deadline=max(ts + grace, now_ts + ON_TIME))
+                                 source="schedule", deadline=time.time() + max(ts + grace - now_ts, ON_TIME))
                 self.submit(cmd, cur)
                 log.info("job %s fired for %s", spec.name, planned.astimezone(self.settings.location.tz).isoformat())
             cur.execute("update firings set planned = ?, fired = ? where job = ?",
@@ -216,7 +219,7 @@ class Scheduler:
             value = spec.value if active else ("off" if isinstance(spec.value, str) else 0.0)
             cmd = NewCommand(action="gpio.set", args={"device": spec.device, "value": value},
                              id=f"window:{spec.key}:{spec.device}:{now_ts:.3f}", source="window",
-                             deadline=now_ts + ON_TIME)
+                             deadline=time.time() + ON_TIME)
             self.submit(cmd)
             log.info("window %s: %s is %s now (%s until %s)", spec.key, spec.device, value, spec.start, spec.until)
         self._window_boundary[i] = boundary_ts

@@ -241,13 +241,9 @@ class Watchdog:
         """Sorted names of the loops whose last beat is older than allowed; empty if all live."""
         current = time.monotonic() if now is None else now
         with self._lock:
-            return sorted(
-                name for name, last in self._last.items() if current - last > self._allowed[name]
-            )
+            return sorted(name for name, last in self._last.items() if current - last > self._allowed[name])
 
-    def feed(
-        self, now: float | None = None, *, environ: Mapping[str, str] | None = None
-    ) -> list[str]:
+    def feed(self, now: float | None = None, *, environ: Mapping[str, str] | None = None) -> list[str]:
         """Ping ``WATCHDOG=1`` if no loop is stale; returns the stale loops (then no ping)."""
         stale = self.check(now)
         if stale:

@@ -120,12 +120,18 @@ class QueueStorage(SqliteStorage):
         return None, nxt
 
     def dequeue(self) -> bytes | None:
+        """The next ready message, or None after waiting up to ``SAFETY_INTERVAL`` (so the
+        caller's loop comes round and can show it is alive)."""
+        end = time.monotonic() + SAFETY_INTERVAL
         while not self.stopping:
             generation = self._generation
             data, next_eta = self._pop(time.time())
             if data is not None:
                 return data
-            timeout = SAFETY_INTERVAL if next_eta is None else min(SAFETY_INTERVAL, max(0.0, next_eta - time.time()))
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            timeout = left if next_eta is None else min(left, max(0.0, next_eta - time.time()))
             with self.cond:
                 if generation == self._generation and not self.stopping:
                     self.cond.wait(timeout)
@@ -148,7 +154,9 @@ class TaskQueue:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._poke: PokeListener | None = None
-        self.heartbeat: Callable[[str], None] = lambda name: None
+        # Per worker: when its loop last came round, and since when it runs a command.
+        self._beats: dict[str, float] = {}
+        self._busy_since: dict[str, float | None] = {}
 
     # ----------------------------------------------------------------- entering the queue
 
@@ -248,6 +256,7 @@ class TaskQueue:
     def _work(self) -> None:
         name = threading.current_thread().name
         while not self.storage.stopping:
+            self._beats[name] = time.monotonic()
             try:
                 data = self.storage.dequeue()
             except Exception:
@@ -258,15 +267,32 @@ class TaskQueue:
                 continue
             with self._busy_lock:
                 self._busy += 1
+            self._busy_since[name] = time.monotonic()
             try:
                 task = self.huey.deserialize_task(data)
                 task.execute()
             except Exception:
                 log.exception("worker %s: unexpected error", name)
             finally:
+                self._busy_since[name] = None
                 with self._busy_lock:
                     self._busy -= 1
-            self.heartbeat(name)
+
+    def wedged(self, task_timeout: float, now: float | None = None) -> list[str]:
+        """Workers that are dead, stuck outside a command, or running one longer than ``task_timeout``."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for t in self._threads:
+            if not t.name.startswith("worker-"):
+                continue
+            busy = self._busy_since.get(t.name)
+            if not t.is_alive():
+                out.append(f"{t.name} (dead)")
+            elif busy is not None and now - busy > task_timeout:
+                out.append(f"{t.name} (one command for {now - busy:.0f}s)")
+            elif busy is None and now - self._beats.get(t.name, now) > 2 * SAFETY_INTERVAL + 10:
+                out.append(f"{t.name} (stuck)")
+        return out
 
     @property
     def busy(self) -> int:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,9 +87,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     binary.chmod(0o755)
     unit = tmp_path / "edge-agent.service"
     unit.write_text(UNIT.read_text().replace(EXEC_START, str(binary)))
-    result = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "edge-agent.service" not in result.stdout + result.stderr, result.stdout + result.stderr
 
@@ -126,9 +125,7 @@ sqlite3.connect(":memory:").execute("select 1")
 
 def test_daemon_libraries_work_without_writable_executable_memory():
     """Under the kernel's MemoryDenyWriteExecute the daemon's libraries and the adjtimex check still work."""
-    result = subprocess.run(
-        [sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    result = subprocess.run([sys.executable, "-c", MDWE_PROBE], capture_output=True, text=True, timeout=60, cwd=REPO)
     if result.returncode == 77:
         pytest.skip("kernel without PR_SET_MDWE")
     assert result.returncode == 0, result.stderr
@@ -215,24 +212,31 @@ def test_install_upgrade_uninstall_purge_in_a_temporary_root(tmp_path):
     assert 'path = "/var/lib/edge-agent/agent.db"' in config
     assert (root / "etc/edge-agent/config.toml").stat().st_mode & 0o777 == 0o640
     assert (root / "etc/edge-agent").stat().st_mode & 0o777 == 0o750
-    assert (root / "var/lib/edge-agent").stat().st_mode & 0o777 == 0o770
-    for planned in ("useradd --system", "chown root:edge-agent /etc/edge-agent", "systemctl daemon-reload",
-                    "systemctl enable edge-agent.service", "systemctl restart edge-agent.service"):
+    assert (root / "var/lib/edge-agent").stat().st_mode & 0o777 == 0o750
+    for planned in (
+        "useradd --system",
+        "chown root:edge-agent /etc/edge-agent",
+        "systemctl daemon-reload",
+        "systemctl enable edge-agent.service",
+        "systemctl restart edge-agent.service",
+    ):
         assert f"would run: {planned}" in first.stdout, first.stdout
     check = subprocess.run(
         [str(venv / "bin/edge-agent"), "check", "--config", str(root / "etc/edge-agent/config.toml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert check.returncode == 0, check.stderr
 
     # 2. run again: upgrade in place (the package is reinstalled), config and state untouched
     (installed,) = venv.glob("lib/python3*/site-packages/edge_agent/__init__.py")
-    installed_before = installed.stat().st_ino
+    installed.write_text(installed.read_text() + "# stale copy\n")
     (root / "etc/edge-agent/config.toml").write_text(config + "# edited by the operator\n")
     (root / "var/lib/edge-agent/agent.db").write_bytes(b"state")
     second = _install(root)
     assert "reusing venv" in second.stdout and "keeping existing config" in second.stdout
-    assert installed.stat().st_ino != installed_before, "the package was not reinstalled"
+    assert "# stale copy" not in installed.read_text(), "the package was not reinstalled"
     assert (root / "etc/edge-agent/config.toml").read_text().endswith("# edited by the operator\n")
     assert (root / "var/lib/edge-agent/agent.db").read_bytes() == b"state"
     assert _tree(root) == INSTALLED | {"var/lib/edge-agent/agent.db"}
@@ -243,9 +247,20 @@ def test_install_upgrade_uninstall_purge_in_a_temporary_root(tmp_path):
     assert "would run: systemctl disable edge-agent.service" in third.stdout
     assert "userdel" not in third.stdout
     assert _tree(root) == {
-        "etc/", "etc/edge-agent/", "etc/edge-agent/config.toml", "etc/edge-agent/example_tasks.py",
-        "etc/systemd/", "etc/systemd/system/", "opt/", "usr/", "usr/local/", "usr/local/bin/",
-        "var/", "var/lib/", "var/lib/edge-agent/", "var/lib/edge-agent/agent.db",
+        "etc/",
+        "etc/edge-agent/",
+        "etc/edge-agent/config.toml",
+        "etc/edge-agent/example_tasks.py",
+        "etc/systemd/",
+        "etc/systemd/system/",
+        "opt/",
+        "usr/",
+        "usr/local/",
+        "usr/local/bin/",
+        "var/",
+        "var/lib/",
+        "var/lib/edge-agent/",
+        "var/lib/edge-agent/agent.db",
     }
 
     # 4. purge: config, state and the user go too
@@ -254,6 +269,88 @@ def test_install_upgrade_uninstall_purge_in_a_temporary_root(tmp_path):
     assert not (root / "etc/edge-agent").exists() and not (root / "var/lib/edge-agent").exists()
 
     assert {p: p.exists() for p in host_paths} == host_before, "install.sh touched the real system"
+
+
+# Runs its arguments in a private mount namespace where /etc, /opt, /usr/local
+# and /var are overlays (writes land in $1) and /run is empty (no systemd, no
+# D-Bus to reach the host's service manager): install.sh's real-system path,
+# useradd and chown included, without changing the machine.
+OVERLAY_RUNNER = """
+set -euo pipefail
+T=$1; shift
+mount --make-rprivate / || exit 77
+for d in /etc /opt /usr/local /var; do
+    n=${d//\\//_}
+    mkdir -p "$T/up$n" "$T/work$n"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$T/up$n,workdir=$T/work$n" "$d" || exit 77
+    mountpoint -q "$d" || exit 77
+done
+mount -t tmpfs tmpfs /run || exit 77
+"$@"
+"""
+
+REAL_INSTALL = """
+set -euo pipefail
+install=$1
+bash "$install" --no-apt --python /usr/bin/python3 --device-id porch
+bash "$install" --no-apt --python /usr/bin/python3
+echo "GROUPS $(id -nG edge-agent)"
+stat -c 'STAT %n %U:%G %a' /etc/edge-agent /etc/edge-agent/config.toml /var/lib/edge-agent
+echo "ENABLED $(readlink /etc/systemd/system/multi-user.target.wants/edge-agent.service)"
+bash "$install" --purge
+id edge-agent >/dev/null 2>&1 && echo "USER left" || echo "USER gone"
+ls /etc/systemd/system/multi-user.target.wants/edge-agent.service 2>/dev/null && echo "LINK left" || echo "LINK gone"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_install_as_on_a_device_inside_a_private_mount_namespace(tmp_path):
+    """Without --root, install.sh creates the user in group gpio, sets owners and modes and enables the unit."""
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("/usr/bin/python3 cannot create venvs")
+
+    def host_state() -> tuple[bool, ...]:
+        user = subprocess.run(["id", "edge-agent"], capture_output=True).returncode == 0
+        return user, Path("/opt/edge-agent").exists(), Path("/etc/edge-agent").exists()
+
+    host_before = host_state()
+    runner = tmp_path / "overlay.sh"
+    runner.write_text(OVERLAY_RUNNER)
+    (tmp_path / "layers").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT_", "VIRTUAL_ENV", "PYTHON"))}
+    env["PIP_CACHE_DIR"] = str(tmp_path / "pip-cache")
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "bash",
+            str(runner),
+            str(tmp_path / "layers"),
+            "bash",
+            "-c",
+            REAL_INSTALL,
+            "real-install",
+            str(INSTALL),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    if result.returncode == 77:
+        pytest.skip("cannot mount overlays here")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "running: useradd --system --user-group --groups gpio" in out
+    assert "GROUPS edge-agent gpio" in out
+    assert "STAT /etc/edge-agent root:edge-agent 750" in out
+    assert "STAT /etc/edge-agent/config.toml root:edge-agent 640" in out
+    assert "STAT /var/lib/edge-agent edge-agent:edge-agent 750" in out
+    assert "ENABLED /etc/systemd/system/edge-agent.service" in out
+    assert "running: userdel edge-agent" in out and "USER gone" in out and "LINK gone" in out
+    assert host_state() == host_before, "install.sh changed the real system"
 
 
 def test_install_script_help_and_bad_options():
@@ -345,7 +442,7 @@ class _Client:
 
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.reason: object = None
+        self.reason: Any = None
         self.messages: list[str] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         if username is not None:
@@ -404,8 +501,7 @@ def test_mosquitto_config_authenticates_and_confines_devices(broker):
 def test_mosquitto_config_sets_what_edge_agent_relies_on():
     """The broker config keeps sessions on disk, disables Nagle and queues far beyond the 1000 default."""
     settings = dict(
-        line.split(None, 1) for line in (DEPLOY / "mosquitto.conf").read_text().splitlines()
-        if line and not line.startswith("#")
+        line.split(None, 1) for line in (DEPLOY / "mosquitto.conf").read_text().splitlines() if line and not line.startswith("#")
     )
     assert settings["set_tcp_nodelay"] == "true"
     assert settings["persistence"] == "true"

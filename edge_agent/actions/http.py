@@ -1,42 +1,52 @@
 """``http.request``: a web request that waits out network outages instead of failing.
 
-Connection failures (refused, reset, DNS, unreachable) raise
+Failures to reach the server (DNS, refused, unreachable, reset while connecting) raise
 :class:`NetworkUnavailable`, so the command is parked without using up attempts;
-HTTP 408, 429 and 5xx are retried (honouring ``Retry-After``); other 4xx fail at once
-with the server's status. TLS certificates are verified unless ``verify`` is false.
+timeouts, a connection that breaks after the request went out, and HTTP 408, 425,
+429 and 5xx are retried per the policy (honouring ``Retry-After``); other 4xx fail
+at once with the server's status. TLS certificates are verified unless ``verify`` is false.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import http.client
 import json
 import socket
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from ..commands import Param
 from ..errors import NetworkUnavailable, PermanentError, RetryableError
-from ..retry import RetryPolicy
+from ..retry import RETRYABLE_STATUS, RetryPolicy
 from . import Action, bad_args
 
 __all__ = ["http_actions", "http_request"]
 
 MAX_BODY = 64 * 1024
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None  # a garbled header must not turn a retryable 503 into a permanent failure
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)  # HTTP dates are GMT ("-0000" parses naive)
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 def _read_body(resp: Any) -> str:
@@ -72,16 +82,23 @@ def http_request(url: str, method: str = "GET", json_body: Any = None, body: str
             raise RetryableError(summary, retry_after=_retry_after(exc.headers.get("Retry-After"))) from None
         raise PermanentError(summary) from None
     except urllib.error.URLError as exc:
+        # urllib wraps what fails before the request is sent (DNS, connect, TLS handshake).
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             raise PermanentError(f"TLS certificate of {url} not trusted: {reason.verify_message}") from None
         if isinstance(reason, (TimeoutError, socket.timeout)):
             raise RetryableError(f"no answer from {url} within {timeout}s") from None
+        if not isinstance(reason, OSError):  # urllib's own complaints ("no host given"): waiting cannot help
+            raise PermanentError(f"cannot request {url}: {reason}") from None
         raise NetworkUnavailable(f"cannot reach {url}: {reason}") from None
     except TimeoutError:
         raise RetryableError(f"no answer from {url} within {timeout}s") from None
-    except (ConnectionError, OSError) as exc:
-        raise NetworkUnavailable(f"connection to {url} failed: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        # The request went out and the connection broke before the answer (reset, closed,
+        # garbled): the server is reachable and may have acted on it, so this uses up an
+        # attempt instead of parking (parked work is re-sent every few seconds for up to a day).
+        raise RetryableError(f"connection to {url} broke before the answer was complete: "
+                             f"{type(exc).__name__}: {exc}") from None
 
 
 def http_actions() -> list[Action]:
@@ -93,6 +110,13 @@ def http_actions() -> list[Action]:
         url = args["url"]
         if not url.lower().startswith(("http://", "https://")):
             raise bad_args("http.request", f"url must start with http:// or https://, got {url[:80]!r}")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            _ = parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError as exc:
+            raise bad_args("http.request", f"url {url[:80]!r} is not valid: {exc}") from None
+        if not parts.hostname:
+            raise bad_args("http.request", f"url {url[:80]!r} names no host")
         if "json" in args and "body" in args:
             raise bad_args("http.request", "give json or body, not both")
         if not 0 < args.get("timeout", 10.0) <= 300:

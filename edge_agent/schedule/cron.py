@@ -183,10 +183,11 @@ def wall_to_instant(wall: datetime, tz: tzinfo) -> datetime:
 
 
 def _gap_end(before: datetime, after: datetime, tz: tzinfo) -> datetime:
-    """The transition instant inside (before, after]: the first valid local time after a gap.
+    """The transition instant in (before, after]: the first valid local time after a gap.
 
-    ``before``/``after`` are a nonexistent wall time read with the offsets from
-    before and after the gap; the offset changes exactly once between them.
+    ``before`` and ``after`` are the two readings of a wall time inside the gap (with
+    the offset in force after the gap, which gives the earlier instant, then with the
+    one before it); the offset changes exactly once between them.
     """
     low, high = before, after
     offset = before.astimezone(tz).utcoffset()

@@ -1,10 +1,10 @@
 """Which firings are due: the rules that make a schedule safe across restarts and clock steps.
 
 A firing is identified by (job name, planned instant). The planner is pure: the
-caller passes the job, what it persisted (``last_planned``: the latest planned instant
-already handled, fired or deliberately skipped), when it first saw the job (``since``)
-and the trusted current time. It returns the planned instants to run now and the new
-``last_planned`` to persist.
+caller passes the job, what it persisted (``last_planned``: the instant up to which
+the job's planned instants are settled, normally the latest one fired or deliberately
+skipped), when it first saw the job (``since``) and the trusted current time. It
+returns the planned instants to run now and the new ``last_planned`` to persist.
 
 Invariants (tested):
 

@@ -129,6 +129,8 @@ class EveryTrigger(Trigger):
         return (self.anchor + timedelta(microseconds=k * step)).astimezone(UTC)
 
     def describe(self) -> str:
+        if self.interval_s != int(self.interval_s):  # format_duration speaks whole seconds
+            return f"every {self.interval_s:g}s"
         return f"every {format_duration(self.interval_s)}"
 
 

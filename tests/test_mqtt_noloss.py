@@ -1,0 +1,388 @@
+"""No loss over MQTT: 1,000 QoS 1 commands while the agent is SIGKILLed and the broker restarts.
+
+A publisher with its own persistent session sends 1,000 commands with unique ids
+(agent.ping, gpio.set on a mock output, and a user task that takes a while, so
+kills land mid-run and the broker's outages find work still running). Meanwhile
+the daemon is SIGKILLed at random moments (at least 5 times, once while the broker
+is down) and restarted, and the broker is stopped and started twice. A recorder with
+a persistent session collects every reply across the outages.
+
+What is checked, for every command the broker acknowledged (PUBACK seen by the
+publisher):
+- exactly one final outcome: the distinct non-duplicate final replies for its id
+  number exactly one (``succeeded``, or ``failed`` with an error type and message);
+  replies flagged ``"duplicate": true`` (the broker redelivered a command the agent
+  had committed but not yet acked when killed) must repeat that same outcome; the
+  same reply delivered twice on the wire (QoS 1 is at least once) is counted as a
+  duplicate delivery, printed, and not a failure;
+- an ``accepted`` reply, first seen before the final one;
+- the agent's order: every reply carries ``ts`` (its creation or finish time, taken
+  inside the transaction that also writes the reply to the outbox, so ``ts`` order is
+  outbox order); the first deliveries of non-duplicate replies must come with
+  non-decreasing ``ts``, across restarts of both sides;
+- replies produced while the broker was down (``ts`` inside an outage) arrive, after
+  it is back;
+- the journal agrees with the replies.
+
+The seed is printed; set ``NOLOSS_SEED`` to replay a run's chaos schedule.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ROOT / "tests" / "tasks"
+
+N_COMMANDS = 1000
+RATE = 55.0  # commands per second offered by the publisher
+KILLS = 6  # at least 5 required; one of them lands while the broker is down
+OUTAGES = 2
+FINAL = ("succeeded", "failed", "expired")
+
+CONFIG = """
+[device]
+id = "{dev}"
+[storage]
+path = "{db}"
+[clock]
+trust = "always"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+topic_prefix = "{prefix}"
+discovery = false
+keepalive = "5s"
+[gpio]
+pin_factory = "mock"
+[devices.lamp]
+kind = "output"
+pin = 17
+[tasks]
+modules = ["mqtt_noloss_tasks"]
+paths = ["{tasks}"]
+"""
+
+
+def _paho() -> Any:
+    import paho.mqtt.client as mqtt
+
+    return mqtt
+
+
+def _session_props(expiry: int = 3600) -> Any:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry
+    return props
+
+
+def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
+    import socket
+
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Recorder:
+    """A persistent-session subscriber that reconnects and resubscribes across broker restarts."""
+
+    def __init__(self, port: int, topic: str, client_id: str):
+        mqtt = _paho()
+        self.topic = topic
+        self.records: list[tuple[float, bytes, bool]] = []  # (arrival wall time, payload, dup flag)
+        self.cond = threading.Condition()
+        self.subscribed = threading.Event()
+        self.connects = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
+        self.client.on_socket_open = _nodelay
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=_session_props())
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "recorder did not subscribe"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            return
+        self.connects += 1
+        client.subscribe([(self.topic, 1)])  # also on every reconnect: paho does not resubscribe
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.cond:
+            self.records.append((time.time(), bytes(msg.payload), bool(msg.dup)))
+            self.cond.notify_all()
+
+    def snapshot(self) -> list[tuple[float, bytes, bool]]:
+        with self.cond:
+            return list(self.records)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Publisher:
+    """A persistent-session publisher: paho keeps unacknowledged QoS 1 messages and resends them
+    after every reconnect, so it keeps publishing across broker restarts."""
+
+    def __init__(self, port: int, client_id: str):
+        mqtt = _paho()
+        self.connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
+        self.client.max_inflight_messages_set(50)
+        self.client.max_queued_messages_set(0)
+        self.client.on_socket_open = _nodelay
+        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.acked: set[int] = set()  # mids the broker acknowledged (PUBACK, success reason)
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=_session_props())
+        self.client.loop_start()
+        assert self.connected.wait(10), "publisher did not connect"
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        # (MessageInfo.is_published() raises once a publish met a closed socket, even though
+        # paho keeps the message and sends it after the reconnect: track PUBACKs by mid.)
+        if not rc.is_failure:
+            self.acked.add(mid)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc not in (0, 4):  # success, or "not connected": queued and sent after the reconnect
+            raise AssertionError(f"paho refused a publish: {info.rc}")
+        return info.mid
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _commands(rng: random.Random, run: str) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for i in range(N_COMMANDS):
+        cid = f"{run}-{i:04d}"
+        kind = i % 3
+        if kind == 0:
+            out.append((cid, "agent.ping", {}))
+        elif kind == 1:
+            out.append((cid, "gpio.set", {"device": "lamp", "value": rng.choice(["on", "off"])}))
+        else:
+            out.append((cid, "mqtt_work", {"n": i, "ms": round(rng.uniform(20, 250), 1)}))
+    return out
+
+
+def _plan(rng: random.Random, span: float) -> list[tuple[float, str]]:
+    """(seconds after the start, event): kills at random moments, two broker outages."""
+    outage_starts = sorted([rng.uniform(0.15, 0.35) * span, rng.uniform(0.6, 0.8) * span])
+    events = [(t, "outage") for t in outage_starts]
+    kills: list[float] = []
+    while len(kills) < KILLS - 1:
+        t = rng.uniform(0.05, 0.95) * span
+        if all(abs(t - k) > 1.5 for k in kills) and all(not (s - 0.5 < t < s + 3.5) for s in outage_starts):
+            kills.append(t)
+    events += [(t, "kill") for t in kills]
+    return sorted(events)
+
+
+@pytest.mark.slow
+def test_no_acknowledged_command_is_lost(own_broker, daemon_factory, tmp_path):
+    seed = int(os.environ.get("NOLOSS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:6]
+    dev, prefix = "nl", f"nl{run}"
+    db = tmp_path / "agent.db"
+    d = daemon_factory(CONFIG.format(dev=dev, db=db, port=own_broker.port, prefix=prefix, tasks=TASKS))
+    reply_topic = f"{prefix}/{dev}/reply"
+    recorder = Recorder(own_broker.port, reply_topic, f"noloss-rec-{run}")
+    publisher = Publisher(own_broker.port, f"noloss-pub-{run}")
+    try:
+        d.start()
+        commands = _commands(rng, run)
+        span = N_COMMANDS / RATE
+        plan = _plan(rng, span)
+        infos: list[tuple[str, int]] = []  # (command id, paho mid)
+        sent_lock = threading.Lock()
+
+        def publish_all() -> None:
+            t0 = time.monotonic()
+            for i, (cid, action, args) in enumerate(commands):
+                delay = t0 + i / RATE - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                payload = json.dumps({"id": cid, "args": args}).encode()
+                mid = publisher.publish(f"{prefix}/{dev}/cmd/{action}", payload)
+                with sent_lock:
+                    infos.append((cid, mid))
+
+        def in_progress() -> int:
+            accepted, final = set(), set()
+            for _, payload, _ in recorder.snapshot():
+                doc = json.loads(payload)
+                (final if doc["status"] in FINAL else accepted).add(doc["id"])
+            return len(accepted - final)
+
+        kills = broker_restarts = 0
+        outages: list[tuple[float, float]] = []  # wall time: broker gone .. broker started again
+
+        def kill_and_restart() -> None:
+            nonlocal kills
+            d.kill()
+            kills += 1
+            time.sleep(rng.uniform(0.0, 0.3))
+            d.start()
+
+        start = time.monotonic()
+        pub_thread = threading.Thread(target=publish_all, name="publisher", daemon=True)
+        pub_thread.start()
+        for at, event in plan:
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if event == "kill":
+                kill_and_restart()
+            else:
+                # Stop the broker while commands are still running, so replies are produced while it is down.
+                end = time.monotonic() + 3.0
+                while in_progress() < 4 and time.monotonic() < end:
+                    time.sleep(0.02)
+                own_broker.stop()
+                gone = time.time()
+                time.sleep(rng.uniform(0.3, 0.6))
+                if len(outages) == 0:
+                    kill_and_restart()  # a crash while the broker is down: its replies must survive it
+                time.sleep(rng.uniform(0.8, 1.5))
+                back_begin = time.time()
+                own_broker.start()
+                broker_restarts += 1
+                outages.append((gone, back_begin))
+        pub_thread.join(span + 60)
+        assert not pub_thread.is_alive(), "the publisher did not finish"
+
+        # Every message is acknowledged by the broker in the end (paho resends after reconnects).
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not all(mid in publisher.acked for _, mid in infos):
+            time.sleep(0.05)
+        acked = [cid for cid, mid in infos if mid in publisher.acked]
+
+        # Wait for a final reply to every acknowledged command.
+        end = time.monotonic() + 45
+        while True:
+            finals = {json.loads(p)["id"] for _, p, _ in recorder.snapshot() if json.loads(p)["status"] in FINAL}
+            missing = [cid for cid in acked if cid not in finals]
+            if not missing or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # late wire duplicates, if any, land in the count
+        records = recorder.snapshot()
+        assert d.terminate() == 0
+        elapsed = time.monotonic() - start
+
+        # ------------------------------------------------------------------ analysis
+        by_id: dict[str, list[tuple[int, dict[str, Any], bytes]]] = collections.defaultdict(list)
+        for idx, (_, payload, _) in enumerate(records):
+            doc = json.loads(payload)
+            by_id[doc["id"]].append((idx, doc, payload))
+
+        final_count = dup_deliveries = dup_flagged = 0
+        problems: list[str] = []
+        outcomes: dict[str, dict[str, Any]] = {}
+        for cid in acked:
+            replies = by_id.get(cid, [])
+            finals_raw = [(i, doc, p) for i, doc, p in replies if doc["status"] in FINAL]
+            own = {p for _, doc, p in finals_raw if not doc.get("duplicate")}
+            flagged = [doc for _, doc, _ in finals_raw if doc.get("duplicate")]
+            final_count += len(finals_raw)
+            dup_flagged += sum(1 for _, doc, _ in replies if doc.get("duplicate"))
+            dup_deliveries += sum(1 for _, doc, _ in finals_raw if not doc.get("duplicate")) - len(own)
+            if len(own) != 1:
+                if own:
+                    problems.append(f"{cid}: {len(own)} distinct final outcomes: {sorted(own)}")
+                continue
+            outcome = json.loads(next(iter(own)))
+            outcomes[cid] = outcome
+            if outcome["status"] not in ("succeeded", "failed"):
+                problems.append(f"{cid}: final status {outcome['status']!r}")
+            if outcome["status"] == "failed" and not (outcome.get("error") or {}).get("type") \
+                    or outcome["status"] == "failed" and not outcome["error"].get("message"):
+                problems.append(f"{cid}: failed without a reason: {outcome}")
+            for doc in flagged:
+                if (doc["status"], doc["result"], doc["error"]) != (outcome["status"], outcome["result"], outcome["error"]):
+                    problems.append(f"{cid}: a duplicate reply disagrees with the outcome: {doc} vs {outcome}")
+            accepted = [i for i, doc, _ in replies if doc["status"] == "accepted" and not doc.get("duplicate")]
+            if not accepted:
+                problems.append(f"{cid}: no accepted reply")
+            elif min(accepted) > min(i for i, _, _ in finals_raw):
+                problems.append(f"{cid}: the final reply came before accepted")
+
+        missing = [cid for cid in acked if cid not in outcomes]
+        unknown_ids = sorted(set(by_id) - {cid for cid, _, _ in commands})
+
+        # The agent's order: first deliveries of its own (non-duplicate) replies carry non-decreasing ts.
+        seen: set[bytes] = set()
+        order_breaks = []
+        last_ts, last_doc = 0.0, None
+        for _, payload, _ in records:
+            if payload in seen:
+                continue
+            seen.add(payload)
+            doc = json.loads(payload)
+            if doc.get("duplicate"):
+                continue
+            if doc["ts"] < last_ts:
+                order_breaks.append((last_doc, doc))
+            last_ts, last_doc = doc["ts"], doc
+
+        # Replies produced while the broker was down arrive, after it is back.
+        during = []
+        for gone, back in outages:
+            made = [(t, json.loads(p)) for t, p, _ in records if gone < json.loads(p)["ts"] < back]
+            during.append(len({(doc["id"], doc["status"]) for _, doc in made}))
+            early = [doc for t, doc in made if t < back]
+            assert not early, f"replies made while the broker was down arrived before it was back: {early[:3]}"
+
+        # The journal agrees with what was said.
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        journal = {cid: (state, finished) for cid, state, finished in
+                   con.execute("select id, state, finished from commands where source = 'mqtt'")}
+        con.close()
+        disagree = [cid for cid, o in outcomes.items()
+                    if cid not in journal or journal[cid][0] != o["status"] or round(journal[cid][1], 3) != o["ts"]]
+
+        log_text = d.log.read_text(errors="replace")
+        statuses = collections.Counter(o["status"] for o in outcomes.values())
+        errors = collections.Counter(o["error"]["type"] for o in outcomes.values() if o["error"])
+        print(f"\nNO-LOSS seed={seed}: sent {len(infos)}, acked {len(acked)}, final replies {len(outcomes)} "
+              f"(outcomes {dict(statuses)}, errors {dict(errors)}), missing {len(missing)}, "
+              f"duplicate deliveries {dup_deliveries} (+{dup_flagged} replies flagged duplicate), "
+              f"kills {kills}, broker restarts {broker_restarts}, replies made during outages {during}, "
+              f"order breaks {len(order_breaks)}, recorder connects {recorder.connects}, {elapsed:.1f}s", flush=True)
+
+        assert kills >= 5 and broker_restarts == OUTAGES
+        assert len(infos) == N_COMMANDS
+        assert len(acked) == N_COMMANDS, f"{N_COMMANDS - len(acked)} command(s) never acknowledged by the broker"
+        assert not missing, f"{len(missing)} acknowledged command(s) without a final reply: {missing[:20]}"
+        assert not problems, "\n".join(problems[:30])
+        assert not unknown_ids, f"replies for ids never sent: {unknown_ids[:10]}"
+        assert not order_breaks, f"{len(order_breaks)} replies out of the agent's order, e.g. {order_breaks[:3]}"
+        assert all(n > 0 for n in during), f"no reply was produced during an outage ({during}): the test proved nothing"
+        assert not disagree, f"journal and replies disagree for {disagree[:10]}"
+        assert "Traceback" not in log_text, log_text[log_text.index("Traceback") - 500:][:4000]
+    finally:
+        recorder.close()
+        publisher.close()
