@@ -109,8 +109,9 @@ class Store:
                 if not os.path.isdir(folder):
                     raise StorageError(f"{path}: folder {folder} does not exist")
                 if not os.path.exists(path):
-                    # Task data is pickled by Huey: keep the file private to its owner (and group).
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                    # Task data is pickled by Huey: the file is for its owner and group (the admins who
+                    # may use the CLI) only, never for everyone.
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o660))
             elif not os.path.exists(path):
                 raise StorageError(f"{path}: no database yet (has the agent ever run with this config?)")
             self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)

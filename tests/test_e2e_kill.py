@@ -110,7 +110,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_interrupted(da
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env, cwd=ROOT)
                 cli_procs.append((cid, proc))
 
-    rounds = KILLS + EARLY_KILLS
+    rounds = KILLS
     early = set(rng.sample(range(1, rounds), EARLY_KILLS))
     per_round = len(plan) // (rounds + 1)
     pos = 0

@@ -58,7 +58,7 @@ def _final(listener, cid, timeout=10.0):
 
 def test_gpio_set_round_trip(agent):
     """A gpio.set command is accepted, succeeds, and the retained device state follows."""
-    d, listener, p = agent
+    _, listener, p = agent
     listener.publish(f"{p}/dev1/cmd/gpio.set", {"id": "c1", "args": {"device": "lamp", "value": "on"}})
     reply = _final(listener, "c1")
     assert reply["status"] == "succeeded" and reply["result"] == {"device": "lamp", "value": "on"}
@@ -69,7 +69,7 @@ def test_gpio_set_round_trip(agent):
 
 def test_each_builtin_and_user_task(agent):
     """gpio.read, gpio.pulse, agent.ping and a user task all answer over MQTT."""
-    d, listener, p = agent
+    _, listener, p = agent
     listener.publish(f"{p}/dev1/cmd/agent.ping", {"id": "p1"})
     assert _final(listener, "p1")["result"]["device"] == "dev1"
     listener.publish(f"{p}/dev1/cmd/gpio.read", {"id": "r1", "args": {"device": "door"}})
@@ -84,7 +84,7 @@ def test_each_builtin_and_user_task(agent):
 
 def test_group_and_ha_set(agent):
     """A group command is obeyed; a Home Assistant style set drives the output."""
-    d, listener, p = agent
+    _, listener, p = agent
     listener.publish(f"{p}/group/garden/cmd/gpio.set", {"id": "g1", "args": {"device": "dim", "value": 0.5}})
     assert _final(listener, "g1")["result"] == {"device": "dim", "value": 0.5}
     listener.publish(f"{p}/dev1/gpio/lamp/set", "ON")
@@ -93,7 +93,7 @@ def test_group_and_ha_set(agent):
 
 def test_rejections_and_duplicates(agent):
     """Bad input is rejected with a reason; a repeated id gets the stored outcome marked duplicate."""
-    d, listener, p = agent
+    _, listener, p = agent
     listener.publish(f"{p}/dev1/cmd/nope", {"id": "x1"})
     r = _final(listener, "x1")
     assert r["status"] == "rejected" and r["error"]["type"] == "unknown_action"
@@ -105,7 +105,7 @@ def test_rejections_and_duplicates(agent):
     first = _final(listener, "dup")
     listener.publish(f"{p}/dev1/cmd/agent.ping", {"id": "dup"})
     listener.wait_for(lambda m: m.topic.endswith("/reply") and json.loads(m.payload).get("duplicate"))
-    again = [r for r in listener.replies("dup") if r.get("duplicate")][0]
+    again = next(r for r in listener.replies("dup") if r.get("duplicate"))
     assert again["status"] == "succeeded" and again["result"] == first["result"]
 
 
@@ -114,7 +114,7 @@ def test_mqtt5_response_topic_and_correlation(agent):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    d, listener, p = agent
+    _, listener, p = agent
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = f"{p}/answers/me"
     props.CorrelationData = b"\x01\x02corr"

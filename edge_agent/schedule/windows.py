@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 
+from edge_agent.durations import format_duration
 from edge_agent.schedule.cron import wall_to_instant
 from edge_agent.schedule.solar import parse_solar_expr, solar_event_of_day
 
@@ -85,8 +86,6 @@ class SolarTime:
     offset_s: float = 0.0
 
     def __str__(self) -> str:
-        from edge_agent.durations import format_duration
-
         if not self.offset_s:
             return self.event
         return f"{self.event}{'+' if self.offset_s > 0 else ''}{format_duration(self.offset_s)}"
@@ -153,40 +152,34 @@ class Window:
         return f"{self.start} until {self.until}"
 
 
-class _Place:
-    def __init__(self, latitude: float | None, longitude: float | None, tz: tzinfo) -> None:
-        self.latitude, self.longitude, self.tz = latitude, longitude, tz
+def _resolve(expr: TimeExpr, day: date, latitude: float | None, longitude: float | None, tz: tzinfo) -> datetime:
+    """The instant of ``expr`` on local date ``day``, in UTC."""
+    if isinstance(expr, ClockTime):
+        return wall_to_instant(datetime.combine(day, time(expr.hour, expr.minute, expr.second)), tz)
+    if latitude is None or longitude is None:
+        raise ValueError(f"the solar time {expr} needs a location (latitude and longitude)")
+    occurrence = solar_event_of_day(expr.event, day, latitude, longitude, tz)
+    instant = occurrence.instant if occurrence.instant is not None else occurrence.nominal
+    return instant + timedelta(seconds=expr.offset_s)
 
-    def resolve(self, expr: TimeExpr, day: date) -> datetime:
-        """The instant of ``expr`` on local date ``day``, in UTC."""
-        if isinstance(expr, ClockTime):
-            return wall_to_instant(datetime.combine(day, time(expr.hour, expr.minute, expr.second)), self.tz)
-        if self.latitude is None or self.longitude is None:
-            raise ValueError(f"the solar time {expr} needs a location (latitude and longitude)")
-        occurrence = solar_event_of_day(expr.event, day, self.latitude, self.longitude, self.tz)
-        instant = occurrence.instant if occurrence.instant is not None else occurrence.nominal
-        return instant + timedelta(seconds=expr.offset_s)
+
+@lru_cache(maxsize=4096)
+def _occurrence(
+    window: Window, day: date, latitude: float | None, longitude: float | None, tz: tzinfo
+) -> tuple[datetime, datetime] | None:
+    """Window day ``day``'s [start, end), or None when it is empty.
+
+    Pure in its arguments, hence cached: the daemon asks about the same few days at
+    every boundary."""
+    start = _resolve(window.start, day, latitude, longitude, tz)
+    until_day = day + timedelta(days=1) if window.crosses_midnight else day
+    end = _resolve(window.until, until_day, latitude, longitude, tz)
+    return (start, end) if start < end else None
 
 
 def _days_from(first: date) -> Iterator[date]:
     for n in range(_SEARCH_DAYS):
         yield first + timedelta(days=n)
-
-
-def _occurrence(window: Window, day: date, place: _Place) -> tuple[datetime, datetime] | None:
-    """Window day ``day``'s [start, end), or None when it is empty."""
-    return _cached_occurrence(window, day, place.latitude, place.longitude, place.tz)
-
-
-@lru_cache(maxsize=4096)
-def _cached_occurrence(
-    window: Window, day: date, latitude: float | None, longitude: float | None, tz: tzinfo
-) -> tuple[datetime, datetime] | None:
-    # Pure in its arguments; the daemon asks about the same few days at every boundary.
-    place = _Place(latitude, longitude, tz)
-    start = place.resolve(window.start, day)
-    end = place.resolve(window.until, day + timedelta(days=1) if window.crosses_midnight else day)
-    return (start, end) if start < end else None
 
 
 def window_state(
@@ -198,13 +191,12 @@ def window_state(
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got {now!r}")
-    place = _Place(latitude, longitude, tz)
     # An occurrence of date D starts no earlier than D 00:00 - 13 h (a -12 h offset and
-    # an event slipping across midnight) and ends before D+2 24:00 + 13 h, so the ones
-    # that can hold `now` belong to the three dates before today up to tomorrow.
+    # an event slipping across midnight) and ends by D+2 13:00, so the ones that can
+    # hold `now` belong to the three dates before today, today and tomorrow.
     first_day = now.astimezone(tz).date() - timedelta(days=3)
     days = [first_day + timedelta(days=n) for n in range(5)]
-    spans = [_occurrence(window, day, place) for day in days]
+    spans = [_occurrence(window, day, latitude, longitude, tz) for day in days]
     containing = [span[1] for span in spans if span is not None and span[0] <= now < span[1]]
     if containing:
         # Active until the last overlapping occurrence ends with no later one begun
@@ -213,7 +205,7 @@ def window_state(
         for day in _days_from(first_day):
             if datetime.combine(day, time(0), tz) - timedelta(days=1) > end:
                 return True, end
-            span = _occurrence(window, day, place)
+            span = _occurrence(window, day, latitude, longitude, tz)
             if span is not None and span[0] <= end:
                 end = max(end, span[1])
         return True, None
@@ -221,7 +213,7 @@ def window_state(
     for day in _days_from(first_day):
         if upcoming is not None and datetime.combine(day, time(0), tz) - timedelta(days=1) > upcoming:
             break
-        span = _occurrence(window, day, place)
+        span = _occurrence(window, day, latitude, longitude, tz)
         if span is not None and span[0] > now and (upcoming is None or span[0] < upcoming):
             upcoming = span[0]
     return False, upcoming

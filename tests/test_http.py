@@ -1,0 +1,319 @@
+"""http.request and network-aware user tasks through the real daemon, against a real local
+HTTP server that the test switches between 503s, 404s, slow answers, resets and not
+listening at all.
+
+The outage test lasts ``EDGE_AGENT_OUTAGE_SECONDS`` (20 s in CI); the issue's long
+form is a 2-minute outage:
+
+    EDGE_AGENT_OUTAGE_SECONDS=120 .venv/bin/python -m pytest tests/test_http.py -k outage -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from edge_agent.client import LocalClient
+from edge_agent.commands import Command
+from edge_agent.config import load_settings
+from tests.conftest import ROOT, Daemon
+from tests.tasks.chaos_server import TestServer
+
+OUTAGE_SECONDS = float(os.environ.get("EDGE_AGENT_OUTAGE_SECONDS", "20"))
+#: the issue's rule is "within 5 s of the server's return"; CI machines get 1 s of slack
+RESUME_LIMIT = 6.0
+
+CONFIG = """
+[device]
+id = "web"
+[storage]
+path = "agent.db"
+[clock]
+trust = "always"
+[gpio]
+pin_factory = "mock"
+[tasks]
+modules = ["chaos_tasks"]
+paths = ["{root}/tests/tasks"]
+"""
+
+
+@dataclass
+class Web:
+    daemon: Daemon
+    server: TestServer
+    client: LocalClient
+
+    def url(self, cid: str, path: str = "/hook") -> str:
+        return f"{self.server.url}{path}?id={cid}"
+
+    def send(self, action: str, cid: str, *extra: str, **args: Any) -> subprocess.CompletedProcess[str]:
+        """``edge-agent send ACTION --args JSON --id ID [extra]``."""
+        return self.daemon.cli("send", action, "--args", json.dumps(args), "--id", cid, *extra, timeout=300)
+
+    def get(self, cid: str) -> Command:
+        cmd = self.client.journal.get(cid)
+        assert cmd is not None, f"{cid} is not in the journal"
+        return cmd
+
+    def wait_terminal(self, cid: str, timeout: float = 30.0) -> Command:
+        end = time.monotonic() + timeout
+        while True:
+            cmd = self.client.journal.get(cid)
+            if cmd is not None and cmd.terminal:
+                return cmd
+            if time.monotonic() > end:
+                raise AssertionError(f"{cid} not finished after {timeout}s: {cmd}")
+            time.sleep(0.05)
+
+    def json(self, *args: str) -> dict[str, Any]:
+        r = self.daemon.cli(*args, "--json")
+        assert r.stdout, r.stderr
+        return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def web(daemon_factory) -> Iterator[Web]:
+    server = TestServer()
+    server.start()
+    d = daemon_factory(CONFIG.format(root=ROOT))
+    d.start()
+    client = LocalClient(load_settings(str(d.config)), create=False)
+    yield Web(d, server, client)
+    client.close()
+    server.stop()
+
+
+def _gaps(reqs: list[Any]) -> list[float]:
+    return [round(b.mono - a.mono, 2) for a, b in zip(reqs, reqs[1:], strict=False)]
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def test_503s_are_retried_no_sooner_than_retry_after_then_succeed(web):
+    """Two 503s with Retry-After: 1 are retried (each gap at least 1 s) and the third attempt succeeds."""
+    web.server.set("ok", script=["unavailable", "unavailable"], retry_after="1")
+    r = web.send("http.request", "r1", "--wait", "60", "--json", url=web.url("r1"))
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["status"] == "succeeded" and reply["attempt"] == 3
+    assert reply["result"] == {"status": 200, "body": "fine"}
+    reqs = web.server.log(id="r1")
+    assert [q.mode for q in reqs] == ["unavailable", "unavailable", "ok"]
+    gaps = _gaps(reqs)
+    print(f"gaps between attempts: {gaps} s (Retry-After 1 s; policy ceilings 2 s, 4 s)")
+    assert all(g >= 0.95 for g in gaps), gaps
+
+
+def test_user_task_retryable_error_honours_retry_after(web):
+    """A user task raising RetryableError(retry_after=1.5) is tried again no sooner than 1.5 s later."""
+    web.server.set("ok", script=["unavailable"], retry_after="1.5")
+    r = web.send("chaos_fetch", "u1", "--wait", "30", "--json", url=web.url("u1"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["attempt"] == 2
+    gaps = _gaps(web.server.log(id="u1"))
+    print(f"gap: {gaps} s (Retry-After 1.5 s, policy ceiling 0.3 s)")
+    assert gaps[0] >= 1.45
+
+
+def test_retries_run_out_then_the_command_fails(web):
+    """A server that keeps answering 503 gets retries + 1 attempts, then the command fails with the status."""
+    web.server.set("unavailable", retry_after="0")
+    r = web.send("chaos_webhook", "x1", "--wait", "30", "--json", url=web.url("x1"))
+    assert r.returncode == 1
+    reply = json.loads(r.stdout)
+    assert reply["status"] == "failed" and reply["attempt"] == 2  # chaos_webhook: retries=1
+    assert reply["error"]["type"] == "retryable" and "503" in reply["error"]["message"]
+    assert len(web.server.log(id="x1")) == 2
+    history = {c["id"]: c for c in web.json("history")["commands"]}
+    assert history["x1"]["status"] == "failed" and history["x1"]["attempt"] == 2
+
+
+def test_a_permanent_error_fails_at_once_with_the_servers_status(web):
+    """A 404 fails http.request on the first attempt, with 404 in the error; a user task's PermanentError too."""
+    web.server.set("missing")
+    r = web.send("http.request", "p1", "--wait", "30", "--json", url=web.url("p1"))
+    assert r.returncode == 1
+    reply = json.loads(r.stdout)
+    assert reply["status"] == "failed" and reply["attempt"] == 1
+    assert reply["error"]["type"] == "permanent" and "404" in reply["error"]["message"]
+    r = web.send("chaos_fetch", "p2", "--wait", "30", "--json", url=web.url("p2"))  # retries=2, but permanent
+    reply = json.loads(r.stdout)
+    assert r.returncode == 1 and reply["status"] == "failed" and reply["attempt"] == 1
+    assert "404" in reply["error"]["message"]
+    assert len(web.server.log(id="p1")) == 1 and len(web.server.log(id="p2")) == 1
+    status = web.json("status")
+    failed = {f["id"]: f for f in status["failures"]}
+    assert "404" in failed["p1"]["error"]["message"]
+    history = {c["id"]: c for c in web.json("history")["commands"]}
+    assert history["p1"]["status"] == "failed" and "404" in history["p1"]["error"]["message"]
+
+
+def test_a_slow_server_times_out_and_uses_up_attempts(web):
+    """An answer slower than `timeout` (a half-open link looks the same) uses an attempt each time, so it is
+    not parked forever: with retries=1 the task fails after two timeouts."""
+    web.server.set("slow", slow_s=4.0)
+    r = web.send("chaos_webhook", "s1", "--wait", "30", "--json", url=web.url("s1"), timeout=1.0)
+    reply = json.loads(r.stdout)
+    assert r.returncode == 1 and reply["status"] == "failed" and reply["attempt"] == 2
+    assert "no answer" in reply["error"]["message"]
+    assert len(web.server.log(id="s1")) == 2
+
+
+def test_http_request_retries_after_a_timeout(web):
+    """http.request with timeout=1 against one slow answer succeeds on its second attempt."""
+    web.server.set("ok", script=["slow"], slow_s=4.0)
+    r = web.send("http.request", "s2", "--wait", "30", "--json", url=web.url("s2"), timeout=1)
+    reply = json.loads(r.stdout)
+    assert r.returncode == 0 and reply["status"] == "succeeded" and reply["attempt"] == 2
+
+
+def test_a_connection_reset_after_the_request_uses_up_attempts(web):
+    """A reset after the request went out (the server may have acted on it) is retried per the policy, not
+    parked: a resetting server fails the task after retries + 1 attempts instead of being re-sent for a day."""
+    web.server.set("reset")
+    r = web.send("chaos_webhook", "z1", "--wait", "30", "--json", url=web.url("z1"))
+    reply = json.loads(r.stdout)
+    assert r.returncode == 1 and reply["status"] == "failed" and reply["attempt"] == 2, reply
+    assert len(web.server.log(id="z1")) == 2
+    web.server.set("ok", script=["reset"])
+    r = web.send("http.request", "z2", "--wait", "30", "--json", url=web.url("z2"))
+    reply = json.loads(r.stdout)
+    assert r.returncode == 0 and reply["attempt"] == 2, reply
+
+
+# --------------------------------------------------------------------------- outages
+
+
+@pytest.mark.slow
+def test_outage_consumes_no_attempts_and_work_resumes_within_5s_of_the_return(web):
+    """While the server does not listen, network commands are parked (shown by status and history) without
+    using attempts; they succeed on attempt 1 within 5 s of its return; a task without needs_network fails."""
+    server = web.server
+    server.stop()
+    t0 = time.monotonic()
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "send", "http.request", f"url={web.url('o1')}", "--id", "o1",
+         "--wait", str(OUTAGE_SECONDS + 60), "--json", "--config", str(web.daemon.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=web.daemon.env, cwd=ROOT)
+    try:
+        parked_ids = ["o1", "o2", "o3"]
+        for cid, action in (("o2", "chaos_fetch"), ("o3", "chaos_fetch_raw"), ("o4", "chaos_fetch_unaware")):
+            assert web.send(action, cid, url=web.url(cid)).returncode == 0
+
+        # During the outage: parked, never an attempt used, never failed; status and history show it.
+        seen_parked = False
+        max_attempts = {cid: 0 for cid in parked_ids}
+        while time.monotonic() - t0 < OUTAGE_SECONDS:
+            for cid in parked_ids:
+                cmd = web.client.journal.get(cid)
+                if cmd is None:
+                    continue
+                assert not cmd.terminal, f"{cid} ended during the outage: {cmd.state} {cmd.error_message}"
+                max_attempts[cid] = max(max_attempts[cid], cmd.attempts)
+            if not seen_parked and time.monotonic() - t0 > 3:
+                status = web.json("status")
+                waiting = {w["id"]: w for w in status["waiting"]}
+                for cid in parked_ids:
+                    assert waiting[cid]["parked"] is True, waiting
+                    assert waiting[cid]["attempt"] <= 1
+                    assert waiting[cid]["next_attempt"] is not None
+                assert status["queue"]["parked"] >= 3
+                history = {c["id"]: c for c in web.json("history")["commands"]}
+                assert history["o1"]["status"] not in ("succeeded", "failed", "expired")
+                assert history["o1"]["error"]["type"] == "network_unavailable"
+                seen_parked = True
+            time.sleep(0.25)
+        assert seen_parked
+        assert all(n <= 1 for n in max_attempts.values()), max_attempts
+
+        unaware = web.get("o4")
+        assert unaware.state == "failed" and unaware.attempts == 2, unaware
+        assert unaware.error_type == "network_unavailable"
+
+        back_mono, back_wall = time.monotonic(), time.time()
+        server.start()
+        finished = {cid: web.wait_terminal(cid, timeout=20) for cid in parked_ids}
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    for cid, cmd in finished.items():
+        reqs = server.log(id=cid)
+        first = reqs[0].mono - back_mono
+        done = cmd.finished - back_wall
+        print(f"{cid} ({cmd.action}): outage {OUTAGE_SECONDS:.0f}s, first request {first:.2f}s and success "
+              f"{done:.2f}s after the server's return, attempt {cmd.attempts}, {len(reqs)} request(s)")
+        assert cmd.state == "succeeded" and cmd.attempts == 1
+        assert len(reqs) == 1  # refused connections never reached the server
+        assert done <= RESUME_LIMIT, f"{cid} resumed {done:.2f}s after the server's return"
+    assert waiter.returncode == 0, err
+    reply = json.loads(out)
+    assert reply["status"] == "succeeded" and reply["attempt"] == 1 and reply["result"]["status"] == 200
+
+
+# --------------------------------------------------------------------------- status and history
+
+
+def test_status_shows_a_retrying_command_and_when_it_tries_next(web):
+    """After a 503 with Retry-After: 20 the command waits, not parked: status lists attempt 1 and the next attempt."""
+    web.server.set("unavailable", retry_after="20")
+    before = time.time()
+    assert web.send("http.request", "w1", url=web.url("w1")).returncode == 0
+    end = time.monotonic() + 10
+    while not web.server.log(id="w1") or web.get("w1").state != "queued":
+        assert time.monotonic() < end, "the first attempt did not happen"
+        time.sleep(0.05)
+    status = web.json("status")
+    entry = {w["id"]: w for w in status["waiting"]}["w1"]
+    assert entry["parked"] is False and entry["attempt"] == 1
+    assert entry["next_attempt"] >= before + 19
+    assert "503" in entry["last_error"]
+    assert status["queue"]["retrying"] == 1
+    text = web.daemon.cli("status").stdout
+    assert "w1" in text and "retrying, attempt 1" in text
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 Build 5: status --json gives `attempt` but not the maximum "
+                   "(\"attempt n of m\"); status.py collect_status `waiting` has no max attempts")
+def test_status_says_attempt_n_of_m(web):
+    """status --json gives, for a retrying command, its attempt and how many it may have (n of m)."""
+    web.server.set("unavailable", retry_after="20")
+    assert web.send("http.request", "m1", url=web.url("m1")).returncode == 0
+    end = time.monotonic() + 10
+    while not web.server.log(id="m1") or web.get("m1").state != "queued":
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    entry = {w["id"]: w for w in web.json("status")["waiting"]}["m1"]
+    assert entry["attempt"] == 1
+    assert 6 in (entry.get("max_attempts"), entry.get("attempts_max"), entry.get("of"))  # http.request: retries=5
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 Build 5: history --json shows a retrying or parked command as "
+                   "status 'accepted' with no next attempt, no parked flag and no maximum (cli.py _cmd_history "
+                   "uses Command.outcome())")
+def test_history_shows_retrying_and_parked_commands(web):
+    """history --json tells a retrying command (attempt n of m, next attempt at) from a parked one."""
+    web.server.set("unavailable", retry_after="20")
+    assert web.send("http.request", "h1", url=web.url("h1")).returncode == 0
+    assert web.send("http.request", "h2", url="http://127.0.0.1:9/never").returncode == 0  # port 9: refused
+    end = time.monotonic() + 10
+    while not web.server.log(id="h1") or web.get("h1").state != "queued" or not web.get("h2").parked:
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    history = {c["id"]: c for c in web.json("history")["commands"]}
+    retrying, parked = history["h1"], history["h2"]
+    assert "retrying" in (retrying.get("state"), retrying.get("status"))
+    assert retrying["attempt"] == 1 and retrying.get("next_attempt") is not None
+    assert 6 in (retrying.get("max_attempts"), retrying.get("attempts_max"))
+    assert parked.get("parked") is True
