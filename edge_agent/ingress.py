@@ -121,6 +121,8 @@ class Ingress:
             row, created = self.submit(NewCommand(**fields), cur)
             if not created:
                 self._reply(cur, row, duplicate=True, response_topic=response_topic, correlation=correlation)
+        # Committed: safe from a crash now, and on disk within 50 ms (one fsync per burst).
+        self.store.flush_soon()
 
     def _handle_set(self, device: str, payload: bytes) -> None:
         text = payload.decode("utf-8", errors="replace").strip()

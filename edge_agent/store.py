@@ -103,6 +103,8 @@ class Store:
         self.path = path
         self.lock = threading.RLock()
         self._depth = 0
+        self._flush_lock = threading.Lock()
+        self._flush_timer: threading.Timer | None = None
         try:
             if create:
                 folder = os.path.dirname(os.path.abspath(path))
@@ -190,6 +192,24 @@ class Store:
 
     def set_meta(self, cur: sqlite3.Cursor, key: str, value: str) -> None:
         cur.execute("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value", (key, value))
+
+    def flush_soon(self, delay: float = 0.05) -> None:
+        """Flush within ``delay`` seconds; calls in between share one fsync (a burst of
+        commands costs one, not one each)."""
+        with self._flush_lock:
+            if self._flush_timer is not None:
+                return
+            self._flush_timer = threading.Timer(delay, self._timed_flush)
+            self._flush_timer.daemon = True
+            self._flush_timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._flush_lock:
+            self._flush_timer = None
+        try:
+            self.flush()
+        except OSError:
+            pass
 
     def flush(self) -> None:
         """Make every committed transaction durable against a power cut (one fsync of the WAL)."""

@@ -116,7 +116,8 @@ import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux 6.3+)
     sys.exit(77)
-import sqlite3, paho.mqtt.client, huey, astral, gpiozero
+import sqlite3, paho.mqtt.client, huey, gpiozero
+from edge_agent.schedule import solar
 from edge_agent import systemd
 systemd.clock_synchronized(marker="/nonexistent")
 sqlite3.connect(":memory:").execute("select 1")
