@@ -167,6 +167,18 @@ class Agent:
     def _network_up(self) -> bool:
         return True
 
+    def next_solar(self, event: str) -> str | None:
+        """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""
+        loc = self.settings.location
+        if loc.latitude is None or loc.longitude is None:
+            return None
+        from datetime import UTC, datetime
+
+        from .schedule.solar import next_solar
+
+        nxt = next_solar(event, datetime.now(UTC), loc.latitude, loc.longitude)
+        return nxt.astimezone(loc.tz).isoformat(timespec="seconds") if nxt is not None else None
+
     def clock_trusted(self) -> bool:
         if self.scheduler is not None:
             return bool(self.scheduler.clock_trusted())

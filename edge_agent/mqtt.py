@@ -352,5 +352,12 @@ class MqttLink:
             "outbox_oldest_s": round(oldest, 1) if oldest is not None else None,
             "clock_synchronized": agent.clock_trusted() if hasattr(agent, "clock_trusted") else None,
             "next_jobs": agent.scheduler.next_firings(5) if getattr(agent, "scheduler", None) else [],
+            "next_sunset": agent.next_solar("sunset") if hasattr(agent, "next_solar") else None,
+            "last_error": None,
         }
+        rows = self.store.query("select action, error_type, error_message, finished from commands "
+                                "where state in ('failed', 'expired') order by finished desc limit 1")
+        if rows:
+            action, kind, message, finished = rows[0]
+            doc["last_error"] = {"action": action, "type": kind, "message": message, "at": finished}
         return doc

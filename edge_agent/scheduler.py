@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from . import systemd
@@ -239,12 +239,3 @@ class Scheduler:
         out.sort()
         tz = self.settings.location.tz
         return [{"job": name, "at": at.astimezone(tz).isoformat(timespec="seconds")} for at, name in out[:count]]
-
-    def next_event(self, event: str, horizon: timedelta = timedelta(days=2)) -> str | None:
-        loc = self.settings.location
-        if loc.latitude is None:
-            return None
-        from .schedule.solar import next_solar
-
-        nxt = next_solar(event, datetime.fromtimestamp(self.clock(), UTC), loc.latitude, loc.longitude, loc.tz)
-        return nxt.astimezone(loc.tz).isoformat(timespec="seconds") if nxt is not None else None
