@@ -269,6 +269,7 @@ class Daemon:
         self.wrap = list(wrap)
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_s: float | None = None
+        self.spawned_at = 0.0  # time.time() at spawn
         self.log = self.workdir / "daemon.log"
 
     @property
@@ -289,6 +290,7 @@ class Daemon:
         try:
             with open(self.log, "ab") as log:
                 t0 = time.monotonic()
+                self.spawned_at = time.time()
                 self.proc = subprocess.Popen([*self.wrap, PY, "-m", "edge_agent", "run", "--config", str(self.config)],
                                              env=env, stdout=subprocess.DEVNULL, stderr=log, cwd=self.workdir)
             notify.settimeout(timeout)
@@ -359,6 +361,7 @@ class HueyConsumer:
         self.db = workdir / "huey.db"
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0  # time.time() at spawn
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, BENCH_HUEY_DB=str(self.db))
@@ -370,6 +373,7 @@ class HueyConsumer:
 
     def start(self) -> None:
         with open(self.workdir / "consumer.log", "ab") as log:
+            self.spawned_at = time.time()
             self.proc = subprocess.Popen([str(BIN / "huey_consumer"), "bench.huey_app.huey", "-w", str(self.workers),
                                           "-k", "thread", "-q"], env=self.env(), cwd=ROOT,
                                          stdout=subprocess.DEVNULL, stderr=log)

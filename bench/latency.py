@@ -17,6 +17,7 @@ from .harness import REPLY_TOPIC, BenchError, MqttClient, Row, cmd_topic, percen
 from .lab import Context, Lab
 
 GOAL_FACTOR = 4.0
+FIGURES = ("MQTT gpio.set -> succeeded, p50", "MQTT gpio.set -> succeeded, p99")
 
 
 def bare_round_trips(port: int, n: int, warmup: int) -> list[float]:

@@ -298,7 +298,7 @@ class Agent:
 
     def announce_discovery(self) -> None:
         """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""
-        if self.link is not None and self.store is not None and self.settings.mqtt and self.settings.mqtt.discovery:
+        if self.link is not None and self.store is not None and self.settings.mqtt:
             from .discovery import announce
 
             announce(self.settings, self.store, self.link.outbox)

@@ -98,6 +98,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     settings = _settings(args)
+    from .actions import build_registry
+    from .agent import check_jobs
+
+    # The whole config (task modules, job actions) is checked before anything is opened or
+    # created: a config error is one line and exit 2, as with `check`.
+    check_jobs(settings, build_registry(settings))
     setup_logging(settings.log_level)
     import logging
 
@@ -190,6 +196,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args)
     values = parse_pairs(args.pairs, args.args)
     registry = build_registry(settings)
+    from .agent import check_jobs
+
+    check_jobs(settings, registry)  # a config the daemon would refuse is refused here too
     values = _text_where_wanted(registry.get(args.action), args.pairs, values)
     _, clean = registry.validate(args.action, values)
     fields: dict[str, Any] = {"action": args.action, "args": clean, "source": "cli"}

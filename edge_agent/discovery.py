@@ -50,10 +50,13 @@ BRIGHTNESS_VALUE_TEMPLATE = "{{ (value | float(0) * 255) | round(0) }}"
 LEVEL_STATE_TEMPLATE = "{{ 'ON' if value | float(0) > 0 else 'OFF' }}"
 # ``None`` is Home Assistant's "unknown" for a sensor.
 NEXT_SUNSET_TEMPLATE = "{{ value_json.next_sunset | default(None, true) }}"
+# last_error is null or {"action", "type", "message", "at"}; the state is "<action>: <message>"
+# (HA keeps at most 255 characters), "none" when nothing has failed; the whole object
+# becomes the sensor's attributes.
 LAST_ERROR_TEMPLATE = (
     "{% set e = value_json.last_error | default(None, true) %}"
-    "{{ ((e.action ~ ': ' if e.action is defined and e.action else '') ~ (e.message | default(e, true)))[:255]"
-    " if e else 'none' }}"
+    "{% if e is mapping %}{{ ((e.action ~ ': ' if e.action else '') ~ (e.message or e.type or 'failed'))[:255] }}"
+    "{% elif e %}{{ (e ~ '')[:255] }}{% else %}none{% endif %}"
 )
 LAST_ERROR_ATTRIBUTES_TEMPLATE = (
     "{% set e = value_json.last_error | default(None, true) %}{{ (e if e is mapping else {}) | tojson }}"

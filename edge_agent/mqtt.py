@@ -236,8 +236,9 @@ class MqttLink:
         log.info("MQTT: connected to %s:%s (MQTT %s, session %s)", self.cfg.host, self.cfg.port,
                  "5" if self._protocol == 5 else "3.1.1", "resumed" if flags.session_present else "new")
         self.outbox.wake()
+        # Also with discovery off: announce() then clears what an earlier config announced.
         announce = getattr(self.agent, "announce_discovery", None)
-        if announce is not None and self.cfg.discovery:
+        if announce is not None:
             announce()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:

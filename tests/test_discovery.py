@@ -333,6 +333,9 @@ def test_sensor_templates_read_the_state_document():
     long = {**e, "message": "x" * 1000}
     assert len(render_value(err["value_template"], json.dumps({**state, "last_error": long}))) == 255  # HA's state limit
     assert render_value(err["value_template"], json.dumps({**state, "last_error": "plain text"})) == "plain text"
+    # the state document's own shape (MqttLink.state_document): an expired command has no message
+    expired = {"action": "agent.ping", "type": "expired", "message": None, "at": 1780000000.5}
+    assert render_value(err["value_template"], json.dumps({**state, "last_error": expired})) == "agent.ping: expired"
 
 
 def test_no_sunset_sensor_without_a_location():
@@ -495,6 +498,17 @@ def test_discovery_against_a_real_broker(broker, daemon_factory, listener_factor
     sunset = render_value(sensors["next_sunset"]["value_template"], state.payload)
     assert sunset == "None" or datetime.fromisoformat(sunset).utcoffset() is not None
     assert render_value(sensors["last_error"]["value_template"], state.payload)
+    assert datetime.fromisoformat(json.loads(state.payload)["next_sunset"]).utcoffset() is not None
+
+    # last error: a command that expires shows up on the sensor (after the next state message)
+    listener.publish(f"{p}/ha1/cmd/agent.ping", {"id": "too-late", "ttl": 1e-6})
+    listener.wait_for(lambda m: m.topic == f"{p}/ha1/reply" and json.loads(m.payload).get("id") == "too-late"
+                      and json.loads(m.payload)["status"] == "expired")
+    listener.publish(f"{p}/ha1/cmd/agent.ping", {"id": "nudge"})  # an accepted command refreshes the state
+    err = sensors["last_error"]
+    msg = last_on(err["state_topic"], lambda m: render_value(err["value_template"], m.payload).startswith("agent.ping: "))
+    attrs = json.loads(render_value(err["json_attributes_template"], msg.payload))
+    assert attrs["action"] == "agent.ping" and attrs["type"]
 
     # button: pressing it runs agent.ping
     (_, button), = comps["button"]

@@ -10,6 +10,7 @@ form is a 2-minute outage:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -93,7 +94,7 @@ def web(daemon_factory) -> Iterator[Web]:
 
 
 def _gaps(reqs: list[Any]) -> list[float]:
-    return [round(b.mono - a.mono, 2) for a, b in zip(reqs, reqs[1:], strict=False)]
+    return [round(b.mono - a.mono, 2) for a, b in itertools.pairwise(reqs)]
 
 
 # --------------------------------------------------------------------------- the policy
@@ -167,6 +168,12 @@ def test_a_slow_server_times_out_and_uses_up_attempts(web):
     assert r.returncode == 1 and reply["status"] == "failed" and reply["attempt"] == 2
     assert "no answer" in reply["error"]["message"]
     assert len(web.server.log(id="s1")) == 2
+    # A user task whose plain urllib call raises TimeoutError is judged the same way by the agent.
+    r = web.send("chaos_fetch_raw", "s3", "--wait", "30", "--json", url=web.url("s3"))
+    reply = json.loads(r.stdout)
+    assert r.returncode == 1 and reply["status"] == "failed" and reply["attempt"] == 2, reply
+    assert reply["error"]["type"] == "TimeoutError"
+    assert len(web.server.log(id="s3")) == 2
 
 
 def test_http_request_retries_after_a_timeout(web):

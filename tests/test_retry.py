@@ -130,7 +130,7 @@ RETRY = [
     RetryableError("HTTP 429", retry_after=30.0),
     TaskError("something transient"),
     TimeoutError("timed out"),
-    socket.timeout("timed out"),
+    socket.timeout("timed out"),  # noqa: UP041 (the alias user code still raises)
     OSError(errno.ETIMEDOUT, "Connection timed out"),
     urllib.error.URLError(TimeoutError("timed out")),
     urllib.error.URLError("a reason that is only text"),

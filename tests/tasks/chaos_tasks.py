@@ -74,17 +74,25 @@ def chaos_webhook(url: str, timeout: float = 1.0) -> dict[str, Any]:
 
 
 @task
-def chaos_fanout(users: list[str], fail_first: list[str], state_dir: str) -> dict[str, Any]:
-    """Queue one chaos_email per user; returns how many it queued and their ids."""
+def chaos_fanout(users: list[str], fail_first: list[str], state_dir: str, pause_ms: float = 0.0,
+                 fail_always: list[str] | None = None) -> dict[str, Any]:
+    """Queue one chaos_email per user (``pause_ms`` after each); returns how many it queued and their ids."""
     record(os.path.join(state_dir, "parent.log"), ",".join(users))
-    ids = [chaos_email.delay(user=u, fail_first=u in fail_first, state_dir=state_dir).id for u in users]
+    ids = []
+    for u in users:
+        ids.append(chaos_email.delay(user=u, fail_first=u in fail_first, state_dir=state_dir,
+                                     fail_always=u in (fail_always or ())).id)
+        record(os.path.join(state_dir, "queued.log"), f"{u} {ids[-1]}")
+        time.sleep(pause_ms / 1000.0)
     return {"queued": len(ids), "children": ids}
 
 
 @task(retries=2, retry_delay="0.2s", needs_network=True)
-def chaos_email(user: str, fail_first: bool, state_dir: str) -> dict[str, Any]:
-    """Send one email; fails once (a 451 from the mail server) when ``fail_first``."""
+def chaos_email(user: str, fail_first: bool, state_dir: str, fail_always: bool = False) -> dict[str, Any]:
+    """Send one email; fails once (a 451 from the mail server) when ``fail_first``, every time when ``fail_always``."""
     record(os.path.join(state_dir, "email.log"), user)
+    if fail_always:
+        raise RetryableError(f"451 mailbox of {user} busy, try later")
     marker = os.path.join(state_dir, f"{user}.failed-once")
     if fail_first and not os.path.exists(marker):
         open(marker, "w").close()

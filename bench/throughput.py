@@ -1,0 +1,106 @@
+"""Throughput: no-op commands per second, end to end, beside plain SqliteHuey.
+
+- MQTT: N QoS 1 commands with ids published as fast as paho sends them; the clock
+  stops at the last final (``succeeded``) reply, so journal, queue, worker and the
+  outbox (``accepted`` + ``succeeded`` replies) are all inside.
+- ``.delay()``: N calls in another process; the clock stops when the last command
+  is finished in the journal.
+- Baseline: the same N no-op task calls into plain SqliteHuey from another process
+  with ``huey_consumer`` (same worker count) draining at the same time; the clock
+  stops at the last task's start.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from .harness import REPLY_TOPIC, BenchError, MqttClient, Row, cmd_topic
+from .lab import Context, Lab
+
+GOAL_MQTT = 1000.0
+FINAL = ("succeeded", "failed", "expired", "rejected")
+FIGURES = ("MQTT commands/s with replies", ".delay() commands/s, end to end")
+
+
+def mqtt_rate(lab: Lab, n: int) -> dict[str, Any]:
+    lab.daemon()
+    port = lab.broker().port
+    run_id = f"tp{time.monotonic_ns()}"
+    done = threading.Event()
+    state = {"final": 0, "bad": 0, "last": 0.0}
+
+    def on_reply(c: Any, u: Any, msg: Any) -> None:
+        doc = json.loads(msg.payload)
+        if not str(doc.get("id", "")).startswith(run_id) or doc["status"] not in FINAL:
+            return
+        state["final"] += 1
+        if doc["status"] != "succeeded":
+            state["bad"] += 1
+        if state["final"] >= n:
+            state["last"] = time.perf_counter()
+            done.set()
+
+    listener = MqttClient(port, on_message=on_reply, subscribe=[REPLY_TOPIC])
+    publisher = MqttClient(port, inflight=100)
+    try:
+        topic = cmd_topic("noop")
+        t0 = time.perf_counter()
+        for i in range(n):
+            publisher.publish(topic, json.dumps({"id": f"{run_id}-{i}", "args": {"i": i}}))
+        published = time.perf_counter()
+        if not done.wait(60 + n / 100):
+            raise BenchError(f"MQTT throughput: {state['final']} of {n} final replies")
+    finally:
+        publisher.close()
+        listener.close()
+    if state["bad"]:
+        raise BenchError(f"MQTT throughput: {state['bad']} command(s) did not succeed")
+    return {"rate": n / (state["last"] - t0), "publish_s": published - t0, "total_s": state["last"] - t0}
+
+
+def delay_rate(lab: Lab, n: int) -> dict[str, Any]:
+    daemon = lab.daemon()
+    sub = lab.edge_submitter()
+    daemon.wait_idle(60)
+    before = daemon.query("select coalesce(max(seq), 0) from commands")[0][0]
+    r = sub.call(op="noop", system="edge", n=n)
+    daemon.wait_idle(60 + n / 50)
+    count, last = daemon.query("select count(*), max(finished) from commands where seq > ? and action = 'noop'",
+                               (before,))[0]
+    if count != n:
+        raise BenchError(f".delay() throughput: {count} of {n} commands found")
+    return {"rate": n / (last - r["start"]), "submit_rate": n / (r["end"] - r["start"]), "total_s": last - r["start"]}
+
+
+def huey_rate(lab: Lab, n: int) -> dict[str, Any]:
+    lab.huey()
+    sub = lab.huey_submitter()
+    marks = lab.marks()
+    marks.take()
+    r = sub.call(op="noop", system="huey", n=n, port=marks.port)
+    got = marks.wait(n, 60 + n / 50)
+    last = max(t1 for _, _, t1, _ in got)
+    return {"rate": n / (last - r["start"]), "submit_rate": n / (r["end"] - r["start"]), "total_s": last - r["start"]}
+
+
+def run(ctx: Context, lab: Lab) -> list[Row]:
+    n = ctx.n(5000, 300)
+    ctx.say(f"throughput: {n} no-op commands through MQTT, through .delay(), and into plain Huey")
+    lab.daemon()
+    lab.huey()
+    mqtt = mqtt_rate(lab, n)
+    delay = delay_rate(lab, n)
+    huey = huey_rate(lab, n)
+    base = f"plain SqliteHuey, {lab.workers} thread workers"
+    return [
+        Row("throughput", "MQTT commands/s with replies", mqtt["rate"], huey["rate"], "/s", base, better="higher",
+            goal=f">= Huey and >= {GOAL_MQTT:,.0f}/s", met=mqtt["rate"] >= max(huey["rate"], GOAL_MQTT),
+            note=f"n={n}; publishing took {mqtt['publish_s']:.2f} s", extra=mqtt),
+        Row("throughput", ".delay() commands/s, end to end", delay["rate"], huey["rate"], "/s", base, better="higher",
+            goal=">= Huey", met=delay["rate"] >= huey["rate"],
+            note=f"n={n}; the caller queued {delay['submit_rate']:.0f}/s (Huey's {huey['submit_rate']:.0f}/s)",
+            extra={"edge": delay, "huey": huey}),
+    ]

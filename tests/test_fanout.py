@@ -1,0 +1,138 @@
+"""Fan-out: a task running in the daemon queues one child task per item with ``child.delay()``;
+children are retried one by one, and the parent is never run again for them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.client import LocalClient
+from edge_agent.commands import Command
+from edge_agent.config import load_settings
+from tests.conftest import ROOT, Daemon
+
+CONFIG = """
+[device]
+id = "fan"
+[storage]
+path = "agent.db"
+[clock]
+trust = "always"
+[gpio]
+pin_factory = "mock"
+[tasks]
+modules = ["chaos_tasks"]
+paths = ["{root}/tests/tasks"]
+"""
+
+
+@pytest.fixture
+def fan(daemon_factory, tmp_path: Path) -> Iterator[tuple[Daemon, LocalClient, Path]]:
+    d = daemon_factory(CONFIG.format(root=ROOT))
+    d.start()
+    state = tmp_path / "state"
+    state.mkdir()
+    client = LocalClient(load_settings(str(d.config)), create=False)
+    yield d, client, state
+    client.close()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _wait_all(client: LocalClient, ids: list[str], timeout: float = 30.0) -> dict[str, Command]:
+    end = time.monotonic() + timeout
+    while True:
+        rows = {cid: client.journal.get(cid) for cid in ids}
+        if all(c is not None and c.terminal for c in rows.values()):
+            return rows  # type: ignore[return-value]
+        if time.monotonic() > end:
+            raise AssertionError(f"not finished after {timeout}s: {[c for c in rows.values() if not (c and c.terminal)]}")
+        time.sleep(0.05)
+
+
+def _send(d: Daemon, action: str, cid: str, *extra: str, **args: Any) -> Any:
+    return d.cli("send", action, "--args", json.dumps(args), "--id", cid, *extra)
+
+
+def test_parent_queues_one_child_per_item_and_only_failed_children_are_retried(fan):
+    """The parent returns {"queued": n}; children that fail once are retried on their own; the parent runs once."""
+    d, client, state = fan
+    users = [f"user{i:02d}" for i in range(40)]
+    flaky = users[3::7]  # these children fail on their first attempt
+    r = _send(d, "chaos_fanout", "parent-1", "--wait", "30", "--json", users=users, fail_first=flaky,
+              state_dir=str(state))
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["status"] == "succeeded" and reply["attempt"] == 1
+    assert reply["result"]["queued"] == len(users)
+    children = reply["result"]["children"]
+    assert len(set(children)) == len(users)
+
+    rows = _wait_all(client, children)
+    by_user = {row.args["user"]: row for row in rows.values()}
+    assert set(by_user) == set(users)
+    for user, row in by_user.items():
+        assert row.action == "chaos_email" and row.state == "succeeded", row
+        assert row.attempts == (2 if user in flaky else 1), (user, row.attempts)
+    sends = Counter(_lines(state / "email.log"))
+    assert sends == Counter({u: 2 if u in flaky else 1 for u in users})
+    assert len(_lines(state / "parent.log")) == 1  # the parent was not re-run for its children's failures
+    parent = client.journal.get("parent-1")
+    assert parent is not None and parent.attempts == 1
+    assert all(client.journal.get(c).seq > parent.seq for c in children)  # type: ignore[union-attr]
+
+
+def test_a_child_that_keeps_failing_fails_alone(fan):
+    """A child that exhausts its retries ends failed; its siblings and the parent still succeed."""
+    d, client, state = fan
+    r = _send(d, "chaos_fanout", "parent-2", "--wait", "30", "--json", users=["ok1", "bad", "ok2"], fail_first=[],
+              fail_always=["bad"], state_dir=str(state))
+    reply = json.loads(r.stdout)
+    assert reply["result"]["queued"] == 3
+    children = dict(zip(["ok1", "bad", "ok2"], reply["result"]["children"], strict=True))
+    rows = _wait_all(client, list(children.values()))
+    bad = rows[children["bad"]]
+    assert bad.state == "failed" and bad.attempts == 3 and bad.error_type == "retryable"  # retries=2
+    assert "451" in (bad.error_message or "")
+    assert rows[children["ok1"]].state == rows[children["ok2"]].state == "succeeded"
+    assert Counter(_lines(state / "email.log")) == Counter({"ok1": 1, "bad": 3, "ok2": 1})
+    assert client.journal.get("parent-2").state == "succeeded"  # type: ignore[union-attr]
+    assert len(_lines(state / "parent.log")) == 1
+
+
+@pytest.mark.slow
+def test_a_kill_during_fan_out_keeps_the_queued_children_and_does_not_rerun_the_parent(fan):
+    """SIGKILL while the parent is fanning out: the children it queued all run once; the (not idempotent)
+    parent ends failed as interrupted and is not run again, so no child is queued twice."""
+    d, client, state = fan
+    users = [f"u{i:02d}" for i in range(30)]
+    assert _send(d, "chaos_fanout", "parent-3", users=users, fail_first=[], state_dir=str(state),
+                 pause_ms=100.0).returncode == 0
+    end = time.monotonic() + 20
+    while len(_lines(state / "queued.log")) < 8:
+        assert time.monotonic() < end, "the parent did not start fanning out"
+        time.sleep(0.01)
+    d.kill()
+    queued_before_kill = [line.split()[1] for line in _lines(state / "queued.log")]
+    d.start()
+    parent = _wait_all(client, ["parent-3"])["parent-3"]
+    assert parent.state == "failed" and parent.error_type == "interrupted", parent
+    # One child may have been committed after the parent's last log line: look in the journal.
+    children = [row for row in client.journal.history(500) if row.action == "chaos_email"]
+    ids = [c.id for c in children]
+    assert set(queued_before_kill) <= set(ids) and len(ids) <= len(queued_before_kill) + 1
+    rows = _wait_all(client, ids)
+    assert all(r.state == "succeeded" for r in rows.values())
+    sends = Counter(_lines(state / "email.log"))
+    assert all(n == 1 for n in sends.values()) and len(sends) == len(ids)
+    assert len(_lines(state / "parent.log")) == 1
+    print(f"fan-out killed after {len(queued_before_kill)} of {len(users)} children: {len(ids)} queued, "
+          f"all ran once; parent {parent.state} ({parent.error_type})")

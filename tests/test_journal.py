@@ -1,0 +1,183 @@
+"""The command journal's state machine on a real SQLite file: add, dedupe, claim, finish, retry, recover."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge_agent.commands import NewCommand
+from edge_agent.journal import Journal
+from edge_agent.store import Store
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    store = Store(str(tmp_path / "agent.db"))
+    clock = FakeClock()
+    yield store, Journal(store, clock=clock), clock
+    store.close()
+
+
+def _add(journal: Journal, store: Store, cid: str, action: str = "t", args: dict | None = None, *, enqueued: bool = True,
+         **fields):
+    with store.transaction() as cur:
+        return journal.add(cur, NewCommand(action=action, args=args or {}, id=cid, **fields), enqueued=enqueued)
+
+
+def test_add_stores_a_queued_row_with_its_args(env):
+    """A new command becomes a queued row with its arguments, source, timing and the clock's time."""
+    store, journal, clock = env
+    row, created = _add(journal, store, "c1", "water", {"zone": "a", "minutes": 2.5}, source="cli", deadline=clock.now + 60)
+    assert created
+    assert (row.id, row.action, dict(row.args), row.source, row.state, row.attempts) == (
+        "c1", "water", {"zone": "a", "minutes": 2.5}, "cli", "queued", 0)
+    assert row.created == clock.now and row.deadline == clock.now + 60
+    assert journal.get("c1") == row
+    assert row.outcome()["status"] == "accepted"
+
+
+def test_a_known_id_is_not_added_again_and_returns_the_stored_row(env):
+    """Adding an id that is already known changes nothing and returns the stored row (at most once per id)."""
+    store, journal, clock = env
+    first, _ = _add(journal, store, "dup", "t", {"n": 1})
+    with store.transaction() as cur:
+        journal.claim(cur, first.seq)
+        journal.finish(cur, first.seq, "succeeded", result={"ok": 1})
+    clock.now += 3600
+    again, created = _add(journal, store, "dup", "other", {"n": 2})
+    assert not created
+    assert (again.seq, again.action, dict(again.args), again.state, again.result) == (first.seq, "t", {"n": 1}, "succeeded", {"ok": 1})
+    assert store.query("select count(*) from commands")[0][0] == 1
+
+
+def test_claim_runs_a_queued_command_once(env):
+    """claim marks a queued row running with one more attempt; a second claim of the same row gets None."""
+    store, journal, clock = env
+    row, _ = _add(journal, store, "c")
+    clock.now += 1
+    with store.transaction() as cur:
+        running = journal.claim(cur, row.seq)
+        assert running is not None
+        assert (running.state, running.attempts, running.started) == ("running", 1, clock.now)
+        assert journal.claim(cur, row.seq) is None
+        assert journal.claim(cur, 999_999) is None
+
+
+def test_finish_records_outcomes(env):
+    """finish records succeeded with a result, or failed/expired with an error; all are terminal."""
+    store, journal, clock = env
+    rows = [_add(journal, store, f"c{i}")[0] for i in range(3)]
+    with store.transaction() as cur:
+        for r in rows:
+            journal.claim(cur, r.seq)
+        ok = journal.finish(cur, rows[0].seq, "succeeded", result={"v": [1]})
+        bad = journal.finish(cur, rows[1].seq, "failed", error=("permanent", "no"))
+        late = journal.finish(cur, rows[2].seq, "expired", error=("expired", "too late"))
+    assert (ok.state, ok.result, ok.error_type, ok.finished) == ("succeeded", {"v": [1]}, None, clock.now)
+    assert (bad.state, bad.error_type, bad.error_message) == ("failed", "permanent", "no")
+    assert late.state == "expired"
+    assert all(r.terminal for r in (ok, bad, late))
+    assert bad.outcome()["error"] == {"type": "permanent", "message": "no"}
+    with store.transaction() as cur:
+        assert journal.claim(cur, rows[0].seq) is None  # a finished command never runs again
+    assert {c.id for c in journal.recent_failures()} == {"c1", "c2"}  # failed and expired, not succeeded
+
+
+def test_retry_later_puts_it_back_in_line(env):
+    """retry_later requeues with next_attempt and the error; refund gives the attempt back and marks it parked."""
+    store, journal, clock = env
+    row, _ = _add(journal, store, "r")
+    with store.transaction() as cur:
+        journal.claim(cur, row.seq)
+        retried = journal.retry_later(cur, row.seq, clock.now + 30, ("retryable", "busy"))
+    assert (retried.state, retried.attempts, retried.next_attempt, retried.error_type, retried.parked) == (
+        "queued", 1, clock.now + 30, "retryable", False)
+    assert journal.counts() == {"queued": 1, "running": 0, "parked": 0, "retrying": 1}
+    with store.transaction() as cur:
+        journal.claim(cur, row.seq)
+        parked = journal.retry_later(cur, row.seq, clock.now + 5, ("network_unavailable", "down"), refund=True)
+    assert (parked.attempts, parked.parked) == (1, True)
+    assert journal.counts()["parked"] == 1
+    with store.transaction() as cur:
+        journal.claim(cur, row.seq)
+        done = journal.finish(cur, row.seq, "succeeded", result=1)
+    assert (done.attempts, done.next_attempt, done.parked, done.error_type) == (2, None, False, None)
+
+
+def test_recover_requeues_reruns_idempotent_and_interrupts_the_rest(env):
+    """After a crash, queued rows stay queued, running idempotent ones run again, other running ones fail 'interrupted'."""
+    store, journal, clock = env
+    queued, _ = _add(journal, store, "q", "safe", enqueued=False)
+    safe, _ = _add(journal, store, "s", "safe")
+    unsafe, _ = _add(journal, store, "u", "unsafe")
+    done, _ = _add(journal, store, "d", "unsafe")
+    with store.transaction() as cur:
+        for r in (safe, unsafe, done):
+            journal.claim(cur, r.seq)
+        journal.finish(cur, done.seq, "succeeded")
+    clock.now += 10
+    with store.transaction() as cur:
+        found = journal.recover(cur, lambda cmd: cmd.action == "safe")
+    assert [c.id for c in found.requeued] == ["q"]
+    assert [(c.id, c.state, c.attempts) for c in found.rerun] == [("s", "queued", 1)]
+    assert [(c.id, c.state, c.error_type, c.finished) for c in found.interrupted] == [("u", "failed", "interrupted", clock.now)]
+    assert "not idempotent" in found.interrupted[0].error_message
+    assert journal.get("d").state == "succeeded"
+    # Recovered rows belong to the daemon's queue now: nothing is left for adoption.
+    assert store.query("select id from commands where enqueued = 0 and state = 'queued'") == []
+    with store.transaction() as cur:
+        again = journal.recover(cur, lambda cmd: True)
+    assert [c.id for c in again.requeued] == ["q", "s"] and again.rerun == [] and again.interrupted == []
+
+
+def test_take_unadopted_hands_each_outside_row_over_once(env):
+    """Rows other processes wrote (enqueued=0) are taken once, in order; the daemon's own rows never."""
+    store, journal, _ = env
+    _add(journal, store, "own", enqueued=True)
+    _add(journal, store, "cli-1", enqueued=False)
+    _add(journal, store, "cli-2", enqueued=False)
+    with store.transaction() as cur:
+        assert [c.id for c in journal.take_unadopted(cur)] == ["cli-1", "cli-2"]
+        assert journal.take_unadopted(cur) == []
+
+
+def test_another_connection_sees_committed_rows_only(env, tmp_path: Path):
+    """A command is visible to other processes once add's transaction commits, not before."""
+    store, journal, _ = env
+    other = sqlite3.connect(tmp_path / "agent.db", timeout=5)
+    try:
+        with store.transaction() as cur:
+            journal.add(cur, NewCommand(action="t", args={}, id="x"), enqueued=False)
+            assert other.execute("select count(*) from commands").fetchone()[0] == 0
+        assert other.execute("select count(*) from commands").fetchone()[0] == 1
+    finally:
+        other.close()
+
+
+def test_history_counts_and_prune(env):
+    """history is newest first; prune forgets finished rows older than the limit and keeps open ones."""
+    store, journal, clock = env
+    rows = [_add(journal, store, f"h{i}")[0] for i in range(4)]
+    with store.transaction() as cur:
+        journal.claim(cur, rows[0].seq)
+        journal.finish(cur, rows[0].seq, "succeeded")
+        journal.claim(cur, rows[1].seq)
+    assert [c.id for c in journal.history(3)] == ["h3", "h2", "h1"]
+    assert journal.counts() == {"queued": 2, "running": 1, "parked": 0, "retrying": 0}
+    assert [c.id for c in journal.open_commands()] == ["h1", "h2", "h3"]
+    assert journal.prune(clock.now - 1) == 0
+    assert journal.prune(clock.now + 1) == 1
+    assert journal.get("h0") is None and journal.get("h1") is not None
+    # A forgotten id may be used again; seq numbers are never reused.
+    again, created = _add(journal, store, "h0")
+    assert created and again.seq > rows[-1].seq

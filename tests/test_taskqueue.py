@@ -1,0 +1,195 @@
+"""Huey wired to the journal: blocking dequeue, scheduled messages, recovery, adoption of other processes' rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.commands import NewCommand
+from edge_agent.journal import Journal
+from edge_agent.store import Store
+from edge_agent.taskqueue import TaskQueue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    """Stands in for the runner: records the journal seq of every message a worker executes."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, seq: int) -> None:
+        with self.cond:
+            self.seqs.append(seq)
+            self.cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[int]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.seqs) >= count, timeout), f"ran only {self.seqs}"
+            return list(self.seqs)
+
+
+class WatchedCondition(threading.Condition):
+    """A Condition that tells when someone starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+@pytest.fixture
+def parts(tmp_path: Path):
+    store = Store(str(tmp_path / "agent.db"))
+    journal = Journal(store)
+    recorder = Recorder()
+    queue = TaskQueue(store, journal, recorder, workers=2)
+    yield store, journal, queue, recorder
+    queue.stop(5)
+    store.close()
+
+
+def _seq_of(queue: TaskQueue, data: bytes) -> int:
+    return queue.huey.deserialize_task(data).args[0]
+
+
+def _messages(store: Store, table: str) -> list[bytes]:
+    return [bytes(r[0]) for r in store.query(f"select data from {table} order by id")]
+
+
+def test_submit_journals_and_queues_in_one_go(parts):
+    """submit writes the journal row and its queue message together; a known id adds neither again."""
+    store, journal, queue, _ = parts
+    row, created = queue.submit(NewCommand(action="t", args={"n": 1}, id="a"))
+    assert created and row.state == "queued"
+    assert [_seq_of(queue, m) for m in _messages(store, "task")] == [row.seq]
+    again, created = queue.submit(NewCommand(action="t", args={"n": 2}, id="a"))
+    assert not created and again.seq == row.seq
+    assert len(_messages(store, "task")) == 1
+
+
+def test_blocking_dequeue_wakes_on_signal(parts):
+    """An idle dequeue sleeps on its condition and returns as soon as an enqueue signals (not after its 30 s safety wait)."""
+    store, _, queue, _ = parts
+    storage = queue.storage
+    storage.cond = WatchedCondition()
+    got: list[bytes | None] = []
+    t = threading.Thread(target=lambda: got.append(storage.dequeue()), daemon=True)
+    t.start()
+    assert storage.cond.waiting.wait(5), "dequeue did not go to sleep on an empty queue"
+    # Written behind the storage's back: only the signal can wake the sleeper.
+    with store.transaction() as cur:
+        storage.enqueue_in(cur, queue.message(41), None, time.time())
+    storage.signal()
+    t.join(5)
+    assert not t.is_alive(), "dequeue slept through the signal"
+    assert got and _seq_of(queue, got[0]) == 41
+
+
+def test_a_scheduled_message_is_not_returned_before_its_eta(parts):
+    """A message with an eta stays in the schedule until then; ready messages go first."""
+    store, _, queue, _ = parts
+    storage = queue.storage
+    now = time.time()
+    with store.transaction() as cur:
+        storage.enqueue_in(cur, queue.message(1), now + 3600, now)
+        storage.enqueue_in(cur, queue.message(2), None, now)
+    data, _ = storage._pop(now)
+    assert _seq_of(queue, data) == 2
+    assert storage._pop(now) == (None, pytest.approx(now + 3600))
+    assert storage._pop(now + 3599) == (None, pytest.approx(now + 3600))
+    data, _ = storage._pop(now + 3600.001)
+    assert _seq_of(queue, data) == 1
+
+
+def test_dequeue_waits_for_a_near_eta_and_not_less(parts):
+    """A worker waiting on an empty queue wakes for a scheduled message at its eta, never before it."""
+    store, _, queue, _ = parts
+    storage = queue.storage
+    eta = time.time() + 0.3
+    with store.transaction() as cur:
+        storage.enqueue_in(cur, queue.message(7), eta, time.time())
+    data = storage.dequeue()
+    assert time.time() >= eta
+    assert data is not None and _seq_of(queue, data) == 7
+
+
+def test_recover_rebuilds_the_queue_from_the_journal(parts):
+    """recover drops Huey's tables and remakes one message per open command (queued, or running and idempotent)."""
+    store, journal, queue, _ = parts
+    ids = {}
+    for cid in ("queued", "running-safe", "running-unsafe", "finished", "later"):
+        row, _ = queue.submit(NewCommand(action="safe" if cid != "running-unsafe" else "unsafe", args={}, id=cid,
+                                         not_before=time.time() + 600 if cid == "later" else None))
+        ids[cid] = row.seq
+    with store.transaction() as cur:
+        for cid in ("running-safe", "running-unsafe", "finished"):
+            journal.claim(cur, ids[cid])
+        journal.finish(cur, ids["finished"], "succeeded")
+        # Stale and foreign messages that must not survive: a duplicate and a message for a finished command.
+        queue.storage.enqueue_in(cur, queue.message(ids["queued"]), None, time.time())
+        queue.storage.enqueue_in(cur, queue.message(ids["finished"]), None, time.time())
+    interrupted = queue.recover(lambda cmd: cmd.action == "safe")
+    assert [c.id for c in interrupted] == ["running-unsafe"]
+    assert sorted(_seq_of(queue, m) for m in _messages(store, "task")) == sorted([ids["queued"], ids["running-safe"]])
+    assert [_seq_of(queue, m) for m in _messages(store, "schedule")] == [ids["later"]]
+    assert journal.get("running-unsafe").error_type == "interrupted"
+
+
+def test_recovered_commands_run_after_start(parts):
+    """After recover and start, the workers execute every recovered command once."""
+    store, journal, queue, recorder = parts
+    rows = [queue.submit(NewCommand(action="t", args={}, id=f"r{i}"))[0] for i in range(5)]
+    with store.transaction() as cur:
+        journal.claim(cur, rows[0].seq)
+    queue.recover(lambda cmd: True)
+    queue.start(None)
+    assert sorted(recorder.wait_for(5)) == [r.seq for r in rows]
+
+
+def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
+    """Rows another process committed (enqueued=0) are adopted into the queue once."""
+    store, journal, queue, _ = parts
+    code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
+            "from edge_agent.commands import NewCommand\n"
+            "s = Store(sys.argv[1]); j = Journal(s)\n"
+            "with s.transaction() as cur:\n"
+            "    for i in range(3): j.add(cur, NewCommand(action='t', args={'i': i}, id=f'x{i}'), enqueued=False)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "agent.db")], check=True, cwd=ROOT, timeout=30)
+    assert _messages(store, "task") == []
+    assert queue.adopt() == 3
+    seqs = [journal.get(f"x{i}").seq for i in range(3)]
+    assert [_seq_of(queue, m) for m in _messages(store, "task")] == seqs
+    assert store.query("select count(*) from commands where enqueued = 0")[0][0] == 0
+    assert queue.adopt() == 0
+
+
+def test_a_poked_daemon_runs_a_command_another_process_queued(parts, tmp_path: Path):
+    """With workers started, a command written and poked by another process (the CLI's path) is executed."""
+    store, journal, queue, recorder = parts
+    queue.start(str(tmp_path / "agent.db"))
+    code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
+            "from edge_agent.commands import NewCommand; from edge_agent.poke import poke\n"
+            "s = Store(sys.argv[1]); j = Journal(s)\n"
+            "with s.transaction() as cur: j.add(cur, NewCommand(action='t', args={}, id='poked'), enqueued=False)\n"
+            "assert poke(sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "agent.db")], check=True, cwd=ROOT, timeout=30)
+    assert recorder.wait_for(1) == [journal.get("poked").seq]
+
+
+def test_stop_wakes_idle_workers_and_returns(parts):
+    """stop() ends idle workers that are blocked in dequeue (they do not sit out their safety wait)."""
+    _, _, queue, _ = parts
+    queue.start(None)
+    assert queue.stop(5) is True
+    assert queue.storage.dequeue() is None
