@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from .harness import REPLY_TOPIC, BenchError, MqttClient, Row, cmd_topic, percentile
@@ -48,6 +49,10 @@ def bare_round_trips(port: int, n: int, warmup: int) -> list[float]:
     return out
 
 
+def _final(seen: dict[str, dict[str, float]], cid: str) -> bool:
+    return "succeeded" in seen.get(cid, {}) or "failed" in seen.get(cid, {})
+
+
 def command_round_trips(port: int, n: int, warmup: int) -> tuple[list[float], list[float]]:
     """Seconds from publishing ``gpio.set`` to its ``accepted`` and its ``succeeded`` reply."""
     cond = threading.Condition()
@@ -69,7 +74,7 @@ def command_round_trips(port: int, n: int, warmup: int) -> tuple[list[float], li
             t0 = time.perf_counter()
             client.publish(cmd_topic("gpio.set"), payload)
             with cond:
-                ok = cond.wait_for(lambda cid=cid: "succeeded" in seen.get(cid, {}) or "failed" in seen.get(cid, {}), 5)
+                ok = cond.wait_for(partial(_final, seen, cid), 5)
                 times = seen.pop(cid, {})
             if not ok or "succeeded" not in times:
                 raise BenchError(f"gpio.set over MQTT: no succeeded reply for {cid} in 5 s ({times})")

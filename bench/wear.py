@@ -56,7 +56,7 @@ class Strace:
 
 
 def _is_db(path: str | None) -> bool:
-    return bool(path) and (".db" in path) and not path.endswith("-shm")  # type: ignore[operator]
+    return path is not None and ".db" in path and not path.endswith("-shm")
 
 
 def parse_strace(text: str) -> dict[str, Any]:
@@ -84,10 +84,10 @@ def parse_strace(text: str) -> dict[str, Any]:
         if name in SYNCS:
             syncs += 1
             by_file[f"{name} {Path(path).name if path else '?'}"] += 1
-        elif _is_db(path) and int(ret) > 0:
+        elif path is not None and _is_db(path) and int(ret) > 0:
             db_bytes += int(ret)
             db_writes += 1
-            by_file[f"{name} {Path(path).name}"] += 1  # type: ignore[arg-type]
+            by_file[f"{name} {Path(path).name}"] += 1
     return {"syncs": syncs, "db_bytes": db_bytes, "db_writes": db_writes, "calls": dict(calls), "by_file": dict(by_file)}
 
 

@@ -225,21 +225,27 @@ def test_a_file_that_is_not_a_database(agent):
 
 
 @pytest.fixture
-def immutable():
-    """Make a file read-only even for root (chattr +i); undone at teardown."""
-    chattr = shutil.which("chattr")
+def read_only():
+    """Make a file read-only for this process: chmod for a normal user; for root, which ignores
+    permissions, the immutable attribute (chattr +i), else the test is skipped. Undone at teardown."""
     made: list[Path] = []
 
     def make(path: Path) -> None:
+        path.chmod(0o444)
+        made.append(path)
+        if os.geteuid() != 0:
+            return
+        chattr = shutil.which("chattr")
         if chattr is None:
-            pytest.skip("chattr is not installed: cannot make a file read-only for root")
+            pytest.skip("running as root and chattr is not installed: cannot make a file read-only for root")
         r = subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.skip(f"chattr +i does not work here ({r.stderr.strip()}); a read-only file cannot be made for root")
-        made.append(path)
+            pytest.skip(f"running as root and chattr +i does not work here ({r.stderr.strip()})")
 
     def undo(path: Path) -> None:
-        subprocess.run([chattr, "-i", str(path)], check=True)
+        if os.geteuid() == 0 and shutil.which("chattr"):
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o600)
         made.remove(path)
 
     make.undo = undo  # type: ignore[attr-defined]
@@ -248,18 +254,15 @@ def immutable():
         undo(path)
 
 
-def test_a_read_only_database(queued, immutable):
+def test_a_read_only_database(queued, read_only):
     """A read-only database: send and run fail with exit 1 saying so; reading still works; the queued command survives."""
-    if os.geteuid() != 0:
-        queued.db.chmod(0o444)
-    immutable(queued.db)
+    read_only(queued.db)
     assert_one_line_error(queued.cli("send", "agent.ping"), 1, str(queued.db), "read-only")
     r = queued.cli("history")
     assert r.returncode == 0 and "kept" in r.stdout, r.stderr
     r = queued.cli("run")
     assert r.returncode == 1 and "cannot start" in r.stderr and "read-only" in r.stderr and "Traceback" not in r.stderr
-    immutable.undo(queued.db)
-    queued.db.chmod(0o600)
+    read_only.undo(queued.db)
     queued.start()
     assert wait_state(queued.db, "kept") == "succeeded"
     assert queued.lines.read_text() == "kept\n"

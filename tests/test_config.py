@@ -220,5 +220,5 @@ def test_unreadable_config_files(tmp_path: Path):
         load_settings(str(tmp_path))
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\xff\xfe[device]\n")
-    with pytest.raises(ConfigError, match="not UTF-8|not valid TOML"):
+    with pytest.raises(ConfigError, match=r"not UTF-8|not valid TOML"):
         load_settings(str(binary))

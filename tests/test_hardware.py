@@ -121,7 +121,7 @@ def test_gpio_actions_validate_and_drive_the_hardware(hw):
         registry.validate("gpio.set", {"device": "lamb", "value": "on"})
     with pytest.raises(InvalidArguments, match="is an input"):
         registry.validate("gpio.set", {"device": "door", "value": "on"})
-    with pytest.raises(InvalidArguments, match="0.0 to 1.0"):
+    with pytest.raises(InvalidArguments, match=r"0\.0 to 1\.0"):
         registry.validate("gpio.set", {"device": "dim", "value": 1.5})
     with pytest.raises(InvalidArguments, match="'on', 'off' or 'toggle'"):
         registry.validate("gpio.set", {"device": "lamp", "value": 1})

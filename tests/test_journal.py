@@ -117,7 +117,7 @@ def test_retry_later_puts_it_back_in_line(env):
 def test_recover_requeues_reruns_idempotent_and_interrupts_the_rest(env):
     """After a crash, queued rows stay queued, running idempotent ones run again, other running ones fail 'interrupted'."""
     store, journal, clock = env
-    queued, _ = _add(journal, store, "q", "safe", enqueued=False)
+    _add(journal, store, "q", "safe", enqueued=False)
     safe, _ = _add(journal, store, "s", "safe")
     unsafe, _ = _add(journal, store, "u", "unsafe")
     done, _ = _add(journal, store, "d", "unsafe")

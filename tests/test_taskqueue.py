@@ -69,7 +69,7 @@ def _messages(store: Store, table: str) -> list[bytes]:
 
 def test_submit_journals_and_queues_in_one_go(parts):
     """submit writes the journal row and its queue message together; a known id adds neither again."""
-    store, journal, queue, _ = parts
+    store, _, queue, _ = parts
     row, created = queue.submit(NewCommand(action="t", args={"n": 1}, id="a"))
     assert created and row.state == "queued"
     assert [_seq_of(queue, m) for m in _messages(store, "task")] == [row.seq]
@@ -176,7 +176,7 @@ def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
 
 def test_a_poked_daemon_runs_a_command_another_process_queued(parts, tmp_path: Path):
     """With workers started, a command written and poked by another process (the CLI's path) is executed."""
-    store, journal, queue, recorder = parts
+    _, journal, queue, recorder = parts
     queue.start(str(tmp_path / "agent.db"))
     code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
             "from edge_agent.commands import NewCommand; from edge_agent.poke import poke\n"

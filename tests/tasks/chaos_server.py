@@ -2,7 +2,8 @@
 
 Behaviours (``mode``): ``ok`` (200), ``unavailable`` (503 with ``Retry-After``),
 ``missing`` (404), ``slow`` (answers after ``slow_s`` seconds), ``reset`` (reads the
-request, then resets the connection). :meth:`stop` closes the listening socket, so
+request, then resets the connection), ``big`` (a 100 KiB answer). With ``tls=(cert,
+key)`` it serves HTTPS. :meth:`stop` closes the listening socket, so
 connections are refused until :meth:`start` binds the same port again. Every request
 that reaches a handler is logged with its monotonic and wall time.
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-__all__ = ["Request", "TestServer"]
+__all__ = ["BIG", "Request", "TestServer"]
+
+BIG = 100 * 1024  # bytes in a ``big`` answer
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class Request:
     path: str
     query: dict[str, str]
     mode: str
+    headers: dict[str, str]
+    body: bytes
 
 
 @dataclass
@@ -50,9 +56,10 @@ class _Server(http.server.ThreadingHTTPServer):
 class TestServer:
     __test__ = False  # not a pytest test class
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, tls: tuple[str, str] | None = None):
         self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.requests: list[Request] = []
         self.behaviour = _Behaviour()
         self._lock = threading.Lock()
@@ -71,6 +78,10 @@ class TestServer:
         assert self._server is None
         self._release.clear()
         self._server = _Server(("127.0.0.1", self.port), self._handler())
+        if self.tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"http-{self.port}", daemon=True)
         self._thread.start()
@@ -114,11 +125,11 @@ class TestServer:
                 mode, b = owner._next_mode()
                 parsed = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(parsed.query))
-                with owner._lock:
-                    owner.requests.append(Request(time.monotonic(), time.time(), self.command, parsed.path, query, mode))
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                body = self.rfile.read(length) if length else b""
+                with owner._lock:
+                    owner.requests.append(Request(time.monotonic(), time.time(), self.command, parsed.path, query, mode,
+                                                  dict(self.headers.items()), body))
                 if mode == "reset":
                     # SO_LINGER 0: close() sends RST, as a crashing server or a dropped NAT entry would.
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -126,18 +137,18 @@ class TestServer:
                     return
                 if mode == "slow":
                     owner._release.wait(b.slow_s)
-                status, body = {"ok": (200, b"fine"), "slow": (200, b"late"), "missing": (404, b"no such thing"),
-                                "unavailable": (503, b"busy")}[mode]
+                status, answer = {"ok": (200, b"fine"), "slow": (200, b"late"), "missing": (404, b"no such thing"),
+                                  "unavailable": (503, b"busy"), "big": (200, b"x" * BIG)}[mode]
                 self.send_response(status)
                 if status == 503 and b.retry_after is not None:
                     self.send_header("Retry-After", b.retry_after)
                 self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    self.wfile.write(answer)
 
-            do_GET = do_POST = do_PUT = do_HEAD = _serve
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = do_PATCH = _serve
 
         return Handler
 

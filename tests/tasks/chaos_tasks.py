@@ -64,6 +64,12 @@ def chaos_fetch_raw(url: str) -> dict[str, Any]:
         return {"status": resp.status}
 
 
+@task(retries=3, retry_delay="0.2s", deadline="3s", needs_network=True)
+def chaos_fetch_deadline(url: str) -> dict[str, Any]:
+    """Network-aware with an absolute deadline 3 s after it is queued."""
+    return _get(url, 2.0)
+
+
 @task(retries=1, retry_delay="0.2s", needs_network=True)
 def chaos_webhook(url: str, timeout: float = 1.0) -> dict[str, Any]:
     """The built-in http.request's code under a quick policy (one retry after ~0.2 s)."""
