@@ -12,13 +12,27 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     EdgeAgentError,
     NetworkUnavailable,
     PermanentError,
     RetryableError,
 )
-from .tasks import Pending, task
+
+if TYPE_CHECKING:
+    from .tasks import Pending, task
+
+
+def __getattr__(name: str) -> Any:
+    # `task` and `Pending` pull in argument checking (inspect, typing): loaded on first
+    # use so that `edge-agent --help` does not pay for them.
+    if name in ("task", "Pending"):
+        from . import tasks
+
+        return getattr(tasks, name)
+    raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")
 
 __all__ = [
     "EdgeAgentError",

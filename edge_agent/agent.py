@@ -9,7 +9,6 @@ offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,67 +19,21 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__, systemd
-from .actions import Registry, Runtime, build_registry
+from .actions import Runtime, build_registry, check_jobs
 from .commands import Command, NewCommand
 from .config import Settings, load_settings
-from .errors import AlreadyRunning, ConfigError, EdgeAgentError, StorageError
+from .errors import EdgeAgentError
 from .hardware import Hardware
 from .journal import Journal
+from .lock import InstanceLock
 from .runner import Runner
 from .store import Store
 from .taskqueue import TaskQueue
 from .tasks import set_submitter
 
-__all__ = ["Agent", "check_jobs"]
+__all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
-
-
-def check_jobs(settings: Settings, registry: Registry) -> None:
-    """Every job names a known action with valid arguments; raises ConfigError naming the job."""
-    for job in settings.jobs:
-        try:
-            registry.validate(job.action, job.args)
-        except EdgeAgentError as exc:
-            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.action") from None
-
-
-class _InstanceLock:
-    """An flock on ``<db>.lock``: one daemon per database."""
-
-    def __init__(self, db_path: str):
-        self.path = db_path + ".lock"
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot create the lock file: {exc.strerror}") from exc
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 32).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise AlreadyRunning(f"another edge-agent (pid {other}) is already running on {db_path}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
-def daemon_running(db_path: str) -> int | None:
-    """The pid of the daemon holding ``db_path``'s lock, or None."""
-    try:
-        fd = os.open(db_path + ".lock", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.read(fd, 32).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
-    return None
 
 
 class Agent:
@@ -91,7 +44,7 @@ class Agent:
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
-        self._lock: _InstanceLock | None = None
+        self._lock: InstanceLock | None = None
         self.store: Store | None = None
         self.hardware: Hardware | None = None
         self.queue: TaskQueue | None = None
@@ -105,7 +58,7 @@ class Agent:
 
     def start(self) -> None:
         s = self.settings
-        self._lock = _InstanceLock(s.db_path)
+        self._lock = InstanceLock(s.db_path)
         self.store = Store(s.db_path, sync=s.sync)
         journal = Journal(self.store)
         runtime = Runtime(started_monotonic=self.started_monotonic)

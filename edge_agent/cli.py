@@ -98,8 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     settings = _settings(args)
-    from .actions import build_registry
-    from .agent import check_jobs
+    from .actions import build_registry, check_jobs
 
     # The whole config (task modules, job actions) is checked before anything is opened or
     # created: a config error is one line and exit 2, as with `check`.
@@ -196,7 +195,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args)
     values = parse_pairs(args.pairs, args.args)
     registry = build_registry(settings)
-    from .agent import check_jobs
+    from .actions import check_jobs
 
     check_jobs(settings, registry)  # a config the daemon would refuse is refused here too
     values = _text_where_wanted(registry.get(args.action), args.pairs, values)
@@ -212,7 +211,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         fields["deadline"] = time.time() + args.ttl
     client = LocalClient(settings)
     cmd, created = client.submit(NewCommand(**fields))
-    from .agent import daemon_running
+    from .lock import daemon_running
 
     if not args.json:
         print(cmd.id)
@@ -292,8 +291,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .actions import build_registry
-    from .agent import check_jobs
+    from .actions import build_registry, check_jobs
 
     settings = _settings(args)
     registry = build_registry(settings)

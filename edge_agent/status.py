@@ -11,8 +11,8 @@ __all__ = ["collect_status", "render_status"]
 
 def collect_status(settings: Any) -> dict[str, Any]:
     from . import __version__, systemd
-    from .agent import daemon_running
     from .client import LocalClient
+    from .lock import daemon_running
     from .outbox import Outbox
 
     pid = daemon_running(settings.db_path)

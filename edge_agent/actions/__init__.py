@@ -18,7 +18,7 @@ from ..commands import Param, validate_args
 from ..errors import InvalidArguments, UnknownAction
 from ..retry import RetryPolicy
 
-__all__ = ["Action", "Registry"]
+__all__ = ["Action", "Registry", "Runtime", "build_registry", "check_jobs"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,15 @@ def load_user_tasks(settings: Any) -> dict[str, Any]:
             raise ConfigError(f"module {name!r} failed to import: {type(exc).__name__}: {exc} "
                               f"({last.filename}:{last.lineno})", path=settings.path, key="tasks.modules") from None
     return registered_tasks()
+
+
+def check_jobs(settings: Any, registry: Registry) -> None:
+    """Every job names a known action with valid arguments; raises ConfigError naming the job's key."""
+    from ..errors import ConfigError, EdgeAgentError, UnknownAction
+
+    for job in settings.jobs:
+        try:
+            registry.validate(job.action, job.args)
+        except EdgeAgentError as exc:
+            key = "action" if isinstance(exc, UnknownAction) else "args"
+            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.{key}") from None
