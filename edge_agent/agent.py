@@ -58,12 +58,13 @@ class Agent:
 
     def start(self) -> None:
         s = self.settings
-        self._lock = InstanceLock(s.db_path)
-        self.store = Store(s.db_path, sync=s.sync)
-        journal = Journal(self.store)
+        # The whole config is checked before anything is created or locked.
         runtime = Runtime(started_monotonic=self.started_monotonic)
         self.registry = build_registry(s, runtime)
         check_jobs(s, self.registry)
+        self._lock = InstanceLock(s.db_path)
+        self.store = Store(s.db_path, sync=s.sync)
+        journal = Journal(self.store)
 
         self.link = self._make_link()
         reporter = self.link.reporter if self.link else None

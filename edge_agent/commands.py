@@ -128,7 +128,7 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
     except UnicodeDecodeError:
         raise InvalidCommand("payload is not UTF-8 text") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise InvalidCommand("payload is nested too deeply") from None
     except ValueError as exc:
@@ -156,6 +156,13 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
         exc.command_id = command_id  # type: ignore[attr-defined]
         raise
     return command_id, args, float(ttl) if ttl is not None else None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def _reject_constant(name: str) -> None:

@@ -516,6 +516,9 @@ def _parse_device(name: str, t: _Table) -> DeviceSpec:
     pin = t.get("pin", _pin, required=True)
     active_high = t.get("active_high", _bool, True)
     if kind == "input":
+        if "active_high" in t.raw and t.raw.get("pull_up") is not None:
+            raise t.error("active_high", "with pull_up set, the pull decides the active level (pull_up = true: active "
+                                         "when low); leave out active_high, or set pull_up only for a floating input")
         spec = DeviceSpec(
             name, kind, pin, active_high, "off",
             pull_up=t.get("pull_up", _bool), bounce_time=t.get("bounce_time", _duration),
