@@ -2,8 +2,8 @@
 
 The baseline is two paho clients on the same broker, TCP_NODELAY on both, QoS 1
 both ways: a requester publishes, a responder echoes on another topic. That is the
-floor any MQTT-driven agent stands on. Samples are sequential (one command in
-flight), after a warm-up.
+floor any MQTT-driven agent stands on. One request in flight at a time, after a
+warm-up; bare and command samples alternate.
 """
 
 from __future__ import annotations
@@ -21,79 +21,80 @@ GOAL_FACTOR = 4.0
 FIGURES = ("MQTT gpio.set -> succeeded, p50", "MQTT gpio.set -> succeeded, p99")
 
 
-def bare_round_trips(port: int, n: int, warmup: int) -> list[float]:
-    """Seconds per request/reply between two plain paho clients."""
-    got = threading.Event()
+class _Waiter:
+    """Receive times of replies by key, for a requester that waits for one at a time."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.seen: dict[str, dict[str, float]] = {}
+
+    def note(self, key: str, status: str) -> None:
+        now = time.perf_counter()
+        with self.cond:
+            self.seen.setdefault(key, {})[status] = now
+            self.cond.notify_all()
+
+    def wait(self, key: str, status: str, timeout: float = 5.0) -> dict[str, float]:
+        with self.cond:
+            if not self.cond.wait_for(partial(self._has, key, status), timeout):
+                raise BenchError(f"no {status!r} reply for {key} in {timeout} s ({self.seen.get(key)})")
+            return self.seen.pop(key)
+
+    def _has(self, key: str, status: str) -> bool:
+        got = self.seen.get(key, {})
+        return status in got or "failed" in got
+
+
+def round_trips(port: int, n: int, warmup: int) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per bare request/reply and per ``gpio.set`` to ``accepted`` and to ``succeeded``.
+
+    The two kinds alternate, sample by sample, so that the machine's noise falls on both alike.
+    """
+    waiter = _Waiter()
 
     def echo(c: Any, u: Any, msg: Any) -> None:
         c.publish("bench/rtt/rep", msg.payload, qos=1)
 
-    def on_reply(c: Any, u: Any, msg: Any) -> None:
-        got.set()
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        if msg.topic == "bench/rtt/rep":
+            waiter.note(msg.payload.decode(), "echo")
+        else:
+            doc = json.loads(msg.payload)
+            waiter.note(str(doc.get("id")), doc["status"])
 
     responder = MqttClient(port, on_message=echo, subscribe=["bench/rtt/req"])
-    requester = MqttClient(port, on_message=on_reply, subscribe=["bench/rtt/rep"])
-    out = []
+    requester = MqttClient(port, on_message=on_message, subscribe=["bench/rtt/rep", REPLY_TOPIC])
+    bare, accepted, succeeded = [], [], []
     try:
         for i in range(warmup + n):
-            got.clear()
+            key = f"rtt-{time.monotonic_ns()}"
             t0 = time.perf_counter()
-            requester.publish("bench/rtt/req", b"%d" % i)
-            if not got.wait(5):
-                raise BenchError("bare MQTT round trip: no reply in 5 s")
+            requester.publish("bench/rtt/req", key)
+            echo_at = waiter.wait(key, "echo")["echo"]
+            cid = f"lat-{time.monotonic_ns()}-{i}"
+            payload = json.dumps({"id": cid, "args": {"device": "lamp", "value": "on" if i % 2 else "off"}})
+            t1 = time.perf_counter()
+            requester.publish(cmd_topic("gpio.set"), payload)
+            times = waiter.wait(cid, "succeeded")
+            if "succeeded" not in times:
+                raise BenchError(f"gpio.set over MQTT failed: {times}")
             if i >= warmup:
-                out.append(time.perf_counter() - t0)
+                bare.append(echo_at - t0)
+                succeeded.append(times["succeeded"] - t1)
+                if "accepted" in times:
+                    accepted.append(times["accepted"] - t1)
     finally:
         requester.close()
         responder.close()
-    return out
-
-
-def _final(seen: dict[str, dict[str, float]], cid: str) -> bool:
-    return "succeeded" in seen.get(cid, {}) or "failed" in seen.get(cid, {})
-
-
-def command_round_trips(port: int, n: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Seconds from publishing ``gpio.set`` to its ``accepted`` and its ``succeeded`` reply."""
-    cond = threading.Condition()
-    seen: dict[str, dict[str, float]] = {}
-
-    def on_reply(c: Any, u: Any, msg: Any) -> None:
-        now = time.perf_counter()
-        doc = json.loads(msg.payload)
-        with cond:
-            seen.setdefault(doc.get("id") or "", {})[doc["status"]] = now
-            cond.notify_all()
-
-    client = MqttClient(port, on_message=on_reply, subscribe=[REPLY_TOPIC])
-    accepted, succeeded = [], []
-    try:
-        for i in range(warmup + n):
-            cid = f"lat-{time.monotonic_ns()}-{i}"
-            payload = json.dumps({"id": cid, "args": {"device": "lamp", "value": "on" if i % 2 else "off"}})
-            t0 = time.perf_counter()
-            client.publish(cmd_topic("gpio.set"), payload)
-            with cond:
-                ok = cond.wait_for(partial(_final, seen, cid), 5)
-                times = seen.pop(cid, {})
-            if not ok or "succeeded" not in times:
-                raise BenchError(f"gpio.set over MQTT: no succeeded reply for {cid} in 5 s ({times})")
-            if i >= warmup:
-                succeeded.append(times["succeeded"] - t0)
-                if "accepted" in times:
-                    accepted.append(times["accepted"] - t0)
-    finally:
-        client.close()
-    return accepted, succeeded
+    return bare, accepted, succeeded
 
 
 def run(ctx: Context, lab: Lab) -> list[Row]:
-    n, warmup = ctx.n(1000, 50), ctx.n(100, 10)
+    n, warmup = ctx.n(2000, 50), ctx.n(100, 10)
     port = lab.broker().port
     lab.daemon()
-    ctx.say(f"latency: {n} bare MQTT round trips, {n} gpio.set commands")
-    bare = bare_round_trips(port, n, warmup)
-    accepted, edge = command_round_trips(port, n, warmup)
+    ctx.say(f"latency: {n} bare MQTT round trips and {n} gpio.set commands, alternating")
+    bare, accepted, edge = round_trips(port, n, warmup)
     ms = 1000.0
     b50, b99 = percentile(bare, 50) * ms, percentile(bare, 99) * ms
     e50, e99 = percentile(edge, 50) * ms, percentile(edge, 99) * ms

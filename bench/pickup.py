@@ -3,8 +3,8 @@
 - From another process: ``mark.delay(t0=time.time())`` in a helper process (as the
   CLI or a user script would queue), beside the same call to a plain SqliteHuey task
   with ``huey_consumer`` running. The task reports ``time.time()`` at its start.
-  Samples are spaced by a random 200-500 ms of idleness, so Huey's polling backoff
-  is in the state it would be in on a quiet device.
+  Each runner is idle a random 200-500 ms before each sample, so Huey's polling
+  backoff is in the state it would be in on a quiet device; the runners take turns.
 - In the daemon: a task that queues another with ``.delay()`` (fan-out), beside the
   same in Huey's consumer; and an MQTT command to its task's start.
 """
@@ -23,61 +23,67 @@ FIGURES = tuple(f"{label}, {p}" for label in ("other process .delay() -> start",
                                                  "MQTT publish -> task start") for p in ("p50", "p99"))
 
 
-def _idle_samples(ctx: Context, lab: Lab, system: str, n: int, rng: random.Random) -> list[float]:
+def _one(lab: Lab, system: str, op: str, tag: str) -> float:
+    """Queue one ``op`` (mark, or chain: a task that queues a mark) from the helper; seconds to the mark's start."""
     marks = lab.marks()
     sub = lab.edge_submitter() if system == "edge" else lab.huey_submitter()
-    sub.call(op="mark", system=system, port=marks.port, tag="warm")
-    marks.wait(1, 30)
-    out = []
-    for i in range(n):
-        time.sleep(rng.uniform(0.2, 0.5))
-        sub.call(op="mark", system=system, port=marks.port, tag=str(i))
-        (_, t0, t1, _), = marks.wait(1, 30)
-        out.append(t1 - t0)
-    return out
+    sub.call(op=op, system=system, port=marks.port, tag=tag)
+    (_, t0, t1, _), = marks.wait(1, 30)
+    return t1 - t0
 
 
-def _chain_samples(lab: Lab, system: str, n: int, rng: random.Random) -> list[float]:
+def _one_mqtt(lab: Lab, client: MqttClient) -> float:
     marks = lab.marks()
-    sub = lab.edge_submitter() if system == "edge" else lab.huey_submitter()
-    out = []
-    for i in range(n):
-        time.sleep(rng.uniform(0.05, 0.1))
-        sub.call(op="chain", system=system, port=marks.port, tag=str(i))
-        (_, t0, t1, _), = marks.wait(1, 30)
-        out.append(t1 - t0)
-    return out
+    payload = json.dumps({"id": f"pick-{time.monotonic_ns()}", "args": {"t0": time.time(), "port": marks.port}})
+    client.publish(cmd_topic("mark"), payload)
+    (_, t0, t1, _), = marks.wait(1, 30)
+    return t1 - t0
 
 
-def _mqtt_samples(lab: Lab, n: int, rng: random.Random) -> list[float]:
-    marks = lab.marks()
+def idle_samples(lab: Lab, n: int, rng: random.Random) -> dict[str, list[float]]:
+    """Huey, edge-agent from another process, edge-agent over MQTT, in turn.
+
+    The gaps are drawn so that each runner sits idle 200-500 ms between its samples;
+    taking turns spreads the machine's noise over all three alike.
+    """
+    out: dict[str, list[float]] = {"huey": [], "edge": [], "mqtt": []}
     client = MqttClient(lab.broker().port)
-    out = []
     try:
-        for i in range(n + 1):
-            time.sleep(rng.uniform(0.2, 0.5))
-            payload = json.dumps({"id": f"pick-{time.monotonic_ns()}", "args": {"t0": time.time(), "port": marks.port}})
-            client.publish(cmd_topic("mark"), payload)
-            (_, t0, t1, _), = marks.wait(1, 30)
+        for i in range(n + 1):  # the first round warms up
+            got = {"huey": _one(lab, "huey", "mark", str(i))}
+            time.sleep(rng.uniform(0.1, 0.25))
+            got["edge"] = _one(lab, "edge", "mark", str(i))
+            time.sleep(rng.uniform(0.05, 0.1))
+            got["mqtt"] = _one_mqtt(lab, client)
+            time.sleep(rng.uniform(0.05, 0.15))
             if i:
-                out.append(t1 - t0)
+                for k, v in got.items():
+                    out[k].append(v)
     finally:
         client.close()
     return out
 
 
+def chain_samples(lab: Lab, n: int, rng: random.Random) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"huey": [], "edge": []}
+    for i in range(n):
+        for system in ("huey", "edge"):
+            time.sleep(rng.uniform(0.05, 0.1))
+            out[system].append(_one(lab, system, "chain", str(i)))
+    return out
+
+
 def run(ctx: Context, lab: Lab) -> list[Row]:
-    n = ctx.n(100, 10)
+    n = ctx.n(150, 10)
     rng = random.Random(7)
     lab.daemon()
     lab.huey()
-    ctx.say(f"idle pickup: {n} samples each from another process (edge-agent, then plain Huey), 200-500 ms apart")
-    edge = _idle_samples(ctx, lab, "edge", n, rng)
-    huey = _idle_samples(ctx, lab, "huey", n, rng)
-    ctx.say(f"idle pickup: {n} in-process fan-outs each, {n} MQTT commands")
-    edge_chain = _chain_samples(lab, "edge", n, rng)
-    huey_chain = _chain_samples(lab, "huey", n, rng)
-    mqtt = _mqtt_samples(lab, n, rng)
+    ctx.say(f"idle pickup: {n} rounds of plain Huey, edge-agent .delay() and MQTT, each idle 200-500 ms before")
+    idle = idle_samples(lab, n, rng)
+    ctx.say(f"idle pickup: {n} in-process fan-outs each")
+    chain = chain_samples(lab, n, rng)
+    edge, huey, mqtt = idle["edge"], idle["huey"], idle["mqtt"]
+    edge_chain, huey_chain = chain["edge"], chain["huey"]
     ms = 1000.0
     base = "plain SqliteHuey + huey_consumer"
     rows = []

@@ -27,7 +27,7 @@ GOAL_OUTBOX_S = 3.0
 FIGURES = ("drain rate, deep backlog", "planning 1,000 jobs (one scheduler pass)", "outbox delivered after the broker returns")
 
 
-def queue_offline(db: Path, n: int, prefix: str, poke: bool = False) -> None:
+def queue_offline(db: Path, n: int, prefix: str, poke: bool = False, port: int = 0) -> None:
     """Write ``n`` no-op commands straight into the journal (one transaction), as other processes do."""
     from edge_agent.commands import NewCommand
     from edge_agent.journal import Journal
@@ -39,7 +39,8 @@ def queue_offline(db: Path, n: int, prefix: str, poke: bool = False) -> None:
         journal = Journal(store)
         with store.transaction() as cur:
             for i in range(n):
-                journal.add(cur, NewCommand(action="noop", args={"i": i}, id=f"{prefix}-{i}", source="api"), enqueued=False)
+                journal.add(cur, NewCommand(action="noop", args={"i": i, "port": port}, id=f"{prefix}-{i}", source="api"),
+                            enqueued=False)
         store.flush()
     finally:
         store.close()
@@ -47,13 +48,14 @@ def queue_offline(db: Path, n: int, prefix: str, poke: bool = False) -> None:
         poke_daemon(str(db))
 
 
-def drain(ctx: Context, n: int, name: str) -> dict[str, Any]:
+def drain(ctx: Context, n: int, name: str, port: int = 0) -> dict[str, Any]:
+    """Queue ``n`` no-op commands while the daemon is down, start it, time the drain (offline config)."""
     config = write_daemon_config(ctx.workdir / name, mqtt_port=None)
     daemon = Daemon(config)
     daemon.start()  # creates the database
     daemon.stop()
     t = time.perf_counter()
-    queue_offline(daemon.db, n, name)
+    queue_offline(daemon.db, n, name, port=port)
     queued_s = time.perf_counter() - t
     try:
         ready = daemon.start(timeout=120)

@@ -8,6 +8,9 @@
 - Baseline: the same N no-op task calls into plain SqliteHuey from another process
   with ``huey_consumer`` (same worker count) draining at the same time; the clock
   stops at the last task's start.
+- Drain: N no-op commands queued while the runner is stopped, then started; the
+  rate from the first task's start to the last one's end, edge-agent (offline
+  config) beside plain Huey. This is the queue engine alone, without the callers.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import threading
 import time
 from typing import Any
 
-from .harness import REPLY_TOPIC, BenchError, MqttClient, Row, cmd_topic
+from .harness import REPLY_TOPIC, BenchError, HueyConsumer, MqttClient, Row, Submitter, cmd_topic
 from .lab import Context, Lab
+from .scale import drain
 
 GOAL_MQTT = 1000.0
 FINAL = ("succeeded", "failed", "expired", "rejected")
-FIGURES = ("MQTT commands/s with replies", ".delay() commands/s, end to end")
+FIGURES = ("MQTT commands/s with replies", ".delay() commands/s, end to end", "drain of queued commands/s")
 
 
 def mqtt_rate(lab: Lab, n: int) -> dict[str, Any]:
@@ -86,6 +90,22 @@ def huey_rate(lab: Lab, n: int) -> dict[str, Any]:
     return {"rate": n / (last - r["start"]), "submit_rate": n / (r["end"] - r["start"]), "total_s": last - r["start"]}
 
 
+def huey_drain(ctx: Context, lab: Lab, n: int) -> dict[str, Any]:
+    consumer = HueyConsumer(ctx.workdir / "huey-drain", workers=lab.workers)
+    sub = Submitter(huey_db=consumer.db)
+    marks = lab.marks()
+    try:
+        sub.call(op="noop", system="huey", n=n, port=marks.port)
+        marks.take()
+        consumer.start()
+        got = marks.wait(n, 60 + n / 50)
+    finally:
+        consumer.stop()
+        sub.close()
+    starts = [t1 for _, _, t1, _ in got]
+    return {"rate": n / (max(starts) - min(starts))}
+
+
 def run(ctx: Context, lab: Lab) -> list[Row]:
     n = ctx.n(5000, 300)
     ctx.say(f"throughput: {n} no-op commands through MQTT, through .delay(), and into plain Huey")
@@ -94,6 +114,12 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
     mqtt = mqtt_rate(lab, n)
     delay = delay_rate(lab, n)
     huey = huey_rate(lab, n)
+    ctx.say(f"throughput: drain of {n} queued no-op commands, edge-agent and plain Huey")
+    marks = lab.marks()
+    edge_drain = drain(ctx, n, "drain-throughput", port=marks.port)  # the same datagram per task as Huey's
+    time.sleep(0.2)
+    marks.take()
+    plain_drain = huey_drain(ctx, lab, n)
     base = f"plain SqliteHuey, {lab.workers} thread workers"
     return [
         Row("throughput", "MQTT commands/s with replies", mqtt["rate"], huey["rate"], "/s", base, better="higher",
@@ -103,4 +129,7 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
             goal=">= Huey", met=delay["rate"] >= huey["rate"],
             note=f"n={n}; the caller queued {delay['submit_rate']:.0f}/s (Huey's {huey['submit_rate']:.0f}/s)",
             extra={"edge": delay, "huey": huey}),
+        Row("throughput", "drain of queued commands/s", edge_drain["rate"], plain_drain["rate"], "/s", base,
+            better="higher", goal=">= Huey", met=edge_drain["rate"] >= plain_drain["rate"],
+            note=f"n={n} queued while stopped; edge-agent offline config", extra={"edge": edge_drain, "huey": plain_drain}),
     ]

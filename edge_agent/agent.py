@@ -69,7 +69,7 @@ class Agent:
         self.link = self._make_link()
         reporter = self.link.reporter if self.link else None
         self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, seq, when: queue.retry_at(cur, seq, when),
-                             reporter=reporter, network_up=self._network_up)
+                             reporter=reporter, release_parked=lambda: queue.release_parked())
         queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
                                        on_submitted=self.link.accepted if self.link else None)
         runtime.submit = queue.submit
@@ -117,9 +117,6 @@ class Agent:
 
         assert self.store is not None and self.queue is not None and self.hardware is not None
         return Scheduler(self.settings, self.store, submit=self.queue.submit, hardware=self.hardware)
-
-    def _network_up(self) -> bool:
-        return True
 
     def next_solar(self, event: str) -> str | None:
         """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""

@@ -276,14 +276,17 @@ def _cmd_history(args: argparse.Namespace) -> int:
     client = LocalClient(settings, create=False)
     rows = client.journal.history(max(1, args.n))
     if args.json:
-        _out({"commands": [dict(c.outcome(), created=c.created, source=c.source, args=c.args) for c in rows]})
+        _out({"commands": [dict(c.outcome(), state=c.phase, created=c.created, source=c.source, args=c.args,
+                                parked=c.parked, next_attempt=c.next_attempt, max_attempts=c.max_attempts)
+                           for c in rows]})
         return 0
     if not rows:
         print("no commands yet")
     for c in rows:
         err = f"  {c.error_type}: {c.error_message}" if c.error_type else ""
         res = f"  {json.dumps(c.result)}" if c.result is not None and c.state == "succeeded" else ""
-        print(f"{_fmt_time(c.created)}  {c.state:<9} {c.action:<14} {c.id[:32]:<32} try {c.attempts}{res}{err}")
+        tries = f"try {c.attempts}" + (f"/{c.max_attempts}" if c.max_attempts else "")
+        print(f"{_fmt_time(c.created)}  {c.phase:<9} {c.action:<14} {c.id[:32]:<32} {tries}{res}{err}")
     return 0
 
 

@@ -83,10 +83,20 @@ class Command:
     reply_to: str | None
     correlation: bytes | None
     parked: bool
+    max_attempts: int | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def phase(self) -> str:
+        """The state in words a person wants: ``parked`` and ``retrying`` are kinds of ``queued``."""
+        if self.state == "queued" and self.parked:
+            return "parked"
+        if self.state == "queued" and self.next_attempt is not None:
+            return "retrying"
+        return self.state
 
     def outcome(self) -> dict[str, Any]:
         """The reply document of the contract (``P/D/reply``)."""

@@ -27,7 +27,7 @@ __all__ = ["Journal", "Recovery"]
 
 _COLUMNS = (
     "seq, id, action, args, source, state, attempts, created, not_before, deadline, started, finished, "
-    "next_attempt, result, error_type, error_message, reply_to, correlation, parked"
+    "next_attempt, result, error_type, error_message, reply_to, correlation, parked, max_attempts"
 )
 
 
@@ -36,7 +36,7 @@ def _row(r: tuple[Any, ...]) -> Command:
         seq=r[0], id=r[1], action=r[2], args=json.loads(r[3]), source=r[4], state=r[5], attempts=r[6],
         created=r[7], not_before=r[8], deadline=r[9], started=r[10], finished=r[11], next_attempt=r[12],
         result=json.loads(r[13]) if r[13] is not None else None, error_type=r[14], error_message=r[15],
-        reply_to=r[16], correlation=r[17], parked=bool(r[18]),
+        reply_to=r[16], correlation=r[17], parked=bool(r[18]), max_attempts=r[19],
     )
 
 
@@ -94,12 +94,12 @@ class Journal:
         return _row(row)
 
     def retry_later(self, cur: sqlite3.Cursor, seq: int, when: float, error: tuple[str, str], *,
-                    refund: bool = False) -> Command:
+                    refund: bool = False, max_attempts: int | None = None) -> Command:
         """Put a command back in line for ``when``; ``refund`` gives back the attempt (parked work)."""
         row = cur.execute(
             f"update commands set state = 'queued', next_attempt = ?, error_type = ?, error_message = ?, "
-            f"attempts = attempts - ?, parked = ? where seq = ? returning {_COLUMNS}",
-            (when, error[0], error[1], int(refund), int(refund), seq),
+            f"attempts = attempts - ?, parked = ?, max_attempts = coalesce(?, max_attempts) where seq = ? returning {_COLUMNS}",
+            (when, error[0], error[1], int(refund), int(refund), max_attempts, seq),
         ).fetchone()
         return _row(row)
 
@@ -168,6 +168,14 @@ class Journal:
     def open_commands(self, limit: int = 50) -> list[Command]:
         rows = self.store.query(
             f"select {_COLUMNS} from commands where state in ('queued', 'running') order by seq limit ?", (limit,)
+        )
+        return [_row(r) for r in rows]
+
+    def waiting(self, limit: int = 10) -> list[Command]:
+        """Commands parked for the network or waiting for their next attempt, oldest first."""
+        rows = self.store.query(
+            f"select {_COLUMNS} from commands where state = 'queued' and (parked = 1 or next_attempt is not null) "
+            f"order by seq limit ?", (limit,)
         )
         return [_row(r) for r in rows]
 

@@ -19,6 +19,7 @@ from .actions import Registry
 from .commands import Command
 from .errors import EdgeAgentError, RetryableError, StorageError
 from .journal import Journal
+from .network import PROBE_INTERVAL, NetworkGate, target_of
 from .retry import classify
 from .store import Store
 
@@ -26,9 +27,6 @@ __all__ = ["Reporter", "Runner"]
 
 log = logging.getLogger(__name__)
 
-#: a command parked for the network tries again this often (seconds, jittered below it),
-#: so it resumes within 5 s of the network's return; a refused connection costs ~1 ms
-PARK_RECHECK = 4.5
 #: how long a command may stay parked when it has no deadline of its own
 MAX_PARK = 86400.0
 MAX_ERROR_TEXT = 1000
@@ -48,14 +46,15 @@ class _Silent:
 class Runner:
     def __init__(self, store: Store, journal: Journal, registry: Registry, *,
                  retry_at: Callable[[sqlite3.Cursor, int, float], None],
-                 reporter: Reporter | None = None, network_up: Callable[[], bool] = lambda: True,
+                 reporter: Reporter | None = None, release_parked: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None):
         self.store = store
         self.journal = journal
         self.registry = registry
         self.retry_at = retry_at
         self.reporter: Reporter = reporter or _Silent()
-        self.network_up = network_up
+        self.release_parked = release_parked
+        self.gate = NetworkGate()
         self.clock = clock
         self.rng = rng or random.Random()
 
@@ -72,20 +71,25 @@ class Runner:
             cmd = self.journal.claim(cur, seq)
             if cmd is None:
                 return None  # already run or finished: a second message for one command
-            if cmd.deadline is not None and now > cmd.deadline:
-                done = self.journal.finish(cur, seq, "expired", error=("expired", f"its deadline passed {now - cmd.deadline:.1f}s before it could start"))
+            action = self.registry.actions_get(cmd.action)
+            deadline = _deadline(cmd, action)
+            if deadline is not None and now > deadline:
+                done = self.journal.finish(cur, seq, "expired", error=("expired", f"its deadline passed {now - deadline:.1f}s before it could start"))
                 self.reporter.finished(cur, done)
                 log.info("command %s (%s) expired before it could run", cmd.id, cmd.action)
                 return done
-            action = None
-            try:
-                action = self.registry.get(cmd.action)
-            except EdgeAgentError as exc:
-                done = self.journal.finish(cur, seq, "failed", error=(exc.kind, str(exc)))
-                self.reporter.finished(cur, done)
-                return done
-            if action.needs_network and not self.network_up():
-                return self._park(cur, cmd, "the network is down")
+            if action is None:
+                try:
+                    self.registry.get(cmd.action)
+                except EdgeAgentError as exc:
+                    done = self.journal.finish(cur, seq, "failed", error=(exc.kind, str(exc)))
+                    self.reporter.finished(cur, done)
+                    return done
+                raise AssertionError("unreachable")
+            target = target_of(cmd.action, cmd.args) if action.needs_network else None
+            wait = self.gate.may_try(target) if target is not None else None
+            if wait is not None:
+                return self._park(cur, cmd, action, f"{target} is unreachable; waiting for it", wait=wait)
 
         started = time.monotonic()
         try:
@@ -94,50 +98,72 @@ class Runner:
                 kwargs["command"] = cmd
             result = action.fn(**kwargs)
         except Exception as exc:
-            return self._failed(cmd, action, exc, time.monotonic() - started)
+            return self._failed(cmd, action, exc, target)
         with self.store.transaction() as cur:
             done = self.journal.finish(cur, seq, "succeeded", result=_jsonable(result))
             self.reporter.finished(cur, done)
+        if target is not None and self.gate.succeeded(target):
+            log.info("%s is reachable again: releasing parked commands", target)
+            self.release_parked()
         log.debug("command %s (%s) succeeded in %.1f ms", cmd.id, cmd.action, (time.monotonic() - started) * 1000)
         return done
 
-    def _park(self, cur: sqlite3.Cursor, cmd: Command, why: str) -> Command:
+    def _park(self, cur: sqlite3.Cursor, cmd: Command, action: Any, why: str, *, wait: float = PROBE_INTERVAL) -> Command:
         now = self.clock()
-        give_up = cmd.deadline if cmd.deadline is not None else cmd.created + MAX_PARK
+        deadline = _deadline(cmd, action)
+        give_up = deadline if deadline is not None else cmd.created + MAX_PARK
         if now >= give_up:
             done = self.journal.finish(cur, cmd.seq, "failed", error=("network_unavailable", f"{why} (gave up after "
                                        f"{now - cmd.created:.0f}s without the network)"))
             self.reporter.finished(cur, done)
             return done
-        when = min(now + self.rng.uniform(0.6, 1.0) * PARK_RECHECK, give_up + 0.001)
+        # Jitter upwards only: a probe must not come back before its target may be tried.
+        when = min(now + wait * self.rng.uniform(1.0, 1.1) + 0.01, give_up + 0.001)
         parked = self.journal.retry_later(cur, cmd.seq, when, ("network_unavailable", why), refund=True)
         self.retry_at(cur, cmd.seq, when)
         return parked
 
-    def _failed(self, cmd: Command, action: Any, exc: Exception, took: float) -> Command:
+    def _failed(self, cmd: Command, action: Any, exc: Exception, target: str | None) -> Command:
         kind = classify(exc)
+        if target is not None:
+            if kind == "network":
+                self.gate.failed(target)
+            elif self.gate.succeeded(target):  # it answered, if only with an error: the network is there
+                self.release_parked()
         error = (_error_type(exc), _error_text(exc))
         policy = action.retry
         now = self.clock()
         with self.store.transaction() as cur:
             if kind == "network" and action.needs_network:
                 log.info("command %s (%s) waits for the network: %s", cmd.id, cmd.action, error[1])
-                return self._park(cur, cmd, error[1])
+                return self._park(cur, cmd, action, error[1])
             if kind != "permanent" and cmd.attempts <= policy.retries:
                 delay = policy.delay_before(cmd.attempts, self.rng)
                 if isinstance(exc, RetryableError) and exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, policy.max_delay))
                 when = now + delay
-                if cmd.deadline is None or when < cmd.deadline:
+                deadline = _deadline(cmd, action)
+                if deadline is None or when < deadline:
                     log.warning("command %s (%s) attempt %d of %d failed: %s; next attempt in %.1fs", cmd.id,
                                 cmd.action, cmd.attempts, policy.retries + 1, error[1], delay)
-                    retried = self.journal.retry_later(cur, cmd.seq, when, error)
+                    retried = self.journal.retry_later(cur, cmd.seq, when, error, max_attempts=policy.retries + 1)
                     self.retry_at(cur, cmd.seq, when)
                     return retried
             done = self.journal.finish(cur, cmd.seq, "failed", error=error)
             self.reporter.finished(cur, done)
         log.error("command %s (%s) failed after %d attempt(s): %s: %s", cmd.id, cmd.action, cmd.attempts, error[0], error[1])
         return done
+
+
+def _deadline(cmd: Command, action: Any) -> float | None:
+    """The earlier of the command's own deadline and its action's (``@task(deadline=...)``,
+    counted from when the command was queued, however it was queued)."""
+    policy = getattr(action, "retry", None)
+    own = cmd.deadline
+    if policy is not None and policy.deadline is not None:
+        by_policy = cmd.created + policy.deadline
+        return by_policy if own is None else min(own, by_policy)
+    return own
 
 
 def _error_type(exc: BaseException) -> str:

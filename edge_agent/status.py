@@ -42,9 +42,9 @@ def collect_status(settings: Any) -> dict[str, Any]:
     doc["queue"] = journal.counts()
     depth, oldest = Outbox(store).depth()
     doc["outbox"] = {"depth": depth, "oldest_s": round(oldest, 1) if oldest is not None else None}
-    doc["waiting"] = [{"id": c.id, "action": c.action, "state": c.state, "attempt": c.attempts,
-                       "parked": c.parked, "next_attempt": c.next_attempt, "last_error": c.error_message}
-                      for c in journal.open_commands(10) if c.parked or c.next_attempt]
+    doc["waiting"] = [{"id": c.id, "action": c.action, "state": c.phase, "attempt": c.attempts,
+                       "max_attempts": c.max_attempts, "parked": c.parked, "next_attempt": c.next_attempt,
+                       "last_error": c.error_message} for c in journal.waiting(10)]
     doc["failures"] = [{"id": c.id, "action": c.action, "state": c.state, "at": c.finished,
                         "error": {"type": c.error_type, "message": c.error_message}} for c in journal.recent_failures(5)]
     try:
@@ -93,7 +93,8 @@ def render_status(doc: dict[str, Any]) -> str:
     lines.append(f"  outbox     {o['depth']} waiting" + (f", oldest {o['oldest_s']:.0f}s" if o["oldest_s"] is not None else ""))
     for w in doc["waiting"]:
         when = time.strftime("%H:%M:%S", time.localtime(w["next_attempt"])) if w["next_attempt"] else "-"
-        what = "parked (network)" if w["parked"] else f"retrying, attempt {w['attempt']}"
+        of = f" of {w['max_attempts']}" if w["max_attempts"] else ""
+        what = "parked (network)" if w["parked"] else f"retrying, attempt {w['attempt']}{of}"
         lines.append(f"    {w['id'][:24]:<24} {w['action']:<14} {what}, next {when}: {w['last_error']}")
     if doc.get("next_firings"):
         lines.append("  next")

@@ -46,7 +46,8 @@ _SCHEMA = (
         reply_to text,
         correlation blob,
         enqueued integer not null default 0,
-        parked integer not null default 0
+        parked integer not null default 0,
+        max_attempts integer
     )""",
     "create index if not exists commands_open on commands (state, seq) where state in ('queued', 'running')",
     "create index if not exists commands_finished on commands (finished) where finished is not null",

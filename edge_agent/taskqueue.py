@@ -205,6 +205,19 @@ class TaskQueue:
             if len(rows) < 500:
                 return total
 
+    def release_parked(self) -> int:
+        """Run every command parked for the network now (its target came back)."""
+        now = time.time()
+        with self.store.transaction() as cur:
+            rows = cur.execute("update commands set next_attempt = ? where state = 'queued' and parked = 1 "
+                               "returning seq", (now,)).fetchall()
+            for (seq,) in rows:
+                # The message already scheduled for later stays; the claim makes it a no-op.
+                self.storage.enqueue_in(cur, self.message(seq), None, now)
+        for _ in rows:
+            self.storage.signal()
+        return len(rows)
+
     def retry_at(self, cur: sqlite3.Cursor, seq: int, when: float) -> None:
         self.storage.enqueue_in(cur, self.message(seq), when, time.time())
 

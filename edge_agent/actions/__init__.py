@@ -63,6 +63,10 @@ class Registry:
             extra = f"; did you mean {hint[0]!r}?" if hint else f"; known actions: {', '.join(sorted(self._actions))}"
             raise UnknownAction(f"unknown action {str(name)[:80]!r}{extra}") from None
 
+    def actions_get(self, name: str) -> Action | None:
+        """The action, or None (no error) when it is not registered."""
+        return self._actions.get(name)
+
     def validate(self, name: str, args: Mapping[str, Any]) -> tuple[Action, dict[str, Any]]:
         action = self.get(name)
         return action, action.validate(args)

@@ -76,6 +76,13 @@ def chaos_webhook(url: str, timeout: float = 1.0) -> dict[str, Any]:
     return http_request(url, timeout=timeout)
 
 
+@task(needs_network=True)
+def chaos_slow_outage(seconds: float) -> dict[str, Any]:
+    """Fails like a lookup during an outage whose DNS server does not answer: after ``seconds``."""
+    time.sleep(seconds)
+    raise NetworkUnavailable("Temporary failure in name resolution (after a resolver timeout)")
+
+
 # --------------------------------------------------------------------------- fan-out
 
 
