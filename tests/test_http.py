@@ -352,8 +352,6 @@ def test_status_shows_a_retrying_command_and_when_it_tries_next(web):
     assert "w1" in text and "retrying, attempt 1" in text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5 Build 5: status --json gives `attempt` but not the maximum "
-                   "(\"attempt n of m\"); status.py collect_status `waiting` has no max attempts")
 def test_status_says_attempt_n_of_m(web):
     """status --json gives, for a retrying command, its attempt and how many it may have (n of m)."""
     web.server.set("unavailable", retry_after="20")
