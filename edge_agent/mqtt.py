@@ -172,13 +172,21 @@ class MqttLink:
             client = self._client
             try:
                 self._connect(client)
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except Exception as exc:  # any failure to connect (OSError, TLS, bad host) means: try again later
                 self._note_down(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
                 self._wait_backoff()
                 continue
             self._ingress_broken = False
             while not self._stop.is_set():
-                rc = client.loop(timeout=1.0)
+                try:
+                    rc = client.loop(timeout=1.0)
+                except Exception:  # a bug in a callback must not end the link: log it, reconnect
+                    log.exception("MQTT: unexpected error in the network loop; reconnecting")
+                    try:
+                        client.disconnect()
+                    except Exception:
+                        pass
+                    break
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
             self.connected.clear()
