@@ -21,6 +21,7 @@ from . import footprint, latency, pickup, scale, startup, throughput, wear
 from .harness import BENCH_DIR, Broker, Row
 from .lab import Context, Lab, make_workdir, remove_workdir
 from .report import document, machine, machine_line, table
+from .wear import strace_problem
 
 #: in running order: start-up first, on a quiet machine; footprint after the work, idle
 BENCHMARKS: tuple[tuple[str, ModuleType], ...] = (
@@ -65,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench" + (" --quick" if args.quick else "")
     print(f"machine: {machine_line(info)}", flush=True)
     strace = None if args.no_strace else shutil.which("strace")
+    problem = "--no-strace" if args.no_strace else strace_problem(strace)
+    if problem:
+        say(f"fsyncs are not counted: {problem}")
+        strace = None
     workdir = make_workdir()
-    ctx = Context(quick=args.quick, workdir=workdir, strace=strace, say=say)
+    ctx = Context(quick=args.quick, workdir=workdir, strace=strace, say=say, strace_problem=problem or "")
     lab = Lab(ctx)
     rows: list[Row] = []
     errors: list[str] = []

@@ -20,12 +20,14 @@ from .harness import Broker, Daemon, HueyConsumer, Marks, Submitter, write_daemo
 
 @dataclass
 class Context:
-    """How this run goes: ``quick`` shrinks every sample count; ``strace`` is its path or None."""
+    """How this run goes: ``quick`` shrinks every sample count; ``strace`` is its path, or None
+    with the reason in ``strace_problem``."""
 
     quick: bool
     workdir: Path
     strace: str | None
     say: Callable[[str], None]
+    strace_problem: str = ""
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full

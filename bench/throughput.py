@@ -56,7 +56,11 @@ def mqtt_rate(lab: Lab, n: int) -> dict[str, Any]:
             publisher.publish(topic, json.dumps({"id": f"{run_id}-{i}", "args": {"i": i}}))
         published = time.perf_counter()
         if not done.wait(60 + n / 100):
-            raise BenchError(f"MQTT throughput: {state['final']} of {n} final replies")
+            daemon = lab.daemon()
+            states = dict(daemon.query("select state, count(*) from commands where id like ? group by 1", (f"{run_id}-%",)))
+            waiting = daemon.query("select count(*) from outbox")[0][0]
+            raise BenchError(f"MQTT throughput: {state['final']} of {n} final replies; the journal says {states}, "
+                             f"{waiting} message(s) wait in the outbox")
     finally:
         publisher.close()
         listener.close()

@@ -55,6 +55,26 @@ class Strace:
         return parse_strace(self.out.read_text())
 
 
+def strace_problem(strace: str | None) -> str | None:
+    """Why strace cannot attach to our child processes here (None if it can).
+
+    Attaching needs ptrace rights: CI runners with ``kernel.yama.ptrace_scope`` >= 1
+    and no CAP_SYS_PTRACE refuse it, and then the wear rows fall back to /proc.
+    """
+    if strace is None:
+        return "strace is not installed"
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        probe = subprocess.run([strace, "-qq", "-e", "trace=none", "-p", str(child.pid), "-o", "/dev/null"],
+                               capture_output=True, text=True, timeout=1.0)
+        return f"strace cannot attach: {probe.stderr.strip()[:200] or f'exit {probe.returncode}'}"
+    except subprocess.TimeoutExpired:
+        return None  # still attached after a second: it works
+    finally:
+        child.kill()
+        child.wait()
+
+
 def _is_db(path: str | None) -> bool:
     return path is not None and ".db" in path and not path.endswith("-shm")
 
@@ -200,5 +220,5 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
                             note=f"{e['db_writes']:.1f} db write calls/command (Huey {huey['db_writes']:.1f})"))
         else:
             rows.append(Row("wear", f"fsyncs per command ({label})", None, None, "", base,
-                            note="n/a: strace is not installed"))
+                            note=f"n/a: {ctx.strace_problem}"))
     return rows

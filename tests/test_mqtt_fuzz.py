@@ -131,8 +131,8 @@ class Recorder:
             return [doc["status"] for _, doc, _ in self.by_id.get(cid, [])]
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 class Sender:
@@ -161,8 +161,8 @@ class Sender:
         return self.client.publish(topic, payload, qos=qos, properties=props)
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 # ---------------------------------------------------------------------------------------- the storm
@@ -176,7 +176,7 @@ class Case:
     bad: the agent must log a rejection for it (a message it receives and cannot accept).
     """
 
-    __slots__ = ("topic", "payload", "qos", "props", "expect", "cid", "bad", "kind")
+    __slots__ = ("bad", "cid", "expect", "kind", "payload", "props", "qos", "topic")
 
     def __init__(self, kind: str, topic: str, payload: bytes, *, expect: str | None = None, cid: str | None = None,
                  qos: int = 1, props: Any = None, bad: bool = False):
@@ -299,7 +299,7 @@ def _storm(rng: random.Random, prefix: str, dev: str, run: str) -> list[Case]:
         return Case("unknown_action", cmd(action), _dumps({"id": i, "args": {}}), expect="rejected", cid=i, bad=True)
 
     def bad_id() -> Case:
-        value = rng.choice([5, 1.5, None, True, [], {}, "", "has space", "x" * 129, "ünï", "\u0000", "tab\t", ["a"]])
+        value: Any = rng.choice([5, 1.5, None, True, [], {}, "", "has space", "x" * 129, "ünï", "\u0000", "tab\t", ["a"]])
         return Case("bad_id", cmd(rng.choice(["agent.ping", "gpio.set"])),
                     _dumps({"id": value, "args": {"device": "lamp", "value": "on"}}), bad=True)
 
@@ -380,7 +380,7 @@ def _storm(rng: random.Random, prefix: str, dev: str, run: str) -> list[Case]:
         return Case("many_fields", cmd("agent.ping"), _dumps(doc), expect="rejected", cid=i, bad=True)
 
     def ha_set() -> Case:
-        device = rng.choice(ODD_DEVICES + ["lamp", "dim"])
+        device = rng.choice([*ODD_DEVICES, "lamp", "dim"])
         payload = rng.choice(SET_PAYLOADS)
         ok_words = {b"on", b"off", b"toggle"}
         text = payload.strip().lower()
@@ -421,6 +421,7 @@ def _storm(rng: random.Random, prefix: str, dev: str, run: str) -> list[Case]:
 
 @pytest.fixture
 def fuzz_agent(broker, daemon_factory, tmp_path):
+    """A running daemon on the session broker, answering pings; with a recorder and a sender."""
     run = uuid.uuid4().hex[:6]
     dev, prefix = "fz", f"fz{run}"
     d = daemon_factory(CONFIG.format(dev=dev, db=tmp_path / "agent.db", port=broker.port, prefix=prefix, tasks=TASKS))
@@ -447,6 +448,8 @@ def _ping(sender: Sender, recorder: Recorder, prefix: str, dev: str, cid: str, t
 
 
 def test_storm_of_bad_input(fuzz_agent):
+    """3,000 malformed messages: the daemon lives, rejects every readable id with a reply and a log line,
+    runs the valid commands among them, and answers a ping right after."""
     d, recorder, sender, prefix, dev, run = fuzz_agent
     seed = int(os.environ.get("FUZZ_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
@@ -481,9 +484,7 @@ def test_storm_of_bad_input(fuzz_agent):
     recorder.wait(settled, 20)
     no_reject = [(c.kind, c.topic[-60:], c.payload[:120]) for c in expect_rejected if "rejected" not in recorder.statuses(c.cid)]
     wrong = [(c.kind, c.cid, recorder.statuses(c.cid), c.payload[:200]) for c in expect_final
-             if not set(recorder.statuses(c.cid)) & {"succeeded", "failed", "expired"}
-             or "succeeded" not in recorder.statuses(c.cid)]
-    # A reply on the reply topic for an id that was expected to be unreadable would be a surprise, not a failure.
+             if "succeeded" not in recorder.statuses(c.cid)]
     assert d.proc.poll() is None, "the daemon died"
 
     log = d.log.read_text(errors="replace")
@@ -552,7 +553,7 @@ def test_lone_surrogate_in_a_string_argument_is_rejected(fuzz_agent):
                    "duplicate and the off is never queued: the output stays on")
 def test_pulse_with_the_longest_id_still_turns_off(fuzz_agent):
     """An id of 128 characters is valid; gpio.pulse's follow-up "off" must not collide with it."""
-    d, recorder, sender, prefix, dev, run = fuzz_agent
+    _, recorder, sender, prefix, dev, run = fuzz_agent
     cid = ("p" + run + "x" * 128)[:128]
     sender.publish(f"{prefix}/{dev}/cmd/gpio.pulse", _dumps({"id": cid, "args": {"device": "lamp", "seconds": 0.2}}))
     assert recorder.wait(lambda: "succeeded" in recorder.statuses(cid), 5)
@@ -560,7 +561,7 @@ def test_pulse_with_the_longest_id_still_turns_off(fuzz_agent):
     time.sleep(1.0)
     sender.publish(f"{prefix}/{dev}/cmd/gpio.read", _dumps({"id": read, "args": {"device": "lamp"}}))
     assert recorder.wait(lambda: "succeeded" in recorder.statuses(read), 5)
-    value = [doc for _, doc, _ in recorder.by_id[read] if doc["status"] == "succeeded"][0]["result"]["value"]
+    value = next(doc for _, doc, _ in recorder.by_id[read] if doc["status"] == "succeeded")["result"]["value"]
     assert value == "off", f"the lamp is still {value!r} a second after a 0.2 s pulse with a 128-character id"
 
 
@@ -569,7 +570,7 @@ def test_pulse_with_the_longest_id_still_turns_off(fuzz_agent):
                    "is valid JSON with a valid id gets no rejected reply (only a log line 'id unreadable')")
 def test_id_is_read_despite_out_of_range_numbers(fuzz_agent):
     """RFC 8259 JSON with numbers Python cannot hold still has a readable id: it must hear `rejected`."""
-    d, recorder, sender, prefix, dev, run = fuzz_agent
+    _, recorder, sender, prefix, dev, run = fuzz_agent
     payloads = {
         f"{run}-oor1": b'{"id": "%s", "ttl": 1e999}',
         f"{run}-oor2": b'{"id": "%s", "args": {"n": -1e999}}',

@@ -76,6 +76,15 @@ def chaos_webhook(url: str, timeout: float = 1.0) -> dict[str, Any]:
     return http_request(url, timeout=timeout)
 
 
+@task(needs_network=True, idempotent=True)
+def chaos_uplink(tag: str, flag: str, log: str) -> dict[str, Any]:
+    """Needs the network, which is down while the file ``flag`` exists; logs every execution."""
+    record(log, tag)
+    if os.path.exists(flag):
+        raise NetworkUnavailable("the uplink is down (test flag)")
+    return {"tag": tag}
+
+
 @task(needs_network=True)
 def chaos_slow_outage(seconds: float) -> dict[str, Any]:
     """Fails like a lookup during an outage whose DNS server does not answer: after ``seconds``."""
