@@ -22,6 +22,7 @@ from .journal import Journal
 from .network import PROBE_INTERVAL, NetworkGate, target_of
 from .retry import classify
 from .store import Store
+from .tasks import running
 
 __all__ = ["Reporter", "Runner"]
 
@@ -74,7 +75,11 @@ class Runner:
             action = self.registry.actions_get(cmd.action)
             deadline = _deadline(cmd, action)
             if deadline is not None and now > deadline:
-                done = self.journal.finish(cur, seq, "expired", error=("expired", f"its deadline passed {now - deadline:.1f}s before it could start"))
+                if cmd.error_type == "network_unavailable":
+                    why = f"expired while waiting for the network ({cmd.error_message})"
+                else:
+                    why = f"its deadline passed {now - deadline:.1f}s before it could start"
+                done = self.journal.finish(cur, seq, "expired", error=("expired", why))
                 self.reporter.finished(cur, done)
                 log.info("command %s (%s) expired before it could run", cmd.id, cmd.action)
                 return done
@@ -96,7 +101,8 @@ class Runner:
             kwargs = dict(cmd.args)
             if action.wants_command:
                 kwargs["command"] = cmd
-            result = action.fn(**kwargs)
+            with running(cmd.id):
+                result = action.fn(**kwargs)
         except Exception as exc:
             return self._failed(cmd, action, exc, target)
         with self.store.transaction() as cur:

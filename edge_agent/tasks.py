@@ -14,16 +14,17 @@ Inside the daemon the same call queues directly (fan-out from a running task).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from .commands import Command, NewCommand, Param, check_id, params_from_signature, validate_args
 from .retry import RetryPolicy
 
-__all__ = ["Pending", "TaskFunction", "registered_tasks", "set_submitter", "task"]
+__all__ = ["Pending", "TaskFunction", "registered_tasks", "running", "set_submitter", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +62,11 @@ class TaskFunction(Generic[P, R]):
         fields: dict[str, Any] = {"action": self.name, "args": clean, "source": "api"}
         if id is not None:
             fields["id"] = check_id(id)
+        elif (parent := getattr(_running, "parent", None)) is not None:
+            # Fan-out: children of a running command get ids derived from it, so a parent
+            # that is re-run after a crash queues the same children again, which dedupe.
+            _running.children += 1
+            fields["id"] = f"{parent[:100]}/{_running.children}"
         if countdown:
             fields["not_before"] = now + countdown
         if ttl:
@@ -125,6 +131,19 @@ def task(fn: Callable[P, R] | None = None, *, name: str | None = None, retries: 
         return wrapper
 
     return wrap(fn) if fn is not None else wrap
+
+
+_running = threading.local()
+
+
+@contextlib.contextmanager
+def running(command_id: str) -> Iterator[None]:
+    """Mark this thread as running command ``command_id`` (the runner does, around each action)."""
+    _running.parent, _running.children = command_id, 0
+    try:
+        yield
+    finally:
+        _running.parent = None
 
 
 def registered_tasks() -> dict[str, TaskFunction[Any, Any]]:

@@ -87,7 +87,9 @@ def http_request(url: str, method: str = "GET", json_body: Any = None, body: str
         if isinstance(reason, ssl.SSLCertVerificationError):
             raise PermanentError(f"TLS certificate of {url} not trusted: {reason.verify_message}") from None
         if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise RetryableError(f"no answer from {url} within {timeout}s") from None
+            # No connection within the timeout: packets are dropped somewhere (a dead uplink,
+            # a router rebooting). Nothing was sent, so wait for the network like a refusal.
+            raise NetworkUnavailable(f"could not connect to {url} within {timeout}s") from None
         if not isinstance(reason, OSError):  # urllib's own complaints ("no host given"): waiting cannot help
             raise PermanentError(f"cannot request {url}: {reason}") from None
         raise NetworkUnavailable(f"cannot reach {url}: {reason}") from None
