@@ -211,6 +211,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         fields["deadline"] = time.time() + args.ttl
     client = LocalClient(settings)
     cmd, created = client.submit(NewCommand(**fields))
+    client.store.flush()  # a command someone typed survives a power cut from now on
     from .lock import daemon_running
 
     if not args.json:

@@ -9,7 +9,6 @@ unpickled, and only names of registered actions are accepted.
 from __future__ import annotations
 
 import collections.abc as cabc
-import inspect
 import json
 import math
 import re
@@ -32,6 +31,7 @@ __all__ = [
 ]
 
 TERMINAL = ("succeeded", "failed", "expired")
+_EMPTY = object()  # stands for inspect.Parameter.empty (hints default to Any, so it never reaches the checks)
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 MAX_DEPTH = 32
 
@@ -142,7 +142,9 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
     except RecursionError:
         raise InvalidCommand("payload is nested too deeply") from None
     except ValueError as exc:
-        raise InvalidCommand(f"payload is not valid JSON: {exc}") from None
+        error = InvalidCommand(f"payload is not valid JSON: {exc}")
+        error.command_id = _id_despite_numbers(text)  # type: ignore[attr-defined]
+        raise error from None
     if not isinstance(doc, dict):
         raise InvalidCommand(f"payload must be a JSON object like {{\"id\": ..., \"args\": {{...}}}}, got {type(doc).__name__}")
     command_id = None
@@ -159,6 +161,8 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
             raise InvalidArguments(f"args must be a JSON object, got {type(args).__name__}")
         if _depth(args) > MAX_DEPTH:
             raise InvalidArguments(f"args are nested deeper than {MAX_DEPTH} levels")
+        if not _encodable(args):
+            raise InvalidArguments("args hold a string with an unpaired surrogate (\\ud800-\\udfff): not text")
         ttl = doc.get("ttl")
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < 10**9):
             raise InvalidCommand(f"ttl must be a positive number of seconds, got {_short(ttl)}")
@@ -166,6 +170,32 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
         exc.command_id = command_id  # type: ignore[attr-defined]
         raise
     return command_id, args, float(ttl) if ttl is not None else None
+
+
+def _id_despite_numbers(text: str) -> str | None:
+    """The id of a payload refused for its numbers (1e999, 5000-digit integers), if it has one."""
+    try:
+        doc = json.loads(text, parse_float=lambda s: 0.0, parse_int=lambda s: 0, parse_constant=lambda s: 0)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("id"), str) and _ID.match(doc["id"]):
+        return str(doc["id"])
+    return None
+
+
+def _encodable(value: Any) -> bool:
+    """No lone surrogates anywhere (JSON can carry them; UTF-8, SQLite and MQTT cannot)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
 
 
 def _finite_float(text: str) -> float:
@@ -194,6 +224,8 @@ def _depth(value: Any, level: int = 0) -> int:
 
 def params_from_signature(fn: Callable[..., Any]) -> tuple[Param, ...]:
     """The parameters of ``fn`` as :class:`Param` values, with resolved type hints."""
+    import inspect  # only for user tasks: built-ins declare their parameters
+
     sig = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn)
@@ -214,6 +246,8 @@ def validate_args(action: str, params: tuple[Param, ...], args: Mapping[str, Any
     """``args`` checked against ``params``: names the first wrong, missing or unknown argument."""
     if not isinstance(args, Mapping):
         raise InvalidArguments(f"{action}: arguments must be a mapping of names to values")
+    if not _encodable(dict(args)):
+        raise InvalidArguments(f"{action}: an argument holds a string that is not valid text (an unpaired surrogate)")
     known = {p.name: p for p in params}
     out: dict[str, Any] = {}
     for name in args:
@@ -240,7 +274,7 @@ def _type_hint(annotation: Any) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    if annotation is Any or annotation is inspect.Parameter.empty:
+    if annotation is Any or annotation is _EMPTY:
         return "any"
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -263,7 +297,7 @@ def _coerce(action: str, name: str, annotation: Any, value: Any) -> Any:
 
 def _check(annotation: Any, value: Any) -> tuple[bool, Any]:
     """Whether a JSON ``value`` fits ``annotation``; ints are accepted where floats are."""
-    if annotation is Any or annotation is inspect.Parameter.empty or annotation is object:
+    if annotation is Any or annotation is _EMPTY or annotation is object:
         return True, value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):

@@ -6,16 +6,13 @@ unknown keys are errors with a did-you-mean, so a typo fails at start-up, not at
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
-import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .durations import parse_duration
@@ -207,9 +204,15 @@ class _Table:
         known = self.used | set(allowed_extra)
         for name in self.raw:
             if name not in known:
-                hint = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = _close_matches(name, sorted(known), n=1)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(sorted(known))})"
                 raise self.error(name, f"unknown key{suggestion}")
+
+
+def _close_matches(word: str, options: Any, n: int = 1) -> list[str]:
+    import difflib  # only when there is a mistake to explain
+
+    return difflib.get_close_matches(word, options, n=n)
 
 
 def _show(value: Any) -> str:
@@ -260,7 +263,7 @@ def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
 def _choice(*options: str) -> Callable[[Any], str]:
     def conv(value: Any) -> str:
         if value not in options:
-            hint = difflib.get_close_matches(str(value), options, n=1)
+            hint = _close_matches(str(value), options, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {_show(value)}{extra}")
         return str(value)
@@ -315,6 +318,8 @@ def _system_timezone() -> str:
 
 
 def _default_device_id() -> str:
+    import socket
+
     name = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower().split(".")[0]).strip("-_")
     return name if name and _NAME.match(name) else "edge"
 
@@ -351,7 +356,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
         t.finish()
     db_path = os.path.expanduser(db_path)
     if not os.path.isabs(db_path) and path != "<config>":
-        db_path = str(Path(path).resolve().parent / db_path)
+        db_path = os.path.join(os.path.dirname(os.path.realpath(path)), db_path)
 
     clock_trust = "sync"
     if (t := top.table("clock")) is not None:
@@ -605,7 +610,7 @@ def _parse_windows(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[Windo
 
 
 def _did_you_mean(name: str, options: Mapping[str, Any] | list[str]) -> str:
-    hint = difflib.get_close_matches(name, list(options), n=1)
+    hint = _close_matches(name, list(options), n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 

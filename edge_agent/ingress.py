@@ -110,6 +110,10 @@ class Ingress:
             command_id = command_id or getattr(exc, "command_id", None)
             self._reject(command_id, name, exc, topic, response_topic, correlation)
             return
+        except (ValueError, TypeError, LookupError) as exc:  # a check that failed in an unplanned way: still bad input
+            log.exception("the check of %s raised %s; rejecting the command", name[:80], type(exc).__name__)
+            self._reject(command_id, name, InvalidArguments(f"{name}: {exc}"), topic, response_topic, correlation)
+            return
         now = self.clock()
         fields: dict[str, Any] = {"action": name, "args": clean, "source": "group" if kind == "group" else "mqtt",
                                   "reply_to": response_topic, "correlation": correlation}

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 WINDOW = 500  # messages handed to paho and not yet acknowledged, at most
 MAX_BACKOFF = 60.0
 STATE_MIN_INTERVAL = 1.0  # seconds between two `state` messages caused by changes
+REMOVE_EVERY = 0.1  # seconds: how long acknowledged outbox rows may wait to be deleted together
 
 
 class MqttLink:
@@ -58,7 +59,11 @@ class MqttLink:
         self._client: Any = None
         self._threads: list[threading.Thread] = []
         self._ingress_broken = False
-        self._backoff = 1.0
+        self._batch: list[Any] = []
+        # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
+        # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
+        self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
+        self._backoff = 0.5
         self._last_error: str | None = None
         self._state_dirty = threading.Event()
         self.rng = random.Random()
@@ -179,7 +184,8 @@ class MqttLink:
             self._ingress_broken = False
             while not self._stop.is_set():
                 try:
-                    rc = client.loop(timeout=1.0)
+                    rc = client.loop(timeout=self._loop_timeout)
+                    self._store_batch(client)
                 except Exception:  # a bug in a callback must not end the link: log it, reconnect
                     log.exception("MQTT: unexpected error in the network loop; reconnecting")
                     try:
@@ -194,8 +200,10 @@ class MqttLink:
                 self._wait_backoff()
 
     def _wait_backoff(self) -> None:
-        delay = self.rng.uniform(0.5, self._backoff)
-        self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+        # Full jitter under a ceiling that grows 1.5x per failure from 0.5 s to a minute: a
+        # short outage is noticed within about a second, a long one costs a try a minute.
+        delay = self.rng.uniform(0.1, self._backoff)
+        self._backoff = min(MAX_BACKOFF, self._backoff * 1.5)
         self._stop.wait(delay)
 
     def _note_down(self, why: str) -> None:
@@ -231,7 +239,7 @@ class MqttLink:
             self._note_down(f"the broker refused the connection: {reason_code}")
             client.disconnect()
             return
-        self._backoff = 1.0
+        self._backoff = 0.5
         self._last_error = None
         subs = [(t, 1) for t in self.topics.subscriptions]
         if self.cfg.discovery:
@@ -256,33 +264,54 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if self._ingress_broken:
-            return  # not acked: the broker redelivers it (and what follows) after we reconnect
-        route = self.topics.route(msg.topic)
+        # Collected here, stored after this pass of the network loop: one transaction (and one
+        # lock round) for everything that arrived together, then the acks, in arrival order.
+        if not self._ingress_broken:
+            self._batch.append(msg)
+
+    def _store_batch(self, client: Any) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
         try:
-            if route is not None and route[0] == "ha_status":
-                if msg.payload.strip().lower() == b"online":
-                    announce = getattr(self.agent, "announce_discovery", None)
-                    if announce is not None:
-                        announce()
-            else:
-                response_topic, correlation = None, None
-                props = getattr(msg, "properties", None)
-                if props is not None:
-                    response_topic = getattr(props, "ResponseTopic", None)
-                    correlation = getattr(props, "CorrelationData", None)
-                    if response_topic is not None and (any(c in response_topic for c in "#+") or not response_topic):
-                        response_topic = None
-                self.ingress.handle(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation)
+            with self.store.transaction() as cur:
+                for msg in batch:
+                    cur.execute("savepoint message")
+                    try:
+                        self._handle(msg)
+                    except StorageError:
+                        raise
+                    except Exception:
+                        log.exception("MQTT: unexpected error handling a message on %s", msg.topic[:200])
+                        cur.execute("rollback to message")
+                    cur.execute("release message")
         except StorageError as exc:
-            log.error("MQTT: could not store a command (%s); it is not acknowledged and will come again", exc)
+            log.error("MQTT: could not store %d command(s) (%s); they are not acknowledged and will come again",
+                      len(batch), exc)
             self._ingress_broken = True
             client.disconnect()
             return
-        except Exception:
-            log.exception("MQTT: unexpected error handling a message on %s", msg.topic[:200])
-        if msg.qos > 0:
-            client.ack(msg.mid, msg.qos)
+        self.store.flush_soon()
+        for msg in batch:
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+
+    def _handle(self, msg: Any) -> None:
+        route = self.topics.route(msg.topic)
+        if route is not None and route[0] == "ha_status":
+            if msg.payload.strip().lower() == b"online":
+                announce = getattr(self.agent, "announce_discovery", None)
+                if announce is not None:
+                    announce()
+            return
+        response_topic, correlation = None, None
+        props = getattr(msg, "properties", None)
+        if props is not None:
+            response_topic = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+            if response_topic is not None and (any(c in response_topic for c in "#+") or not response_topic):
+                response_topic = None
+        self.ingress.handle(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
@@ -297,16 +326,21 @@ class MqttLink:
         inflight: dict[int, int] = {}
         last_seq = 0
         last_state = 0.0
+        done: list[int] = []
+        last_remove = 0.0
         while not self._stop.is_set():
             generation = self.outbox.generation
-            done = []
             while self._acked:
                 seq = inflight.pop(self._acked.popleft(), None)
                 if seq is not None:
                     done.append(seq)
             try:
-                if done:
+                # Acknowledged rows are deleted in batches (every REMOVE_EVERY s): a command's
+                # `accepted` and final replies then leave the WAL in one commit, not two.
+                if done and (len(done) >= WINDOW or time.monotonic() - last_remove >= REMOVE_EVERY):
                     self.outbox.remove(done)
+                    done = []
+                    last_remove = time.monotonic()
                 since = time.monotonic() - last_state
                 if (self._state_dirty.is_set() and since >= STATE_MIN_INTERVAL) or since > self.cfg.state_interval:
                     if self.connected.is_set():
@@ -320,6 +354,7 @@ class MqttLink:
                                               properties=self._props(m.props))
                         inflight[info.mid] = m.seq
                         last_seq = m.seq
+
             except StorageError as exc:
                 log.error("outbox: %s", exc)
                 self._stop.wait(1.0)
@@ -328,6 +363,8 @@ class MqttLink:
                 self._stop.wait(1.0)
             # While disconnected, paho keeps the unacknowledged messages and resends them itself.
             timeout = STATE_MIN_INTERVAL if self._state_dirty.is_set() and self.connected.is_set() else self.cfg.state_interval
+            if done:
+                timeout = min(timeout, REMOVE_EVERY)
             with self.outbox.cond:
                 if generation == self.outbox.generation and not self._stop.is_set():
                     self.outbox.cond.wait(timeout=timeout)

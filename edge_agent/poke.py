@@ -8,15 +8,15 @@ database's real path, so two agents on one machine do not wake each other.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
+import zlib
 
 __all__ = ["PokeListener", "poke", "poke_address"]
 
 
 def poke_address(db_path: str) -> str:
-    digest = hashlib.sha1(os.path.realpath(db_path).encode()).hexdigest()[:20]
+    digest = f"{zlib.crc32(os.path.realpath(db_path).encode()):08x}"
     return f"\0edge-agent/{digest}"
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import random
-import socket
-import ssl
 import sys
 from dataclasses import dataclass
 
@@ -89,9 +87,12 @@ def classify(exc: BaseException) -> str:
         return "permanent"
     if isinstance(exc, (RetryableError, TaskError)):
         return "retry"
-    if isinstance(exc, (socket.gaierror, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)):
+    # socket and ssl are only looked up if loaded: an error of theirs implies they are.
+    socket_mod, ssl_mod = sys.modules.get("socket"), sys.modules.get("ssl")
+    gaierror = socket_mod.gaierror if socket_mod is not None else ConnectionRefusedError
+    if isinstance(exc, (gaierror, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError)):
         return "network"
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if ssl_mod is not None and isinstance(exc, ssl_mod.SSLCertVerificationError):
         return "permanent"
     if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
         return "retry"

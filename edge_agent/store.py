@@ -24,8 +24,8 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
-    # AUTOINCREMENT: seq must never be reused, even after every row was deleted
-    # (GPIO writes are ordered by it; the outbox publisher resumes after the last seq it sent).
+    # AUTOINCREMENT: seq is never reused, even after every row was pruned: GPIO writes are
+    # ordered by it.
     """create table if not exists commands (
         seq integer primary key autoincrement,
         id text not null unique,
@@ -50,18 +50,22 @@ _SCHEMA = (
         max_attempts integer
     )""",
     "create index if not exists commands_open on commands (state, seq) where state in ('queued', 'running')",
-    "create index if not exists commands_finished on commands (finished) where finished is not null",
+    # Only failures are looked up by time (status, state); pruning scans, once an hour.
+    "create index if not exists commands_failed on commands (finished) where state in ('failed', 'expired')",
     # Messages to publish, in order; retained state coalesces on `coalesce_key`.
+    # AUTOINCREMENT: the publisher resumes after the last seq it sent, so a seq must never
+    # come back after its row was delivered and deleted.
     """create table if not exists outbox (
         seq integer primary key autoincrement,
         topic text not null,
         payload blob not null,
         qos integer not null default 1,
         retain integer not null default 0,
-        coalesce_key text unique,
+        coalesce_key text,
         props text,
         created real not null
     )""",
+    "create unique index if not exists outbox_coalesce on outbox (coalesce_key) where coalesce_key is not null",
     # Per scheduled job: when it was first seen (it never fires for instants before),
     # and the last planned instant handled. (job, planned instant) identifies a firing.
     """create table if not exists firings (
@@ -118,6 +122,10 @@ class Store:
             elif not os.path.exists(path):
                 raise StorageError(f"{path}: no database yet (has the agent ever run with this config?)")
             self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            # 1 KiB pages (set before the first table exists): every commit appends the pages it
+            # changed to the WAL, so smaller pages mean fewer bytes written to the SD card per
+            # command. The rows are small; the trees stay shallow.
+            self.conn.execute("pragma page_size=1024")
             self.conn.execute("pragma journal_mode=wal")
             self.conn.execute(f"pragma synchronous={'full' if sync == 'full' else 'normal'}")
             self.conn.execute("pragma cache_size=-2000")

@@ -317,7 +317,8 @@ def test_a_repeated_id_runs_once_and_is_reported_duplicate(agent):
 
 
 def test_history_json_shape(agent):
-    """history --json prints {"commands": [...]} newest first, each with the reply fields plus created, source, args."""
+    """history --json prints {"commands": [...]} newest first: the reply fields plus created, source, args, and
+    state (queued, parked, retrying, running or the outcome), parked, next_attempt and max_attempts."""
     agent.start()
     assert agent.cli("send", "qa_append", "line=h1", "--id", "h1", "--wait", "10").returncode == 0
     assert agent.cli("send", "qa_fail", "--id", "h2", "--wait", "10").returncode == 1
@@ -326,7 +327,9 @@ def test_history_json_shape(agent):
     doc = json.loads(r.stdout)
     assert list(doc) == ["commands"]
     newest, older = doc["commands"]
-    assert set(newest) == {"id", "action", "status", "result", "error", "attempt", "ts", "created", "source", "args"}
+    assert set(newest) == {"id", "action", "status", "result", "error", "attempt", "ts", "created", "source", "args",
+                           "state", "parked", "next_attempt", "max_attempts"}
+    assert newest["state"] == "failed" and newest["parked"] is False
     assert (newest["id"], newest["status"], newest["error"]["type"], newest["source"]) == ("h2", "failed", "permanent", "cli")
     assert (older["id"], older["status"], older["result"], older["args"]) == ("h1", "succeeded", {"line": "h1"}, {"line": "h1"})
     assert isinstance(older["ts"], float) and isinstance(older["created"], float)

@@ -531,9 +531,6 @@ def test_deep_nesting_oversize_and_nan_then_ping(fuzz_agent):
     assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mqtt.publish's check (edge_agent/actions/mqtt.py, check()) calls "
-                   "topic.encode(), which raises UnicodeEncodeError for a JSON lone surrogate (\\ud800); Ingress.handle "
-                   "only catches InvalidCommand, so the message gets no rejected reply and a Traceback is logged")
 def test_lone_surrogate_in_a_string_argument_is_rejected(fuzz_agent):
     """JSON may carry a lone surrogate (\\ud800): valid JSON, but no UTF-8 can encode it."""
     d, recorder, sender, prefix, dev, run = fuzz_agent
@@ -548,9 +545,6 @@ def test_lone_surrogate_in_a_string_argument_is_rejected(fuzz_agent):
     assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: gpio.pulse (edge_agent/actions/gpio.py) gives its follow-up off the id "
-                   "f'{command.id}/off'[:128]; for a 128-character id that is the pulse's own id, the journal sees a "
-                   "duplicate and the off is never queued: the output stays on")
 def test_pulse_with_the_longest_id_still_turns_off(fuzz_agent):
     """An id of 128 characters is valid; gpio.pulse's follow-up "off" must not collide with it."""
     _, recorder, sender, prefix, dev, run = fuzz_agent
@@ -565,9 +559,6 @@ def test_pulse_with_the_longest_id_still_turns_off(fuzz_agent):
     assert value == "off", f"the lamp is still {value!r} a second after a 0.2 s pulse with a 128-character id"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_payload (edge_agent/commands.py) refuses numbers out of float range "
-                   "(1e999) and integers over 4,300 digits as 'not valid JSON' before it reads the id, so a payload that "
-                   "is valid JSON with a valid id gets no rejected reply (only a log line 'id unreadable')")
 def test_id_is_read_despite_out_of_range_numbers(fuzz_agent):
     """RFC 8259 JSON with numbers Python cannot hold still has a readable id: it must hear `rejected`."""
     _, recorder, sender, prefix, dev, run = fuzz_agent
@@ -636,8 +627,6 @@ def _args_for(action: str) -> st.SearchStrategy[dict[str, Any]]:
                                                                                                max_size=3)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mqtt.publish's check raises UnicodeEncodeError (not InvalidArguments) for a "
-                   "topic holding a lone surrogate (edge_agent/actions/mqtt.py, check(): topic.encode())")
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(("mqtt.publish", {"topic": "a/\ud800"}))
 @given(st.sampled_from(list(PARAMS)).flatmap(lambda a: st.tuples(st.just(a), _args_for(a))))

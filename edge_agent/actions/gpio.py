@@ -75,7 +75,7 @@ def gpio_actions(devices: Mapping[str, DeviceSpec], runtime: Runtime | None) -> 
         # time: it happens even if the agent restarts in between.
         off_at = time.time() + seconds
         runtime.submit(NewCommand(action="gpio.set", args={"device": device, "value": "off"},
-                                  id=f"{command.id}/off"[:128], source="pulse", not_before=off_at))
+                                  id=_follow_up_id(command.id, "off"), source="pulse", not_before=off_at))
         now, _ = hw.set(device, "on", seq=command.seq)
         return {"device": device, "value": now, "off_at": round(off_at, 3)}
 
@@ -90,6 +90,15 @@ def gpio_actions(devices: Mapping[str, DeviceSpec], runtime: Runtime | None) -> 
         Action("gpio.read", gpio_read, (Param("device", str),), idempotent=True, check=check_read),
     ]
 
+
+def _follow_up_id(command_id: str, suffix: str) -> str:
+    """``<id>/<suffix>``, kept within the 128 characters of an id and distinct from ``command_id``."""
+    plain = f"{command_id}/{suffix}"
+    if len(plain) <= 128:
+        return plain
+    import zlib
+
+    return f"{command_id[:100]}~{zlib.crc32(command_id.encode()):08x}/{suffix}"
 
 def _hardware(runtime: Runtime | None) -> Any:
     if runtime is None or runtime.hardware is None:

@@ -10,15 +10,8 @@ at once with the server's status. TLS certificates are verified unless ``verify`
 from __future__ import annotations
 
 import datetime
-import email.utils
-import http.client
 import json
-import socket
-import ssl
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from ..commands import Param
@@ -33,6 +26,8 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _retry_after(value: str | None) -> float | None:
+    import email.utils
+
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
     if not value:
         return None
@@ -58,6 +53,13 @@ def _read_body(resp: Any) -> str:
 def http_request(url: str, method: str = "GET", json_body: Any = None, body: str | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 10.0, verify: bool = True) -> dict[str, Any]:
     """Send one request; returns ``{"status", "body"}`` or raises a classified error."""
+    # Imported here, not at the top: the CLI loads this module to check arguments only.
+    import http.client
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
     data = None
     hdrs = dict(headers or {})
     if json_body is not None:
@@ -113,7 +115,9 @@ def http_actions() -> list[Action]:
         if not url.lower().startswith(("http://", "https://")):
             raise bad_args("http.request", f"url must start with http:// or https://, got {url[:80]!r}")
         try:
-            parts = urllib.parse.urlsplit(url)
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
             _ = parts.port  # raises ValueError for a port out of range or not a number
         except ValueError as exc:
             raise bad_args("http.request", f"url {url[:80]!r} is not valid: {exc}") from None
