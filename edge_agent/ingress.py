@@ -148,12 +148,13 @@ class Ingress:
     def _reject(self, command_id: str | None, action: str, exc: EdgeAgentError, topic: str,
                 response_topic: str | None, correlation: bytes | None) -> None:
         self.rejected += 1
-        log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", exc)
+        text = str(exc) if len(str(exc)) <= 500 else str(exc)[:499] + "…"
+        log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", text)
         if command_id is None and response_topic is None:
             return
         doc = {"id": command_id, "action": action[:200], "status": "rejected", "result": None,
                "error": {"type": exc.kind if not isinstance(exc, InvalidArguments) else "invalid_arguments",
-                         "message": str(exc)},
+                         "message": text},
                "attempt": 0, "ts": round(self.clock(), 3)}
         with self.store.transaction() as cur:
             self._put_reply(cur, doc, response_topic, correlation)

@@ -61,15 +61,16 @@ class Journal:
     def add(self, cur: sqlite3.Cursor, cmd: NewCommand, *, enqueued: bool) -> tuple[Command, bool]:
         """Insert ``cmd``; if its id is already known, return the stored row and False."""
         now = self.clock()
-        cur.execute(
+        row = cur.execute(
             "insert into commands (id, action, args, source, state, created, not_before, deadline, reply_to, correlation, enqueued) "
-            "values (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
+            f"values (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) on conflict (id) do nothing returning {_COLUMNS}",
             (cmd.id, cmd.action, json.dumps(cmd.args, separators=(",", ":")), cmd.source, now, cmd.not_before,
              cmd.deadline, cmd.reply_to, cmd.correlation, int(enqueued)),
-        )
-        created = cur.rowcount == 1
+        ).fetchone()
+        if row is not None:
+            return _row(row), True
         row = cur.execute(f"select {_COLUMNS} from commands where id = ?", (cmd.id,)).fetchone()
-        return _row(row), created
+        return _row(row), False
 
     def claim(self, cur: sqlite3.Cursor, seq: int) -> Command | None:
         """Mark a queued command running (one more attempt); None if it is not queued any more."""

@@ -59,6 +59,7 @@ class MqttLink:
         self._client: Any = None
         self._threads: list[threading.Thread] = []
         self._ingress_broken = False
+        self._session_up = False
         self._batch: list[Any] = []
         # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
         # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
@@ -150,6 +151,9 @@ class MqttLink:
                            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
             client.tls_insecure_set(tls.insecure)
         client.on_socket_open = self._on_socket_open
+        # Only the network thread may write to the socket: otherwise paho writes from the
+        # publishing thread too, and two threads sending at once can reorder packets.
+        client.on_socket_register_write = lambda c, u, sock: None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -186,6 +190,11 @@ class MqttLink:
                 try:
                     rc = client.loop(timeout=self._loop_timeout)
                     self._store_batch(client)
+                    if self._session_up and not self.connected.is_set():
+                        # Only now, after the pass that handled CONNACK: paho has queued its
+                        # resends of unacknowledged messages, so new ones cannot overtake them.
+                        self.connected.set()
+                        self.outbox.wake()
                 except Exception:  # a bug in a callback must not end the link: log it, reconnect
                     log.exception("MQTT: unexpected error in the network loop; reconnecting")
                     try:
@@ -195,6 +204,7 @@ class MqttLink:
                     break
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
+            self._session_up = False
             self.connected.clear()
             if not self._stop.is_set():
                 self._wait_backoff()
@@ -246,12 +256,11 @@ class MqttLink:
             subs.append((self.topics.ha_status, 1))
         client.subscribe(subs)
         client.publish(self.topics.status, "online", qos=1, retain=True)
-        self.connected.set()
+        self._session_up = True
         self._state_dirty.set()
         self._write_link_meta(True)
         log.info("MQTT: connected to %s:%s (MQTT %s, session %s)", self.cfg.host, self.cfg.port,
                  "5" if self._protocol == 5 else "3.1.1", "resumed" if flags.session_present else "new")
-        self.outbox.wake()
         # Also with discovery off: announce() then clears what an earlier config announced.
         announce = getattr(self.agent, "announce_discovery", None)
         if announce is not None:
@@ -261,6 +270,7 @@ class MqttLink:
         # paho may call this more than once for one outage.
         if self.connected.is_set():
             self._note_down(f"disconnected: {reason_code}")
+        self._session_up = False
         self.connected.clear()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:

@@ -20,12 +20,21 @@ def poke_address(db_path: str) -> str:
     return f"\0edge-agent/{digest}"
 
 
+_sender: socket.socket | None = None
+_addresses: dict[str, str] = {}
+
+
 def poke(db_path: str) -> bool:
     """Wake the daemon that owns ``db_path``; False if none is listening (that is fine)."""
+    global _sender
+    address = _addresses.get(db_path)
+    if address is None:
+        address = _addresses[db_path] = poke_address(db_path)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.sendto(b"!", poke_address(db_path))
+        if _sender is None:  # one socket per process: a loop of .delay() calls reuses it
+            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _sender.setblocking(False)
+        _sender.sendto(b"!", address)
         return True
     except OSError:
         return False

@@ -49,7 +49,9 @@ _SCHEMA = (
         parked integer not null default 0,
         max_attempts integer
     )""",
-    "create index if not exists commands_open on commands (state, seq) where state in ('queued', 'running')",
+    # Rows written by other processes until the daemon takes them (empty otherwise: an index
+    # on every command's state would cost page writes at each state change).
+    "create index if not exists commands_unadopted on commands (seq) where enqueued = 0",
     # Only failures are looked up by time (status, state); pruning scans, once an hour.
     "create index if not exists commands_failed on commands (finished) where state in ('failed', 'expired')",
     # Messages to publish, in order; retained state coalesces on `coalesce_key`.

@@ -55,7 +55,8 @@ class Broker:
             set_tcp_nodelay true
             max_queued_messages 100000
             max_inflight_messages 100
-            """) + extra)
+            """) + ("user root\n" if os.geteuid() == 0 else "") + extra)
+        # (as root, mosquitto would drop to user mosquitto, who cannot save into pytest's 0700 folders)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -51,16 +51,6 @@ KILLS = 6  # at least 5 required; one of them lands while the broker is down
 OUTAGES = 2
 FINAL = ("succeeded", "failed", "expired")
 
-ORDER_BUG = (
-    "BUG (intermittent, about half the runs): replies reach the broker out of outbox order. edge_agent/mqtt.py drives "
-    "paho with client.loop() on its own thread (so paho's _thread is None) while the publisher thread calls "
-    "client.publish(); paho's _packet_queue() then calls loop_write() on the publisher thread too, and two threads "
-    "pop packets from paho's _out_packet deque and send() them concurrently, so a packet can overtake the one before it "
-    "(and partial writes could interleave). Also, on_connect sets `connected` before paho re-sends its unacknowledged "
-    "messages (paho calls on_connect first), so new rows can overtake older ones after a reconnect. Fix: make only "
-    "the network thread write (client.on_socket_register_write = lambda c, u, s: None in _make_client), and set "
-    "`connected` in _network_loop after client.loop() has returned from handling the CONNACK.")
-
 CONFIG = """
 [device]
 id = "{dev}"
@@ -444,9 +434,7 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
                                          for i in range(max(0, idx - 6), min(len(records), idx + 3))))
             message = (f"{len(order_breaks)} replies out of the agent's order (outages {outages}):\n"
                        + "\n".join(context))
-            # Known bug, intermittent (a race; see ORDER_BUG): every other check above still holds strictly.
-            # Remove this branch once edge_agent/mqtt.py is fixed: then an order break fails the test.
-            pytest.xfail(f"{ORDER_BUG}\n{message}")
+            raise AssertionError(message)
     finally:
         recorder.close()
         publisher.close()
