@@ -36,6 +36,20 @@ __all__ = ["Agent"]
 log = logging.getLogger(__name__)
 
 
+IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
+
+
+def _release_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
+
+
 class Agent:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -164,9 +178,15 @@ class Agent:
     def run_forever(self, *, on_tick: Callable[[], None] | None = None) -> None:
         interval = systemd.watchdog_interval()
         last_prune = time.monotonic()
+        trimmed_at = 0
         while not self._stop_requested:
-            self._wake.wait(interval if interval else 3600.0)
+            self._wake.wait(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
             self._wake.clear()
+            if self.queue is not None and self.queue.busy == 0 and self.queue.processed - trimmed_at > 1000:
+                # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
+                # and an idle daemon on a 512 MB Pi should be small again).
+                trimmed_at = self.queue.processed
+                _release_memory()
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()

@@ -152,6 +152,7 @@ class TaskQueue:
         self.on_submitted = on_submitted
         self._threads: list[threading.Thread] = []
         self._busy = 0
+        self.processed = 0
         self._busy_lock = threading.Lock()
         self._poke: PokeListener | None = None
         # Per worker: when its loop last came round, and since when it runs a command.
@@ -293,6 +294,7 @@ class TaskQueue:
                 self._busy_since[name] = None
                 with self._busy_lock:
                     self._busy -= 1
+                    self.processed += 1
 
     def wedged(self, task_timeout: float, now: float | None = None) -> list[str]:
         """Workers that are dead, stuck outside a command, or running one longer than ``task_timeout``."""
