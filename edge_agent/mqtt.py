@@ -325,10 +325,13 @@ class MqttLink:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
+        # Woken on the first ack of a run only: acks that arrive while it works wait for it.
+        first = not self._acked
         self._acked.append(mid)
-        with self.outbox.cond:
-            self.outbox.generation += 1
-            self.outbox.cond.notify_all()
+        if first:
+            with self.outbox.cond:
+                self.outbox.generation += 1
+                self.outbox.cond.notify_all()
 
     # ----------------------------------------------------------------- publisher thread
 
