@@ -104,14 +104,20 @@ class Journal:
         ).fetchone()
         return _row(row)
 
-    def take_unadopted(self, cur: sqlite3.Cursor, limit: int = 500) -> list[Command]:
-        """Commands other processes wrote (``enqueued = 0``), now handed to the queue."""
+    def unadopted(self, cur: sqlite3.Cursor, after_seq: int, limit: int = 500) -> list[Command]:
+        """Commands other processes wrote (``enqueued = 0``) after ``after_seq``, oldest first.
+
+        Read only: the daemon remembers how far it took them, so taking one costs no write.
+        Seqs are assigned in commit order (one writer at a time), so none can appear later
+        below a seq already seen.
+        """
         rows = cur.execute(
-            f"update commands set enqueued = 1 where seq in (select seq from commands where enqueued = 0 "
-            f"and state = 'queued' order by seq limit ?) returning {_COLUMNS}",
-            (limit,),
+            f"select {_COLUMNS} from commands where enqueued = 0 and seq > ? order by seq limit ?", (after_seq, limit)
         ).fetchall()
-        return sorted((_row(r) for r in rows), key=lambda c: c.seq)
+        return [_row(r) for r in rows]
+
+    def last_seq(self, cur: sqlite3.Cursor) -> int:
+        return int(cur.execute("select coalesce(max(seq), 0) from commands").fetchone()[0])
 
     def recover(self, cur: sqlite3.Cursor, is_idempotent: Callable[[Command], bool]) -> Recovery:
         """Settle the commands a crash left open; returns those to put back in the queue."""

@@ -153,6 +153,8 @@ class TaskQueue:
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self.processed = 0
+        self._adopt_lock = threading.Lock()
+        self._adopted_upto = 0  # the highest seq looked at for commands of other processes
         self._busy_lock = threading.Lock()
         self._poke: PokeListener | None = None
         # Per worker: when its loop last came round, and since when it runs a command.
@@ -190,24 +192,28 @@ class TaskQueue:
 
     def adopt(self) -> int:
         """Queue the commands other processes wrote since the last look."""
-        if not self.store.query("select 1 from commands where state = 'queued' and enqueued = 0 limit 1"):
-            return 0
-        total = 0
-        while True:
-            with self.store.transaction() as cur:
-                rows = self.journal.take_unadopted(cur)
-                for cmd in rows:
-                    self.put_in(cur, cmd)
-                    if self.on_submitted is not None:
-                        self.on_submitted(cur, cmd)
-            total += len(rows)
-            for _ in rows:
-                self.storage.signal()
-            if len(rows) < 500:
-                # Other processes commit without an fsync (a loop of .delay() would pay one
-                # each): one fsync here covers the burst.
-                self.store.flush_soon()
-                return total
+        with self._adopt_lock:
+            if not self.store.query("select 1 from commands where enqueued = 0 and seq > ? limit 1", (self._adopted_upto,)):
+                return 0
+            total = 0
+            while True:
+                with self.store.transaction() as cur:
+                    rows = self.journal.unadopted(cur, self._adopted_upto)
+                    for cmd in rows:
+                        if cmd.state == "queued":
+                            self.put_in(cur, cmd)
+                            if self.on_submitted is not None:
+                                self.on_submitted(cur, cmd)
+                if rows:
+                    self._adopted_upto = rows[-1].seq
+                total += len(rows)
+                for _ in rows:
+                    self.storage.signal()
+                if len(rows) < 500:
+                    # Other processes commit without an fsync (a loop of .delay() would pay one
+                    # each): one fsync here covers the burst.
+                    self.store.flush_soon()
+                    return total
 
     def release_parked(self) -> int:
         """Run every command parked for the network now (its target came back)."""
@@ -239,6 +245,7 @@ class TaskQueue:
             found = self.journal.recover(cur, is_idempotent)
             for cmd in (*found.requeued, *found.rerun):
                 self.put_in(cur, cmd)
+            self._adopted_upto = self.journal.last_seq(cur)
         if found.rerun:
             log.warning("re-running %d idempotent command(s) that a stop interrupted: %s", len(found.rerun),
                         ", ".join(c.id for c in found.rerun[:10]))

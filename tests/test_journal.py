@@ -140,15 +140,17 @@ def test_recover_requeues_reruns_idempotent_and_interrupts_the_rest(env):
     assert [c.id for c in again.requeued] == ["q", "s"] and again.rerun == [] and again.interrupted == []
 
 
-def test_take_unadopted_hands_each_outside_row_over_once(env):
-    """Rows other processes wrote (enqueued=0) are taken once, in order; the daemon's own rows never."""
+def test_unadopted_lists_outside_rows_after_a_seq(env):
+    """Rows other processes wrote (enqueued=0) are listed in order after the last seq taken; the daemon's own never."""
     store, journal, _ = env
     _add(journal, store, "own", enqueued=True)
     _add(journal, store, "cli-1", enqueued=False)
     _add(journal, store, "cli-2", enqueued=False)
     with store.transaction() as cur:
-        assert [c.id for c in journal.take_unadopted(cur)] == ["cli-1", "cli-2"]
-        assert journal.take_unadopted(cur) == []
+        rows = journal.unadopted(cur, 0)
+        assert [c.id for c in rows] == ["cli-1", "cli-2"]
+        assert journal.unadopted(cur, rows[-1].seq) == []
+        assert journal.last_seq(cur) == rows[-1].seq
 
 
 def test_another_connection_sees_committed_rows_only(env, tmp_path: Path):

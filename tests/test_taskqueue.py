@@ -158,7 +158,8 @@ def test_recovered_commands_run_after_start(parts):
 
 
 def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
-    """Rows another process committed (enqueued=0) are adopted into the queue once."""
+    """Rows another process committed (enqueued=0) are adopted into the queue once (the queue remembers how far
+    it took them, so adopting writes nothing to the journal rows)."""
     store, journal, queue, _ = parts
     code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
             "from edge_agent.commands import NewCommand\n"
@@ -170,7 +171,6 @@ def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
     assert queue.adopt() == 3
     seqs = [journal.get(f"x{i}").seq for i in range(3)]
     assert [_seq_of(queue, m) for m in _messages(store, "task")] == seqs
-    assert store.query("select count(*) from commands where enqueued = 0")[0][0] == 0
     assert queue.adopt() == 0
 
 
