@@ -325,7 +325,8 @@ class MqttLink:
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
-        # Woken on the first ack of a run only: acks that arrive while it works wait for it.
+        # Woken on the first ack of a run only: the publisher checks the deque under the
+        # condition's lock before it sleeps, so an ack appended without a wake-up is seen.
         first = not self._acked
         self._acked.append(mid)
         if first:
@@ -379,7 +380,9 @@ class MqttLink:
             if done:
                 timeout = min(timeout, REMOVE_EVERY)
             with self.outbox.cond:
-                if generation == self.outbox.generation and not self._stop.is_set():
+                # An ack that came in while this pass ran may not have woken anyone (see
+                # _on_publish): look at the deque under the lock before sleeping.
+                if generation == self.outbox.generation and not self._acked and not self._stop.is_set():
                     self.outbox.cond.wait(timeout=timeout)
 
     def _props(self, props: dict[str, Any] | None) -> Any:

@@ -254,6 +254,17 @@ def test_chaos_loses_nothing_and_repeats_only_work_running_at_a_kill(chaos_broke
     client: LocalClient | None = None
     try:
         d.start()
+        # READY comes before the agent's MQTT subscription exists (it works offline); a command
+        # published before that is acknowledged by the broker and dropped (no subscriber yet). So
+        # wait until the agent answers a ping over MQTT before the storm starts.
+        warm_end = time.monotonic() + 20
+        for attempt in range(400):
+            publisher.publish(f"{prefix}/chaos/cmd/agent.ping", {"id": f"warmup-{attempt}"})
+            time.sleep(0.05)
+            with recorder.lock:
+                if any(str(r.get("id", "")).startswith("warmup-") for r in recorder.replies):
+                    break
+            assert time.monotonic() < warm_end, "the agent never answered a ping over MQTT"
         client = LocalClient(load_settings(str(d.config)))
         set_submitter(client.submit)  # .apply_async() in this process writes through this client
         commands = _commands(rng, COMMANDS, work_log, server.url)
