@@ -112,6 +112,7 @@ class MqttLink:
                 log.debug("could not say offline: %s", exc)
         self._stop.set()
         self.outbox.wake()
+        self._write_link_meta(False)
         if client is not None:
             try:
                 client.disconnect()
@@ -268,7 +269,7 @@ class MqttLink:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         # paho may call this more than once for one outage.
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             self._note_down(f"disconnected: {reason_code}")
         self._session_up = False
         self.connected.clear()

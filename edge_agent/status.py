@@ -70,7 +70,6 @@ def _ago(ts: float | None) -> str:
 
 
 def render_status(doc: dict[str, Any]) -> str:
-    ok = "ok"
     lines = [f"edge-agent {doc['version']}  device {doc['device']}  ({doc['config']})"]
     d = doc["daemon"]
     lines.append(f"  daemon     {'running, pid ' + str(d['pid']) + ', since ' + _ago(d['since']) if d['running'] else 'NOT RUNNING'}")
@@ -104,5 +103,5 @@ def render_status(doc: dict[str, Any]) -> str:
         for f in doc["failures"]:
             lines.append(f"    {_ago(f['at']):>8}  {f['action']:<14} {f['id'][:24]:<24} {f['error']['type']}: {f['error']['message']}")
     else:
-        lines.append(f"  failures   none {ok}")
+        lines.append("  failures   none")
     return "\n".join(lines)
