@@ -20,7 +20,6 @@ from typing import Any
 
 from . import __version__, systemd
 from .actions import Runtime, build_registry, check_jobs
-from .commands import Command, NewCommand
 from .config import Settings, load_settings
 from .errors import EdgeAgentError
 from .hardware import Hardware
@@ -129,8 +128,8 @@ class Agent:
             return None
         from .scheduler import Scheduler
 
-        assert self.store is not None and self.queue is not None and self.hardware is not None
-        return Scheduler(self.settings, self.store, submit=self.queue.submit, hardware=self.hardware)
+        assert self.store is not None and self.queue is not None
+        return Scheduler(self.settings, self.store, submit=self.queue.submit)
 
     def next_solar(self, event: str) -> str | None:
         """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""
@@ -273,9 +272,3 @@ class Agent:
             from .discovery import announce
 
             announce(self.settings, self.store, self.link.outbox)
-
-    # ----------------------------------------------------------------- facts for state
-
-    def submit(self, new: NewCommand) -> tuple[Command, bool]:
-        assert self.queue is not None
-        return self.queue.submit(new)

@@ -87,7 +87,6 @@ class Ingress:
         self.registry = registry
         self.submit = submit
         self.clock = clock
-        self.rejected = 0
 
     # ----------------------------------------------------------------- in
 
@@ -139,7 +138,6 @@ class Ingress:
         try:
             _, clean = self.registry().validate("gpio.set", {"device": device, "value": value})
         except InvalidCommand as exc:
-            self.rejected += 1
             log.warning("rejected %s/gpio/%s/set %r: %s", self.topics.base, device[:80], text[:40], exc)
             return
         with self.store.transaction() as cur:
@@ -147,7 +145,6 @@ class Ingress:
 
     def _reject(self, command_id: str | None, action: str, exc: EdgeAgentError, topic: str,
                 response_topic: str | None, correlation: bytes | None) -> None:
-        self.rejected += 1
         text = str(exc) if len(str(exc)) <= 500 else str(exc)[:499] + "…"
         log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", text)
         if command_id is None and response_topic is None:

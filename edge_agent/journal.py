@@ -13,10 +13,11 @@ their action is idempotent, else they fail as ``interrupted``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,9 @@ class Journal:
                 interrupted.append(cmd)
         if rerun:
             cur.executemany("update commands set state = 'queued' where seq = ?", [(c.seq,) for c in rerun])
+            rerun = [dataclasses.replace(c, state="queued") for c in rerun]
         if requeued or rerun:
+            # The queue now holds them: out of the (small) index of other processes' rows.
             cur.execute("update commands set enqueued = 1 where state = 'queued' and enqueued = 0")
         now = self.clock()
         finished = []
@@ -143,14 +146,7 @@ class Journal:
                 (now, "the agent stopped while this command was running; it is not idempotent, so it was not run again", cmd.seq),
             ).fetchone()
             finished.append(_row(row))
-        return Recovery(requeued, [c for c in self._by_seq(cur, rerun)], finished)
-
-    def _by_seq(self, cur: sqlite3.Cursor, cmds: Iterable[Command]) -> list[Command]:
-        out = []
-        for c in cmds:
-            r = cur.execute(f"select {_COLUMNS} from commands where seq = ?", (c.seq,)).fetchone()
-            out.append(_row(r))
-        return out
+        return Recovery(requeued, rerun, finished)
 
     def prune(self, older_than: float) -> int:
         """Forget finished commands older than ``older_than`` (unix time); returns how many."""
@@ -163,10 +159,6 @@ class Journal:
     def get(self, command_id: str) -> Command | None:
         rows = self.store.query(f"select {_COLUMNS} from commands where id = ?", (command_id,))
         return _row(rows[0]) if rows else None
-
-    def get_seq(self, cur: sqlite3.Cursor, seq: int) -> Command | None:
-        r = cur.execute(f"select {_COLUMNS} from commands where seq = ?", (seq,)).fetchone()
-        return _row(r) if r else None
 
     def history(self, limit: int = 20) -> list[Command]:
         rows = self.store.query(f"select {_COLUMNS} from commands order by seq desc limit ?", (limit,))

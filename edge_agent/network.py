@@ -78,11 +78,3 @@ class NetworkGate:
         with self._lock:
             self._probing.pop(target, None)
             return self._down.pop(target, None) is not None
-
-    def done(self, target: str) -> None:
-        """A probe ended without telling anything about the network (e.g. a 500 answer: it is up)."""
-        self.succeeded(target)
-
-    def down_targets(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._down)

@@ -67,11 +67,10 @@ def build_windows(settings: Any) -> list[tuple[Any, Window]]:
 
 
 class Scheduler:
-    def __init__(self, settings: Any, store: Store, *, submit: Callable[..., Any], hardware: Any = None,
+    def __init__(self, settings: Any, store: Store, *, submit: Callable[..., Any],
                  clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None):
         self.store = store
         self.submit = submit
-        self.hardware = hardware
         self.clock = clock or scheduler_clock()
         self._trusted_fn = trusted
         self.planner = Planner(on_time_s=ON_TIME)
