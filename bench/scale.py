@@ -140,7 +140,7 @@ def outbox_delivery(ctx: Context, n: int) -> dict[str, Any]:
         daemon.start()
         subscriber = MqttClient(broker.port, client_id=f"bench-outbox-{os.getpid()}", on_message=on_reply,
                                 subscribe=[REPLY_TOPIC], persistent=True)
-        broker.stop()
+        broker.stop(check_saved=True)  # the subscriber's session (and subscription) must survive
         t_down = time.time()
         queue_offline(daemon.db, n, prefix, poke=True)
         deadline = time.monotonic() + 60 + n / 50
@@ -157,7 +157,10 @@ def outbox_delivery(ctx: Context, n: int) -> dict[str, Any]:
         wait_port(broker.port)
         t_up = time.time()
         if not all_in.wait(120):
-            raise BenchError(f"outbox: {len(got)} of {n} replies arrived in 120 s")
+            left = daemon.query("select count(*) from outbox")[0][0]
+            link = daemon.query("select value from meta where key = 'mqtt'")
+            raise BenchError(f"outbox: {len(got)} of {n} replies arrived in 120 s; {left} rows still in the outbox; "
+                             f"link {link[0][0] if link else '?'}; daemon log:\n{daemon.log.read_text()[-1500:]}")
         times = sorted(got.values())
     finally:
         if subscriber is not None:
