@@ -105,15 +105,16 @@ class Journal:
         ).fetchone()
         return _row(row)
 
-    def unadopted(self, cur: sqlite3.Cursor, after_seq: int, limit: int = 500) -> list[Command]:
-        """Commands other processes wrote (``enqueued = 0``) after ``after_seq``, oldest first.
+    def unadopted(self, cur: sqlite3.Cursor, after_seq: int, upto_seq: int) -> list[Command]:
+        """Commands other processes wrote (``enqueued = 0``) with ``after_seq < seq <= upto_seq``.
 
-        Read only: the daemon remembers how far it took them, so taking one costs no write.
-        Seqs are assigned in commit order (one writer at a time), so none can appear later
-        below a seq already seen.
+        Read only, and no index: a range scan of the rows since the daemon's last look, so
+        taking one costs no write. Seqs are assigned in commit order (one writer at a time),
+        so none can appear later below a seq already seen.
         """
         rows = cur.execute(
-            f"select {_COLUMNS} from commands where enqueued = 0 and seq > ? order by seq limit ?", (after_seq, limit)
+            f"select {_COLUMNS} from commands where seq > ? and seq <= ? and enqueued = 0 order by seq",
+            (after_seq, upto_seq),
         ).fetchall()
         return [_row(r) for r in rows]
 
@@ -135,7 +136,7 @@ class Journal:
             cur.executemany("update commands set state = 'queued' where seq = ?", [(c.seq,) for c in rerun])
             rerun = [dataclasses.replace(c, state="queued") for c in rerun]
         if requeued or rerun:
-            # The queue now holds them: out of the (small) index of other processes' rows.
+            # The queue now holds them: not to be adopted again.
             cur.execute("update commands set enqueued = 1 where state = 'queued' and enqueued = 0")
         now = self.clock()
         finished = []
@@ -151,7 +152,9 @@ class Journal:
     def prune(self, older_than: float) -> int:
         """Forget finished commands older than ``older_than`` (unix time); returns how many."""
         with self.store.transaction() as cur:
-            cur.execute("delete from commands where finished is not null and finished < ?", (older_than,))
+            # Never the newest row: seq is max + 1, and must not come back.
+            cur.execute("delete from commands where finished is not null and finished < ? "
+                        "and seq < (select max(seq) from commands)", (older_than,))
             return cur.rowcount
 
     # ----------------------------------------------------------------- reading

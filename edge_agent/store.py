@@ -20,14 +20,15 @@ from .errors import StorageError
 
 __all__ = ["SCHEMA_VERSION", "Store", "translate_sqlite_error"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
-    # AUTOINCREMENT: seq is never reused, even after every row was pruned: GPIO writes are
-    # ordered by it.
+    # seq is the rowid (max + 1, so in commit order). No AUTOINCREMENT: it rewrites
+    # sqlite_sequence on every insert (a page more per command); seq never goes back because
+    # pruning always keeps the newest row (GPIO writes and adoption are ordered by seq).
     """create table if not exists commands (
-        seq integer primary key autoincrement,
+        seq integer primary key,
         id text not null unique,
         action text not null,
         args text not null,
@@ -49,9 +50,6 @@ _SCHEMA = (
         parked integer not null default 0,
         max_attempts integer
     )""",
-    # Rows written by other processes until the daemon takes them (empty otherwise: an index
-    # on every command's state would cost page writes at each state change).
-    "create index if not exists commands_unadopted on commands (seq) where enqueued = 0",
     # Only failures are looked up by time (status, state); pruning scans, once an hour.
     "create index if not exists commands_failed on commands (finished) where state in ('failed', 'expired')",
     # Messages to publish, in order; retained state coalesces on `coalesce_key`.
@@ -146,6 +144,9 @@ class Store:
         with self.transaction() as cur:
             for sql in _SCHEMA:
                 cur.execute(sql)
+            # 1 -> 2: other processes' commands are found by a seq range scan, not an index
+            # that cost a page write per command.
+            cur.execute("drop index if exists commands_unadopted")
             cur.execute(f"pragma user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager

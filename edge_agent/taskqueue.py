@@ -193,27 +193,28 @@ class TaskQueue:
     def adopt(self) -> int:
         """Queue the commands other processes wrote since the last look."""
         with self._adopt_lock:
-            if not self.store.query("select 1 from commands where enqueued = 0 and seq > ? limit 1", (self._adopted_upto,)):
+            head = int(self.store.query("select coalesce(max(seq), 0) from commands")[0][0])
+            if head <= self._adopted_upto:
                 return 0
             total = 0
-            while True:
+            while self._adopted_upto < head:
+                upto = min(head, self._adopted_upto + 2000)
                 with self.store.transaction() as cur:
-                    rows = self.journal.unadopted(cur, self._adopted_upto)
+                    rows = self.journal.unadopted(cur, self._adopted_upto, upto)
                     for cmd in rows:
                         if cmd.state == "queued":
                             self.put_in(cur, cmd)
                             if self.on_submitted is not None:
                                 self.on_submitted(cur, cmd)
-                if rows:
-                    self._adopted_upto = rows[-1].seq
+                self._adopted_upto = upto
                 total += len(rows)
                 for _ in rows:
                     self.storage.signal()
-                if len(rows) < 500:
-                    # Other processes commit without an fsync (a loop of .delay() would pay one
-                    # each): one fsync here covers the burst.
-                    self.store.flush_soon()
-                    return total
+            if total:
+                # Other processes commit without an fsync (a loop of .delay() would pay one
+                # each): one fsync here covers the burst.
+                self.store.flush_soon()
+            return total
 
     def release_parked(self) -> int:
         """Run every command parked for the network now (its target came back)."""

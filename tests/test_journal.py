@@ -147,10 +147,46 @@ def test_unadopted_lists_outside_rows_after_a_seq(env):
     _add(journal, store, "cli-1", enqueued=False)
     _add(journal, store, "cli-2", enqueued=False)
     with store.transaction() as cur:
-        rows = journal.unadopted(cur, 0)
+        head = journal.last_seq(cur)
+        rows = journal.unadopted(cur, 0, head)
         assert [c.id for c in rows] == ["cli-1", "cli-2"]
-        assert journal.unadopted(cur, rows[-1].seq) == []
-        assert journal.last_seq(cur) == rows[-1].seq
+        assert rows[-1].seq == head
+        assert journal.unadopted(cur, rows[-1].seq, head) == []
+        assert [c.id for c in journal.unadopted(cur, 0, rows[0].seq)] == ["cli-1"]
+
+
+def test_prune_keeps_the_newest_row_so_seq_never_goes_back(env):
+    """Even when every row is old and finished, the newest survives pruning: a new row gets a higher seq."""
+    store, journal, clock = env
+    rows = [_add(journal, store, f"p{i}")[0] for i in range(3)]
+    with store.transaction() as cur:
+        for r in rows:
+            journal.claim(cur, r.seq)
+            journal.finish(cur, r.seq, "succeeded")
+    assert journal.prune(clock.now + 10) == 2
+    assert journal.get("p2") is not None
+    new, created = _add(journal, store, "p0")
+    assert created and new.seq == rows[-1].seq + 1
+
+
+def test_a_schema_1_database_is_migrated(tmp_path: Path):
+    """A database of the first schema (AUTOINCREMENT, an index of unadopted rows) opens, loses the index, keeps rows."""
+    path = tmp_path / "agent.db"
+    store = Store(str(path))
+    _add(Journal(store), store, "old", enqueued=False)
+    with store.transaction() as cur:
+        cur.execute("create index commands_unadopted on commands (seq) where enqueued = 0")
+        cur.execute("pragma user_version=1")
+    store.close()
+    store = Store(str(path))
+    try:
+        assert store.query("select count(*) from sqlite_schema where name = 'commands_unadopted'") == [(0,)]
+        assert store.query("pragma user_version") == [(2,)]
+        journal = Journal(store)
+        assert journal.get("old") is not None
+        assert _add(journal, store, "new")[0].seq == journal.get("old").seq + 1
+    finally:
+        store.close()
 
 
 def test_another_connection_sees_committed_rows_only(env, tmp_path: Path):
