@@ -85,6 +85,7 @@ class Agent:
                              reporter=reporter, release_parked=lambda: queue.release_parked())
         queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
                                        on_submitted=self.link.accepted if self.link else None)
+        self.runner.acting = queue.storage.acting
         runtime.submit = queue.submit
         runtime.publish = self.link.publish if self.link else None
         set_submitter(queue.submit)

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .actions import Registry
@@ -24,7 +25,7 @@ from .errors import EdgeAgentError, InvalidArguments, InvalidCommand
 from .outbox import Outbox
 from .store import Store
 
-__all__ = ["Ingress", "Topics"]
+__all__ = ["Checked", "Ingress", "Topics"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ def reply_document(cmd: Command, *, duplicate: bool = False, status: str | None 
     return doc
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A message after :meth:`Ingress.check`: a command to queue, or a rejection to reply."""
+
+    new: NewCommand | None
+    reply: dict[str, Any] | None = None
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
 class Ingress:
     """Turns MQTT messages into commands; writes the replies of the contract."""
 
@@ -93,41 +104,55 @@ class Ingress:
     def handle(self, topic: str, payload: bytes, *, response_topic: str | None = None,
                correlation: bytes | None = None) -> None:
         """Commit the command (or the rejection) a message carries. Raises StorageError only."""
+        checked = self.check(topic, payload, response_topic=response_topic, correlation=correlation)
+        if checked is not None:
+            with self.store.transaction() as cur:
+                self.commit(cur, checked)
+            # Committed: safe from a crash now, and on disk within 50 ms (one fsync per burst).
+            self.store.flush_soon()
+
+    def check(self, topic: str, payload: bytes, *, response_topic: str | None = None,
+              correlation: bytes | None = None) -> Checked | None:
+        """Parse and validate a message, without the database (so not under its lock): what
+        :meth:`commit` stores, or None if there is nothing to store (a log line says why)."""
         route = self.topics.route(topic)
         if route is None:
             log.warning("ignored a message on %r: not a topic this agent obeys", topic[:200])
-            return
+            return None
         kind, name = route
         if kind == "set":
-            self._handle_set(name, payload)
-            return
+            return self._check_set(name, payload)
         command_id: str | None = None
         try:
             command_id, args, ttl = parse_payload(payload, max_size=self.max_payload)
             _, clean = self.registry().validate(name, args)
         except InvalidCommand as exc:
             command_id = command_id or getattr(exc, "command_id", None)
-            self._reject(command_id, name, exc, topic, response_topic, correlation)
-            return
+            return self._rejection(command_id, name, exc, topic, response_topic, correlation)
         except (ValueError, TypeError, LookupError) as exc:  # a check that failed in an unplanned way: still bad input
             log.exception("the check of %s raised %s; rejecting the command", name[:80], type(exc).__name__)
-            self._reject(command_id, name, InvalidArguments(f"{name}: {exc}"), topic, response_topic, correlation)
-            return
-        now = self.clock()
+            return self._rejection(command_id, name, InvalidArguments(f"{name}: {exc}"), topic, response_topic,
+                                   correlation)
         fields: dict[str, Any] = {"action": name, "args": clean, "source": "group" if kind == "group" else "mqtt",
                                   "reply_to": response_topic, "correlation": correlation}
         if command_id is not None:
             fields["id"] = command_id
         if ttl is not None:
-            fields["deadline"] = now + ttl
-        with self.store.transaction() as cur:
-            row, created = self.submit(NewCommand(**fields), cur)
-            if not created:
-                self._reply(cur, row, duplicate=True, response_topic=response_topic, correlation=correlation)
-        # Committed: safe from a crash now, and on disk within 50 ms (one fsync per burst).
-        self.store.flush_soon()
+            fields["deadline"] = self.clock() + ttl
+        return Checked(NewCommand(**fields), response_topic=response_topic, correlation=correlation)
 
-    def _handle_set(self, device: str, payload: bytes) -> None:
+    def commit(self, cur: sqlite3.Cursor, checked: Checked) -> None:
+        """Store what :meth:`check` found, in the caller's transaction."""
+        if checked.reply is not None:
+            self._put_reply(cur, checked.reply, checked.response_topic, checked.correlation)
+            return
+        assert checked.new is not None
+        row, created = self.submit(checked.new, cur)
+        if not created and checked.new.source != "ha":
+            self._reply(cur, row, duplicate=True, response_topic=checked.response_topic,
+                        correlation=checked.correlation)
+
+    def _check_set(self, device: str, payload: bytes) -> Checked | None:
         text = payload.decode("utf-8", errors="replace").strip()
         value: Any = text.lower()
         if value not in ("on", "off", "toggle"):
@@ -139,22 +164,20 @@ class Ingress:
             _, clean = self.registry().validate("gpio.set", {"device": device, "value": value})
         except InvalidCommand as exc:
             log.warning("rejected %s/gpio/%s/set %r: %s", self.topics.base, device[:80], text[:40], exc)
-            return
-        with self.store.transaction() as cur:
-            self.submit(NewCommand(action="gpio.set", args=clean, source="ha"), cur)
+            return None
+        return Checked(NewCommand(action="gpio.set", args=clean, source="ha"))
 
-    def _reject(self, command_id: str | None, action: str, exc: EdgeAgentError, topic: str,
-                response_topic: str | None, correlation: bytes | None) -> None:
+    def _rejection(self, command_id: str | None, action: str, exc: EdgeAgentError, topic: str,
+                   response_topic: str | None, correlation: bytes | None) -> Checked | None:
         text = str(exc) if len(str(exc)) <= 500 else str(exc)[:499] + "…"
         log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", text)
         if command_id is None and response_topic is None:
-            return
+            return None
         doc = {"id": command_id, "action": action[:200], "status": "rejected", "result": None,
                "error": {"type": exc.kind if not isinstance(exc, InvalidArguments) else "invalid_arguments",
                          "message": text},
                "attempt": 0, "ts": round(self.clock(), 3)}
-        with self.store.transaction() as cur:
-            self._put_reply(cur, doc, response_topic, correlation)
+        return Checked(None, reply=doc, response_topic=response_topic, correlation=correlation)
 
     # ----------------------------------------------------------------- out
 

@@ -129,14 +129,16 @@ class MqttLink:
     def _make_client(self) -> Any:
         import paho.mqtt.client as mqtt
 
+        from .mqttsock import BufferedClient
+
         proto = mqtt.MQTTv5 if self._protocol == 5 else mqtt.MQTTv311
         client_id = self.cfg.client_id or f"edge-agent-{self.settings.device_id}"
         kwargs: dict[str, Any] = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
                                   "protocol": proto, "manual_ack": True}
         if proto == mqtt.MQTTv311:
             kwargs["clean_session"] = False
-        client = mqtt.Client(**kwargs)
-        client.max_inflight_messages_set(100)
+        client = BufferedClient(**kwargs)
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         if self.cfg.username:
@@ -190,6 +192,7 @@ class MqttLink:
             while not self._stop.is_set():
                 try:
                     rc = client.loop(timeout=self._loop_timeout)
+                    client.flush()
                     self._store_batch(client)
                     if self._session_up and not self.connected.is_set():
                         # Only now, after the pass that handled CONNACK: paho has queued its
@@ -284,37 +287,48 @@ class MqttLink:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        try:
-            with self.store.transaction() as cur:
-                for msg in batch:
-                    cur.execute("savepoint message")
-                    try:
-                        self._handle(msg)
-                    except StorageError:
-                        raise
-                    except Exception:
-                        log.exception("MQTT: unexpected error handling a message on %s", msg.topic[:200])
-                        cur.execute("rollback to message")
-                    cur.execute("release message")
-        except StorageError as exc:
-            log.error("MQTT: could not store %d command(s) (%s); they are not acknowledged and will come again",
-                      len(batch), exc)
-            self._ingress_broken = True
-            client.disconnect()
-            return
-        self.store.flush_soon()
+        # Parsed and checked first, outside the database lock; then stored in one transaction.
+        checked = []
+        for msg in batch:
+            try:
+                checked.append(self._check(msg))
+            except Exception:
+                log.exception("MQTT: unexpected error checking a message on %s", msg.topic[:200])
+                checked.append(None)
+        if any(c is not None for c in checked):
+            try:
+                with self.store.transaction() as cur:
+                    for msg, c in zip(batch, checked, strict=True):
+                        if c is None:
+                            continue
+                        cur.execute("savepoint message")
+                        try:
+                            self.ingress.commit(cur, c)
+                        except StorageError:
+                            raise
+                        except Exception:
+                            log.exception("MQTT: unexpected error storing a message on %s", msg.topic[:200])
+                            cur.execute("rollback to message")
+                        cur.execute("release message")
+            except StorageError as exc:
+                log.error("MQTT: could not store %d command(s) (%s); they are not acknowledged and will come again",
+                          len(batch), exc)
+                self._ingress_broken = True
+                client.disconnect()
+                return
+            self.store.flush_soon()
         for msg in batch:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
 
-    def _handle(self, msg: Any) -> None:
+    def _check(self, msg: Any) -> Any:
         route = self.topics.route(msg.topic)
         if route is not None and route[0] == "ha_status":
             if msg.payload.strip().lower() == b"online":
                 announce = getattr(self.agent, "announce_discovery", None)
                 if announce is not None:
                     announce()
-            return
+            return None
         response_topic, correlation = None, None
         props = getattr(msg, "properties", None)
         if props is not None:
@@ -322,7 +336,7 @@ class MqttLink:
             correlation = getattr(props, "CorrelationData", None)
             if response_topic is not None and (any(c in response_topic for c in "#+") or not response_topic):
                 response_topic = None
-        self.ingress.handle(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation)
+        return self.ingress.check(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.

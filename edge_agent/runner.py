@@ -8,12 +8,13 @@ then the attempt is given back and the command is "parked").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .actions import Registry
 from .commands import Command
@@ -24,7 +25,7 @@ from .retry import classify
 from .store import Store
 from .tasks import running
 
-__all__ = ["Reporter", "Runner"]
+__all__ = ["Reporter", "Runner", "Started"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ class _Silent:
         pass
 
 
+class Started(NamedTuple):
+    """A command claimed and about to run."""
+
+    cmd: Command
+    action: Any
+    target: str | None
+
+
 class Runner:
     def __init__(self, store: Store, journal: Journal, registry: Registry, *,
                  retry_at: Callable[[sqlite3.Cursor, int, float], None],
@@ -58,6 +67,8 @@ class Runner:
         self.gate = NetworkGate()
         self.clock = clock
         self.rng = rng or random.Random()
+        # Entered around each action (the queue's, so it knows which workers are free).
+        self.acting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def __call__(self, seq: int) -> None:
         try:
@@ -67,46 +78,59 @@ class Runner:
             log.error("command #%d: could not record its outcome: %s", seq, exc)
 
     def run(self, seq: int) -> Command | None:
-        now = self.clock()
         with self.store.transaction() as cur:
-            cmd = self.journal.claim(cur, seq)
-            if cmd is None:
-                return None  # already run or finished: a second message for one command
-            action = self.registry.actions_get(cmd.action)
-            deadline = _deadline(cmd, action)
-            if deadline is not None and now > deadline:
-                if cmd.error_type == "network_unavailable":
-                    why = f"expired while waiting for the network ({cmd.error_message})"
-                else:
-                    why = f"its deadline passed {now - deadline:.1f}s before it could start"
-                done = self.journal.finish(cur, seq, "expired", error=("expired", why))
-                self.reporter.finished(cur, done)
-                log.info("command %s (%s) expired before it could run", cmd.id, cmd.action)
-                return done
-            if action is None:
-                try:
-                    self.registry.get(cmd.action)
-                except EdgeAgentError as exc:
-                    done = self.journal.finish(cur, seq, "failed", error=(exc.kind, str(exc)))
-                    self.reporter.finished(cur, done)
-                    return done
-                raise AssertionError("unreachable")
-            target = target_of(cmd.action, cmd.args) if action.needs_network else None
-            wait = self.gate.may_try(target) if target is not None else None
-            if wait is not None:
-                return self._park(cur, cmd, action, f"{target} is unreachable; waiting for it", wait=wait)
+            step = self.begin(cur, seq)
+        return self.complete(step)
 
+    def begin(self, cur: sqlite3.Cursor, seq: int) -> Started | Command | None:
+        """Claim command ``seq`` inside the caller's transaction (the queue's, which also takes
+        its message): a :class:`Started` to pass to :meth:`complete`, or the command as it
+        ended without running (expired, unknown action, parked), or None if it is not queued."""
+        now = self.clock()
+        cmd = self.journal.claim(cur, seq)
+        if cmd is None:
+            return None  # already run or finished: a second message for one command
+        action = self.registry.actions_get(cmd.action)
+        deadline = _deadline(cmd, action)
+        if deadline is not None and now > deadline:
+            if cmd.error_type == "network_unavailable":
+                why = f"expired while waiting for the network ({cmd.error_message})"
+            else:
+                why = f"its deadline passed {now - deadline:.1f}s before it could start"
+            done = self.journal.finish(cur, seq, "expired", error=("expired", why))
+            self.reporter.finished(cur, done)
+            log.info("command %s (%s) expired before it could run", cmd.id, cmd.action)
+            return done
+        if action is None:
+            try:
+                self.registry.get(cmd.action)
+            except EdgeAgentError as exc:
+                done = self.journal.finish(cur, seq, "failed", error=(exc.kind, str(exc)))
+                self.reporter.finished(cur, done)
+                return done
+            raise AssertionError("unreachable")
+        target = target_of(cmd.action, cmd.args) if action.needs_network else None
+        wait = self.gate.may_try(target) if target is not None else None
+        if wait is not None:
+            return self._park(cur, cmd, action, f"{target} is unreachable; waiting for it", wait=wait)
+        return Started(cmd, action, target)
+
+    def complete(self, step: Started | Command | None) -> Command | None:
+        """Run a begun command's action (outside any transaction) and record its outcome."""
+        if not isinstance(step, Started):
+            return step
+        cmd, action, target = step
         started = time.monotonic()
         try:
             kwargs = dict(cmd.args)
             if action.wants_command:
                 kwargs["command"] = cmd
-            with running(cmd.id):
+            with self.acting(), running(cmd.id):
                 result = action.fn(**kwargs)
         except Exception as exc:
             return self._failed(cmd, action, exc, target)
         with self.store.transaction() as cur:
-            done = self.journal.finish(cur, seq, "succeeded", result=_jsonable(result))
+            done = self.journal.finish(cur, cmd.seq, "succeeded", result=_jsonable(result))
             self.reporter.finished(cur, done)
         if target is not None and self.gate.succeeded(target):
             log.info("%s is reachable again: releasing parked commands", target)

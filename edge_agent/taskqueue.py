@@ -15,28 +15,40 @@ Two Huey defaults are replaced because they break promises (DESIGN.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from huey import Huey
 from huey.storage import SqliteStorage
 
 from .commands import Command, NewCommand
+from .errors import StorageError
 from .journal import Journal
 from .poke import PokeListener
 from .store import Store
 
-__all__ = ["QueueStorage", "TaskQueue"]
+__all__ = ["Executor", "QueueStorage", "TaskQueue"]
 
 log = logging.getLogger(__name__)
 
 #: how often an idle worker looks for work nobody poked about (a missed poke)
 SAFETY_INTERVAL = 30.0
+
+
+class Executor(Protocol):
+    """What workers run messages with (the :class:`~edge_agent.runner.Runner`)."""
+
+    def run(self, seq: int) -> Any: ...
+
+    def begin(self, cur: sqlite3.Cursor, seq: int) -> Any: ...
+
+    def complete(self, step: Any) -> Any: ...
 
 
 class QueueStorage(SqliteStorage):
@@ -54,6 +66,11 @@ class QueueStorage(SqliteStorage):
         self.cond = threading.Condition()
         self._generation = 0
         self.stopping = False
+        # Who may take the next message without being woken (see signal): workers not
+        # asleep in dequeue, those of them inside an action, and signals not yet popped.
+        self.awake = 0
+        self._acting = 0
+        self._ready = 0
         super().__init__(name=name, filename=store.path, **kwargs)
 
     # Huey reaches the database through ``conn`` and ``db()``: route both to the Store.
@@ -70,9 +87,29 @@ class QueueStorage(SqliteStorage):
     # --- signalling
 
     def signal(self) -> None:
+        """A message is ready. A sleeping worker is woken only when no awake worker is free
+        to take it (every awake one is inside an action): a burst of quick commands is then
+        run by one or two threads, not by four taking turns at the GIL and the database lock,
+        while a slow action never holds up the next command."""
         with self.cond:
             self._generation += 1
-            self.cond.notify()
+            self._ready += 1
+            if self.awake <= self._acting:
+                self.cond.notify()
+
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[None]:
+        """Around an action: the worker is busy; if work is waiting and no other awake worker
+        is free, a sleeping one takes it."""
+        with self.cond:
+            self._acting += 1
+            if self._ready > 0 and self.awake <= self._acting:
+                self.cond.notify()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self._acting -= 1
 
     def wake_all(self) -> None:
         with self.cond:
@@ -105,49 +142,71 @@ class QueueStorage(SqliteStorage):
                                (self.name, stamp)).fetchall()
         return [bytes(d) for d, _ in sorted(rows, key=lambda r: r[1])]
 
-    def _pop(self, now: float) -> tuple[bytes | None, float | None]:
-        with self.store.reading() as cur:
-            row = cur.execute(
-                "delete from schedule where id = (select id from schedule where queue = ? and timestamp <= ? "
-                "order by timestamp, id limit 1) returning data", (self.name, now)).fetchone()
+    def _pop(self, now: float, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None
+             ) -> tuple[bytes | None, Any, float | None]:
+        # With ``then``, one write transaction takes the message and does what ``then`` does
+        # with it (the runner claims its command): one commit per command less.
+        with (self.store.transaction() if then is not None else self.store.reading()) as cur:
+            # Due scheduled messages first, looked up with a read: a DELETE that finds nothing
+            # would still take the write lock.
+            due = cur.execute("select id from schedule where queue = ? and timestamp <= ? order by timestamp, id "
+                              "limit 1", (self.name, now)).fetchone()
+            row = None
+            if due is not None:
+                row = cur.execute("delete from schedule where id = ? returning data", due).fetchone()
             if row is None:
                 row = cur.execute(
                     "delete from task where id = (select id from task where queue = ? "
                     "order by priority desc, id limit 1) returning data", (self.name,)).fetchone()
             if row is not None:
-                return bytes(row[0]), None
+                with self.cond:
+                    self._ready = max(0, self._ready - 1)
+                data = bytes(row[0])
+                return data, then(cur, data) if then is not None else None, None
             nxt = cur.execute("select min(timestamp) from schedule where queue = ?", (self.name,)).fetchone()[0]
-        return None, nxt
+        return None, None, nxt
 
     def dequeue(self) -> bytes | None:
-        """The next ready message, or None after waiting up to ``SAFETY_INTERVAL`` (so the
-        caller's loop comes round and can show it is alive)."""
+        got = self.take()
+        return None if got is None else got[0]
+
+    def take(self, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None) -> tuple[bytes, Any] | None:
+        """The next ready message and what ``then(cur, message)`` returned in the transaction
+        that took it; None after waiting up to ``SAFETY_INTERVAL`` (so the caller's loop comes
+        round and can show it is alive)."""
         end = time.monotonic() + SAFETY_INTERVAL
         while not self.stopping:
             generation = self._generation
-            data, next_eta = self._pop(time.time())
+            data, result, next_eta = self._pop(time.time(), then)
             if data is not None:
-                return data
+                return data, result
             left = end - time.monotonic()
             if left <= 0:
                 return None
             timeout = left if next_eta is None else min(left, max(0.0, next_eta - time.time()))
             with self.cond:
                 if generation == self._generation and not self.stopping:
-                    self.cond.wait(timeout)
+                    self.awake -= 1
+                    try:
+                        self.cond.wait(timeout)
+                    finally:
+                        self.awake += 1
         return None
 
 
 class TaskQueue:
     """The daemon's queue: submit, adopt other processes' commands, run workers, recover, drain."""
 
-    def __init__(self, store: Store, journal: Journal, execute: Callable[[int], None], *, workers: int = 4,
+    def __init__(self, store: Store, journal: Journal, runner: Executor, *, workers: int = 4,
                  on_submitted: Callable[[sqlite3.Cursor, Command], None] | None = None):
         self.store = store
         self.journal = journal
+        self.runner = runner
         self.huey = Huey("edge", results=False, utc=True, storage_class=QueueStorage, store=store)
         self.storage: QueueStorage = self.huey.storage
-        self._run = self.huey.task(name="run_command")(execute)
+        # Huey makes and reads the messages (run_command(seq)); the worker runs them in two
+        # steps (see _work), so the task function itself is never called.
+        self._run = self.huey.task(name="run_command")(runner.run)
         self.workers = workers
         self.on_submitted = on_submitted
         self._threads: list[threading.Thread] = []
@@ -259,6 +318,8 @@ class TaskQueue:
 
     def start(self, poke_path: str | None) -> None:
         for i in range(self.workers):
+            with self.storage.cond:
+                self.storage.awake += 1
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -278,24 +339,43 @@ class TaskQueue:
                 log.exception("could not take commands queued by another process")
                 time.sleep(1.0)
 
+    def _claim(self, cur: sqlite3.Cursor, data: bytes) -> Any:
+        """In the transaction that takes message ``data``: the runner claims its command."""
+        seq = self.huey.deserialize_task(data).args[0]
+        try:
+            return self.runner.begin(cur, seq)
+        except StorageError:
+            raise  # rolled back with the message, which stays queued
+        except Exception:
+            # Not a poison message at the head of the queue: it is taken; the command stays
+            # in the journal and is settled at the next start.
+            log.exception("command #%d: unexpected error before it ran", seq)
+            return None
+
     def _work(self) -> None:
         name = threading.current_thread().name
         while not self.storage.stopping:
             self._beats[name] = time.monotonic()
             try:
-                data = self.storage.dequeue()
+                got = self.storage.take(self._claim)
+            except StorageError as exc:
+                log.error("reading the queue failed (%s); trying again in 1s", exc)
+                time.sleep(1.0)
+                continue
             except Exception:
                 log.exception("reading the queue failed; trying again in 1s")
                 time.sleep(1.0)
                 continue
-            if data is None:
+            if got is None:
                 continue
             with self._busy_lock:
                 self._busy += 1
             self._busy_since[name] = time.monotonic()
             try:
-                task = self.huey.deserialize_task(data)
-                task.execute()
+                self.runner.complete(got[1])
+            except StorageError as exc:
+                # The command stays `running` in the journal: settled at the next start.
+                log.error("could not record the outcome of a command: %s", exc)
             except Exception:
                 log.exception("worker %s: unexpected error", name)
             finally:

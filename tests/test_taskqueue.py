@@ -25,10 +25,16 @@ class Recorder:
         self.seqs: list[int] = []
         self.cond = threading.Condition()
 
-    def __call__(self, seq: int) -> None:
+    def run(self, seq: int) -> None:
         with self.cond:
             self.seqs.append(seq)
             self.cond.notify_all()
+
+    def begin(self, cur, seq: int) -> int:
+        return seq
+
+    def complete(self, seq: int) -> None:
+        self.run(seq)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[int]:
         with self.cond:
@@ -104,11 +110,11 @@ def test_a_scheduled_message_is_not_returned_before_its_eta(parts):
     with store.transaction() as cur:
         storage.enqueue_in(cur, queue.message(1), now + 3600, now)
         storage.enqueue_in(cur, queue.message(2), None, now)
-    data, _ = storage._pop(now)
+    data, _, _ = storage._pop(now)
     assert _seq_of(queue, data) == 2
-    assert storage._pop(now) == (None, pytest.approx(now + 3600))
-    assert storage._pop(now + 3599) == (None, pytest.approx(now + 3600))
-    data, _ = storage._pop(now + 3600.001)
+    assert storage._pop(now) == (None, None, pytest.approx(now + 3600))
+    assert storage._pop(now + 3599) == (None, None, pytest.approx(now + 3600))
+    data, _, _ = storage._pop(now + 3600.001)
     assert _seq_of(queue, data) == 1
 
 
