@@ -35,7 +35,8 @@ __all__ = ["MqttLink"]
 
 log = logging.getLogger(__name__)
 
-WINDOW = 500  # messages handed to paho and not yet acknowledged, at most
+WINDOW = 500  # messages handed to paho and not yet acknowledged, at most (the broker may allow fewer)
+WINDOW_V311 = 100  # MQTT 3.1.1 brokers do not say how many they take; mosquitto's default is 20 (QoS 1 is acked at once)
 MAX_BACKOFF = 60.0
 STATE_MIN_INTERVAL = 1.0  # seconds between two `state` messages caused by changes
 REMOVE_EVERY = 0.1  # seconds: how long acknowledged outbox rows may wait to be deleted together
@@ -65,6 +66,8 @@ class MqttLink:
         # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
         self._backoff = 0.5
+        self._window = WINDOW
+        self._refused: collections.deque[tuple[int, str]] = collections.deque()
         self._last_error: str | None = None
         self._state_dirty = threading.Event()
         self.rng = random.Random()
@@ -138,6 +141,8 @@ class MqttLink:
         if proto == mqtt.MQTTv311:
             kwargs["clean_session"] = False
         client = BufferedClient(**kwargs)
+        # No limit in paho (its bookkeeping of a limit walks every message on every ack): the
+        # publisher keeps at most the broker's Receive Maximum unacknowledged (self._window).
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
@@ -255,6 +260,8 @@ class MqttLink:
             return
         self._backoff = 0.5
         self._last_error = None
+        receive_max = getattr(properties, "ReceiveMaximum", None) if self._protocol == 5 else None
+        self._window = min(WINDOW, receive_max or 65535) if self._protocol == 5 else WINDOW_V311
         subs = [(t, 1) for t in self.topics.subscriptions]
         if self.cfg.discovery:
             subs.append((self.topics.ha_status, 1))
@@ -342,6 +349,8 @@ class MqttLink:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
         # Woken on the first ack of a run only: the publisher checks the deque under the
         # condition's lock before it sleeps, so an ack appended without a wake-up is seen.
+        if reason_code is not None and getattr(reason_code, "is_failure", False):
+            self._refused.append((mid, str(reason_code)))
         first = not self._acked
         self._acked.append(mid)
         if first:
@@ -352,17 +361,23 @@ class MqttLink:
     # ----------------------------------------------------------------- publisher thread
 
     def _publish_loop(self) -> None:
-        inflight: dict[int, int] = {}
+        inflight: dict[int, tuple[int, str]] = {}
         last_seq = 0
         last_state = 0.0
         done: list[int] = []
         last_remove = 0.0
         while not self._stop.is_set():
             generation = self.outbox.generation
+            while self._refused:
+                mid, reason = self._refused.popleft()
+                topic = inflight.get(mid, (0, "?"))[1]
+                # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
+                log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
+                          topic[:200], reason)
             while self._acked:
-                seq = inflight.pop(self._acked.popleft(), None)
-                if seq is not None:
-                    done.append(seq)
+                sent = inflight.pop(self._acked.popleft(), None)
+                if sent is not None:
+                    done.append(sent[0])
             try:
                 # Acknowledged rows are deleted in batches (every REMOVE_EVERY s): a command's
                 # `accepted` and final replies then leave the WAL in one commit, not two.
@@ -377,11 +392,12 @@ class MqttLink:
                         last_state = time.monotonic()
                         self._publish_state()
                 client = self._client
-                if client is not None and self.connected.is_set() and len(inflight) < WINDOW:
-                    for m in self.outbox.pending(last_seq, WINDOW - len(inflight)):
+                window = self._window
+                if client is not None and self.connected.is_set() and len(inflight) < window:
+                    for m in self.outbox.pending(last_seq, window - len(inflight)):
                         info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
                                               properties=self._props(m.props))
-                        inflight[info.mid] = m.seq
+                        inflight[info.mid] = (m.seq, m.topic)
                         last_seq = m.seq
 
             except StorageError as exc:

@@ -193,6 +193,35 @@ def test_wrong_password_is_logged_and_retried(own_broker, daemon_factory, tmp_pa
         client.close()
 
 
+def test_a_message_the_broker_refuses_is_logged(own_broker, daemon_factory, tmp_path):
+    """An ACL that denies the device its reply topic: the broker refuses each reply (an MQTT 5 PUBACK with
+    'Not authorized'); the agent says so in a log line naming the topic, and keeps working."""
+    run = uuid.uuid4().hex[:6]
+    dev, prefix = "au", f"au{run}"
+    _passwd(tmp_path / "passwd", "tester", "tester-pass")
+    (tmp_path / "acl").write_text(
+        f"topic readwrite {prefix}/{dev}/cmd/#\ntopic readwrite {prefix}/{dev}/status\n"
+        f"topic readwrite {prefix}/{dev}/state\ntopic readwrite {prefix}/{dev}/gpio/#\n"
+        f"topic read {prefix}/{dev}/reply\n\nuser tester\ntopic readwrite #\n")
+    _reconfigure(own_broker, f"allow_anonymous true\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}")
+    d = daemon_factory(CONFIG.format(dev=dev, db=tmp_path / "agent.db", port=own_broker.port, prefix=prefix,
+                                     mqtt_extra=""))
+    client = Client(own_broker.port, [f"{prefix}/#"], username="tester", password="tester-pass")
+    try:
+        d.start()
+        assert client.wait_for(lambda m: m.topic == f"{prefix}/{dev}/status" and m.payload == b"online", 10)
+        client.publish(f"{prefix}/{dev}/cmd/agent.ping", {"id": "denied-1"})
+        line = _wait_log(d, rf"refused a message on {prefix}/{dev}/reply: Not authori[sz]ed", 10)
+        assert line is not None, "no log line names the refused topic:\n" + d.log.read_text()[-2000:]
+        assert client.wait_for(lambda m: m.topic.endswith("/reply"), 0.5) is None
+        # Everything else still flows: the state of a GPIO output reaches the broker.
+        out = d.cli("send", "gpio.set", "device=lamp", "value=on", "--wait", "10")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert client.wait_for(lambda m: m.topic == f"{prefix}/{dev}/gpio/lamp" and m.payload == b"ON", 10)
+    finally:
+        client.close()
+
+
 # ---------------------------------------------------------------------------------------- TLS
 
 
