@@ -8,6 +8,7 @@ its numbers are not results. Exit status 1 if a benchmark could not run.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import shutil
 import sys
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         say(f"fsyncs are not counted: {problem}")
         strace = None
+    # As installed (pip and deploy/install.sh compile a package's modules): a checkout run with
+    # PYTHONDONTWRITEBYTECODE=1, as on CI machines, would compile every module at every start.
+    for package in ("edge_agent", "bench"):
+        compileall.compile_dir(str(BENCH_DIR.parent / package), quiet=1)
     workdir = make_workdir()
     ctx = Context(quick=args.quick, workdir=workdir, strace=strace, say=say, strace_problem=problem or "")
     lab = Lab(ctx)
