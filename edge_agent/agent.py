@@ -38,15 +38,30 @@ log = logging.getLogger(__name__)
 IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
 
 
-def _release_memory() -> None:
+def _libc() -> Any:
     import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc
+
+
+def _limit_arenas() -> None:
+    """Two malloc arenas instead of one per thread (up to 8 x cores): freed memory is
+    less scattered, so more of it goes back to the OS. Before any thread starts."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _release_memory() -> None:
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to trim
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class Agent:
@@ -71,6 +86,7 @@ class Agent:
 
     def start(self) -> None:
         s = self.settings
+        _limit_arenas()
         # The whole config is checked before anything is created or locked.
         runtime = Runtime(started_monotonic=self.started_monotonic)
         self.registry = build_registry(s, runtime)

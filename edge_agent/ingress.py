@@ -101,16 +101,6 @@ class Ingress:
 
     # ----------------------------------------------------------------- in
 
-    def handle(self, topic: str, payload: bytes, *, response_topic: str | None = None,
-               correlation: bytes | None = None) -> None:
-        """Commit the command (or the rejection) a message carries. Raises StorageError only."""
-        checked = self.check(topic, payload, response_topic=response_topic, correlation=correlation)
-        if checked is not None:
-            with self.store.transaction() as cur:
-                self.commit(cur, checked)
-            # Committed: safe from a crash now, and on disk within 50 ms (one fsync per burst).
-            self.store.flush_soon()
-
     def check(self, topic: str, payload: bytes, *, response_topic: str | None = None,
               correlation: bytes | None = None) -> Checked | None:
         """Parse and validate a message, without the database (so not under its lock): what
