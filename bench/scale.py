@@ -175,12 +175,15 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
     big, small = ctx.n(100_000, 10_000), 1_000
     outbox_n = ctx.n(10_000, 1_000)
     ctx.say(f"scale: drain {small:,} and {big:,} queued commands")
-    s = drain(ctx, small, "drain-small")
+    # The small drain lasts a quarter of a second: the median of three keeps one noisy run
+    # from deciding the ratio.
+    smalls = sorted((drain(ctx, small, f"drain-small-{i}") for i in range(3)), key=lambda r: r["rate"])
+    s = smalls[1]
     b = drain(ctx, big, "drain-big")
     ratio = b["rate"] / s["rate"]
     rows = [Row("scale", "drain rate, deep backlog", b["rate"], s["rate"], "/s", f"{small:,} queued", better="higher",
                 goal="flat (>= 0.8x)", met=ratio >= 0.8,
-                note=(f"{big:,} queued; first tenth {b['first_tenth_rate']:.0f}/s, last tenth {b['last_tenth_rate']:.0f}/s; "
+                note=(f"{big:,} queued (small: median of 3); first tenth {b['first_tenth_rate']:.0f}/s, last tenth {b['last_tenth_rate']:.0f}/s; "
                       f"READY in {b['ready_s']:.2f} s with the backlog ({s['ready_s']:.2f} s with {small:,})"),
                 extra={"big": b, "small": s})]
     ctx.say("scale: planning 1,000 jobs")

@@ -118,6 +118,7 @@ class Agent:
         with self.store.transaction() as cur:
             self.store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
         self._prune()
+        self.store.checkpoint()
         queue.start(s.db_path)
         self._components = []
         self.scheduler = self._make_scheduler()
