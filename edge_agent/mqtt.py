@@ -56,7 +56,7 @@ class MqttLink:
         self.reporter = self.ingress
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self._acked: collections.deque[int] = collections.deque()
+        self._acked: collections.deque[tuple[int, str | None]] = collections.deque()  # (mid, refused because)
         self._protocol = 5 if self.cfg.protocol in ("auto", "5") else 4
         self._client: Any = None
         self._threads: list[threading.Thread] = []
@@ -68,7 +68,6 @@ class MqttLink:
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
         self._backoff = 0.5
         self._window = WINDOW
-        self._refused: collections.deque[tuple[int, str]] = collections.deque()
         self._last_error: str | None = None
         self._state_dirty = threading.Event()
         self.rng = random.Random()
@@ -264,7 +263,8 @@ class MqttLink:
         self._backoff = 0.5
         self._last_error = None
         receive_max = getattr(properties, "ReceiveMaximum", None) if self._protocol == 5 else None
-        self._window = min(WINDOW, receive_max or 65535) if self._protocol == 5 else WINDOW_V311
+        # A few of the broker's slots stay free for the link's own `online` and `state`.
+        self._window = max(1, min(WINDOW, receive_max or 65535) - 4) if self._protocol == 5 else WINDOW_V311
         subs = [(t, 1) for t in self.topics.subscriptions]
         if self.cfg.discovery:
             subs.append((self.topics.ha_status, 1))
@@ -352,10 +352,9 @@ class MqttLink:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
         # Woken on the first ack of a run only: the publisher checks the deque under the
         # condition's lock before it sleeps, so an ack appended without a wake-up is seen.
-        if reason_code is not None and getattr(reason_code, "is_failure", False):
-            self._refused.append((mid, str(reason_code)))
+        refused = str(reason_code) if getattr(reason_code, "is_failure", False) else None
         first = not self._acked
-        self._acked.append(mid)
+        self._acked.append((mid, refused))
         if first:
             with self.outbox.cond:
                 self.outbox.generation += 1
@@ -371,16 +370,15 @@ class MqttLink:
         last_remove = 0.0
         while not self._stop.is_set():
             generation = self.outbox.generation
-            while self._refused:
-                mid, reason = self._refused.popleft()
-                topic = inflight.get(mid, (0, "?"))[1]
-                # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
-                log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
-                          topic[:200], reason)
             while self._acked:
-                sent = inflight.pop(self._acked.popleft(), None)
+                mid, refused = self._acked.popleft()
+                sent = inflight.pop(mid, None)
                 if sent is not None:
                     done.append(sent[0])
+                if refused is not None:
+                    # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
+                    log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
+                              (sent[1] if sent else "?")[:200], refused)
             try:
                 # Acknowledged rows are deleted in batches (every REMOVE_EVERY s): a command's
                 # `accepted` and final replies then leave the WAL in one commit, not two.

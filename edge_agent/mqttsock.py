@@ -36,9 +36,9 @@ class BufferedSocket:
         self._error: OSError | None = None
 
     def recv(self, n: int) -> bytes:
-        if self._error is not None:
-            raise self._error
         if self._rpos >= len(self._rbuf):
+            if self._error is not None:
+                raise self._error  # after what was already read (a last PUBACK, a reason to close)
             data = self._sock.recv(READ_SIZE)  # BlockingIOError / SSLWantRead* go to paho as they are
             if len(data) <= n:
                 return data  # b"" at EOF
@@ -71,6 +71,14 @@ class BufferedSocket:
                 self._error = exc
                 return
             del self._wbuf[:sent]
+
+    def close(self) -> None:
+        # paho closes right after writing DISCONNECT: that (and any acks before it) goes out
+        # first, so a clean stop is not taken for a lost connection (no last will).
+        try:
+            self.flush()
+        finally:
+            self._sock.close()
 
     @property
     def unsent(self) -> int:

@@ -67,10 +67,10 @@ class QueueStorage(SqliteStorage):
         self._generation = 0
         self.stopping = False
         # Who may take the next message without being woken (see signal): workers not
-        # asleep in dequeue, those of them inside an action, and signals not yet popped.
+        # asleep in take(), and those of them inside an action.
         self.awake = 0
         self._acting = 0
-        self._ready = 0
+        self._seen = threading.local()  # per worker: the signal generation before its last take
         super().__init__(name=name, filename=store.path, **kwargs)
 
     # Huey reaches the database through ``conn`` and ``db()``: route both to the Store.
@@ -90,20 +90,20 @@ class QueueStorage(SqliteStorage):
         """A message is ready. A sleeping worker is woken only when no awake worker is free
         to take it (every awake one is inside an action): a burst of quick commands is then
         run by one or two threads, not by four taking turns at the GIL and the database lock,
-        while a slow action never holds up the next command."""
+        while a slow action never holds up the next command. A free worker that then takes
+        other work passes the message on (see _pop and acting)."""
         with self.cond:
             self._generation += 1
-            self._ready += 1
             if self.awake <= self._acting:
                 self.cond.notify()
 
     @contextlib.contextmanager
     def acting(self) -> Iterator[None]:
-        """Around an action: the worker is busy; if work is waiting and no other awake worker
-        is free, a sleeping one takes it."""
+        """Around an action. A signal that came after this worker's last take may have
+        counted on it being free: if no other awake worker is free, a sleeping one is woken."""
         with self.cond:
             self._acting += 1
-            if self._ready > 0 and self.awake <= self._acting:
+            if self._generation != getattr(self._seen, "generation", None) and self.awake <= self._acting:
                 self.cond.notify()
         try:
             yield
@@ -147,8 +147,8 @@ class QueueStorage(SqliteStorage):
         # With ``then``, one write transaction takes the message and does what ``then`` does
         # with it (the runner claims its command): one commit per command less.
         with (self.store.transaction() if then is not None else self.store.reading()) as cur:
-            # Due scheduled messages first, looked up with a read: a DELETE that finds nothing
-            # would still take the write lock.
+            # Due scheduled messages first, found with an indexed read (a DELETE ... WHERE
+            # over the schedule would be one more write statement per command).
             due = cur.execute("select id from schedule where queue = ? and timestamp <= ? order by timestamp, id "
                               "limit 1", (self.name, now)).fetchone()
             row = None
@@ -159,8 +159,14 @@ class QueueStorage(SqliteStorage):
                     "delete from task where id = (select id from task where queue = ? "
                     "order by priority desc, id limit 1) returning data", (self.name,)).fetchone()
             if row is not None:
-                with self.cond:
-                    self._ready = max(0, self._ready - 1)
+                more = cur.execute("select exists (select 1 from task where queue = ?) or exists (select 1 from "
+                                   "schedule where queue = ? and timestamp <= ?)", (self.name, self.name, now)).fetchone()[0]
+                if more:
+                    with self.cond:
+                        # This worker is about to be busy: if it was the last free one, the
+                        # rest of the work needs a sleeper.
+                        if self.awake - self._acting <= 1:
+                            self.cond.notify()
                 data = bytes(row[0])
                 return data, then(cur, data) if then is not None else None, None
             nxt = cur.execute("select min(timestamp) from schedule where queue = ?", (self.name,)).fetchone()[0]
@@ -177,6 +183,7 @@ class QueueStorage(SqliteStorage):
         end = time.monotonic() + SAFETY_INTERVAL
         while not self.stopping:
             generation = self._generation
+            self._seen.generation = generation
             data, result, next_eta = self._pop(time.time(), then)
             if data is not None:
                 return data, result
@@ -341,18 +348,29 @@ class TaskQueue:
 
     def _claim(self, cur: sqlite3.Cursor, data: bytes) -> Any:
         """In the transaction that takes message ``data``: the runner claims its command."""
-        seq = self.huey.deserialize_task(data).args[0]
+        cur.execute("savepoint claim")
         try:
-            return self.runner.begin(cur, seq)
+            seq = self.huey.deserialize_task(data).args[0]
+            step = self.runner.begin(cur, seq)
         except StorageError:
-            raise  # rolled back with the message, which stays queued
+            raise  # all rolled back with the message, which stays queued
         except Exception:
-            # Not a poison message at the head of the queue: it is taken; the command stays
-            # in the journal and is settled at the next start.
-            log.exception("command #%d: unexpected error before it ran", seq)
-            return None
+            # Not a poison message blocking the queue: the message is taken, the claim undone;
+            # the command stays queued in the journal and is settled at the next start.
+            log.exception("a queued message could not be started")
+            cur.execute("rollback to claim")
+            step = None
+        cur.execute("release claim")
+        return step
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        finally:
+            with self.storage.cond:
+                self.storage.awake -= 1  # a worker that ended cannot take anything
+
+    def _work_loop(self) -> None:
         name = threading.current_thread().name
         while not self.storage.stopping:
             self._beats[name] = time.monotonic()

@@ -222,6 +222,29 @@ def test_a_message_the_broker_refuses_is_logged(own_broker, daemon_factory, tmp_
         client.close()
 
 
+def test_a_clean_stop_says_disconnect(own_broker, daemon_factory, tmp_path):
+    """SIGTERM: the agent's DISCONNECT reaches the broker (its log says 'disconnected', not 'closed its
+    connection'), so the broker does not take a clean stop for a lost device."""
+    _reconfigure(own_broker, "allow_anonymous true")
+    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, 'client_id = "clean-stop-test"')
+    client = Client(own_broker.port, [f"{prefix}/#"])
+    try:
+        d.start()
+        _round_trip(client, prefix, dev)
+        assert d.terminate() == 0
+        log = own_broker.workdir / "mosquitto.log"
+
+        def since_connect() -> str:  # what the broker logged about the agent after its last connect
+            return log.read_text(errors="replace").split("as clean-stop-test")[-1]
+
+        end = time.monotonic() + 5
+        while "Client clean-stop-test" not in since_connect() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "Client clean-stop-test disconnected" in since_connect(), since_connect()[-1000:]
+    finally:
+        client.close()
+
+
 # ---------------------------------------------------------------------------------------- TLS
 
 

@@ -199,3 +199,118 @@ def test_stop_wakes_idle_workers_and_returns(parts):
     queue.start(None)
     assert queue.stop(5) is True
     assert queue.storage.dequeue() is None
+
+
+class SlowRunner:
+    """A runner whose actions take ``slow`` seconds for some seqs (inside the queue's acting()), records starts."""
+
+    def __init__(self, slow: set[int], seconds: float) -> None:
+        self.slow, self.seconds = slow, seconds
+        self.started: dict[int, float] = {}
+        self.lock = threading.Lock()
+        self.storage = None
+
+    def run(self, seq: int) -> None:
+        self.complete(seq)
+
+    def begin(self, cur, seq: int) -> int:
+        return seq
+
+    def complete(self, seq: int) -> None:
+        with self.storage.acting():
+            with self.lock:
+                self.started[seq] = time.monotonic()
+            if seq in self.slow:
+                time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_no_message_waits_for_the_safety_look_while_workers_sleep(tmp_path: Path, seed: int):
+    """With slow and quick actions mixed, due scheduled messages among them, and messages arriving while every
+    awake worker is busy: each message starts within a second, never after the 30 s safety look (a lost wake-up)."""
+    import random
+
+    rng = random.Random(seed)
+    store = Store(str(tmp_path / "agent.db"))
+    slow = {3, 10, 17}  # at most three of the four workers are ever held by slow actions
+    runner = SlowRunner(slow, 2.5)
+    queue = TaskQueue(store, Journal(store), runner, workers=4)
+    runner.storage = queue.storage
+    queue.start(None)
+    queued: dict[int, float] = {}
+    try:
+        for seq in range(1, 40):
+            now = time.time()
+            eta = now + rng.choice([0.0, 0.0, 0.05]) if seq % 3 else None
+            with store.transaction() as cur:
+                queue.storage.enqueue_in(cur, queue.message(seq), eta, now)
+            queued[seq] = time.monotonic() + (eta - now if eta else 0.0)
+            if eta is None or eta <= now:
+                queue.storage.signal()  # as submit does; scheduled ones are not signalled
+            time.sleep(rng.choice([0.0, 0.0, 0.01, 0.05]))
+        deadline = time.monotonic() + 15
+        while len(runner.started) < len(queued) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        missing = sorted(set(queued) - set(runner.started))
+        assert not missing, f"never started within 15 s: {missing}"
+        late = {seq: round(runner.started[seq] - queued[seq], 2) for seq in queued
+                if runner.started[seq] - queued[seq] > 1.0}
+        assert not late, f"started more than 1 s after they were ready: {late}"
+    finally:
+        queue.stop(5)
+        store.close()
+
+
+def test_a_free_worker_that_takes_other_work_passes_a_signalled_message_on(parts):
+    """The wake-up a signal skipped because a worker was free is not lost when that worker takes a due
+    scheduled message instead and goes busy: a sleeping worker is woken for the signalled one."""
+    store, _, queue, _ = parts
+    queue.stop(5)  # no workers of its own: this test plays them
+    storage = queue.storage
+    storage.stopping = False
+    release = threading.Event()
+    got: dict[str, int] = {}
+
+    def worker(name: str, busy: bool) -> None:
+        found = storage.take()
+        if found is not None:
+            got[name] = _seq_of(queue, found[0])
+            if busy:
+                with storage.acting():
+                    release.wait(10)
+
+    with storage.cond:
+        storage.awake = 1  # the sleeper
+    sleeper = threading.Thread(target=worker, args=("sleeper", False), daemon=True)
+    storage.cond = WatchedCondition()
+    sleeper.start()
+    assert storage.cond.waiting.wait(5)
+    # A worker busy with a slow action.
+    with storage.cond:
+        storage.awake += 1
+    with store.transaction() as cur:
+        storage.enqueue_in(cur, queue.message(1), None, time.time())
+    storage.signal()
+    busy = threading.Thread(target=worker, args=("busy", True), daemon=True)
+    busy.start()
+    deadline = time.monotonic() + 5
+    while "busy" not in got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # This thread is the free worker: a retry falls due (not signalled), then a new message is signalled.
+    with storage.cond:
+        storage.awake += 1
+    with store.transaction() as cur:
+        cur.execute("insert into schedule (queue, data, timestamp) values (?, ?, ?)",
+                    (storage.name, queue.message(2), time.time() - 1))
+        storage.enqueue_in(cur, queue.message(3), None, time.time())
+    storage.signal()
+    taken = storage.take()
+    assert taken is not None and _seq_of(queue, taken[0]) == 2, "the due retry goes first"
+    try:
+        with storage.acting():  # and its action is slow
+            sleeper.join(3)
+            assert got.get("sleeper") == 3, f"the signalled message waited for the 30 s safety look: {got}"
+    finally:
+        release.set()
+        storage.stopping = True
+        storage.wake_all()
