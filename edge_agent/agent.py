@@ -9,6 +9,7 @@ offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
 
 
+@functools.cache
 def _libc() -> Any:
     import ctypes
 

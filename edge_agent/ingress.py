@@ -138,7 +138,7 @@ class Ingress:
             return
         assert checked.new is not None
         row, created = self.submit(checked.new, cur)
-        if not created and checked.new.source != "ha":
+        if not created:
             self._reply(cur, row, duplicate=True, response_topic=checked.response_topic,
                         correlation=checked.correlation)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import __version__
 from .errors import StorageError
-from .ingress import Ingress, Topics
+from .ingress import Checked, Ingress, Topics
 from .outbox import Outbox
 from .store import Store
 
@@ -331,7 +331,7 @@ class MqttLink:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
 
-    def _check(self, msg: Any) -> Any:
+    def _check(self, msg: Any) -> Checked | None:
         route = self.topics.route(msg.topic)
         if route is not None and route[0] == "ha_status":
             if msg.payload.strip().lower() == b"online":

@@ -227,11 +227,8 @@ class Store:
         """Copy the WAL into the database file now (as SQLite would at the next commit after
         1,000 pages): after recovery rebuilt a deep queue, so the first commands do not wait
         for it."""
-        with self.lock:
-            try:
-                self.conn.execute("pragma wal_checkpoint(passive)").fetchall()
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
+        with self.reading() as cur:
+            cur.execute("pragma wal_checkpoint(passive)").fetchall()
 
     def flush(self) -> None:
         """Make every committed transaction durable against a power cut (one fsync of the WAL)."""
