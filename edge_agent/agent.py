@@ -9,12 +9,15 @@ offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import functools
 import json
 import logging
 import os
+import select
 import signal
-import threading
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 
 IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
+STOP_MARGIN = 6.0  # seconds for the rest of a stop after the drain (TimeoutStopSec=20s covers both)
 
 
 @functools.cache
@@ -71,7 +75,12 @@ class Agent:
         self.settings = settings
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
-        self._wake = threading.Event()
+        # The main loop sleeps on this socket pair. Signals write to it too (set_wakeup_fd): the
+        # kernel may deliver SIGTERM to any thread, and then only the written byte wakes the main
+        # thread at once (a sleep on a lock would last until its timeout, up to a minute).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop_requested = False
         self._reload_requested = False
         self._lock: InstanceLock | None = None
@@ -181,26 +190,33 @@ class Agent:
     # ----------------------------------------------------------------- run
 
     def install_signal_handlers(self) -> None:
-        # Handlers only set flags: the main loop does the work.
+        """From the main thread. Handlers only set flags (no locks in a signal handler); the
+        wake-up byte that Python's C-level handler writes ends the main loop's sleep."""
         def stop(signum: int, frame: Any) -> None:
             self._stop_requested = True
-            self._wake.set()
 
         def reload(signum: int, frame: Any) -> None:
             self._reload_requested = True
-            self._wake.set()
 
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a signal, :meth:`request_stop` or ``timeout`` seconds."""
+        readable, _, _ = select.select([self._wake_r], [], [], timeout)
+        if readable:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(512):
+                    pass
 
     def run_forever(self, *, on_tick: Callable[[], None] | None = None) -> None:
         interval = systemd.watchdog_interval()
         last_prune = time.monotonic()
         trimmed_at = 0
         while not self._stop_requested:
-            self._wake.wait(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
-            self._wake.clear()
+            self._sleep(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
             if self.queue is not None and self.queue.busy == 0 and self.queue.processed - trimmed_at > 1000:
                 # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
                 # and an idle daemon on a 512 MB Pi should be small again).
@@ -260,15 +276,43 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stop_requested = True
-        self._wake.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
 
     def stop(self) -> None:
+        """No new work; running commands get ``drain_timeout``; outputs to their safe state; then
+        the link says ``offline`` (after the drained commands' replies) and the database is
+        flushed. Bounded: should any step hang, every thread's stack goes to the log and the
+        process exits 1 after ``drain_timeout`` + STOP_MARGIN s, within systemd's TimeoutStopSec."""
         systemd.notify("STOPPING=1")
-        for component in reversed(self._components):
+        log.info("stopping")
+        faulthandler.dump_traceback_later(self.settings.drain_timeout + STOP_MARGIN, exit=True)
+        try:
+            self._stop_parts()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        log.info("stopped")
+
+    def _stop_parts(self) -> None:
+        for component in [c for c in self._components if c is not self.link] + [None, self.link]:
+            if component is None:  # between the schedulers and the link: drain, safe state
+                self._drain()
+                continue
+            began = time.monotonic()
             try:
                 component.stop()
             except Exception:
                 log.exception("stopping %s", type(component).__name__)
+            if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
+                log.warning("stopping %s took %.1fs", type(component).__name__, time.monotonic() - began)
+        set_submitter(None)
+        if self.store is not None:
+            self.store.flush()
+            self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+
+    def _drain(self) -> None:
         if self.queue is not None:
             log.info("draining: %d command(s) running, up to %.0fs", self.queue.busy, self.settings.drain_timeout)
             if not self.queue.stop(self.settings.drain_timeout):
@@ -276,15 +320,6 @@ class Agent:
                             self.settings.drain_timeout)
         if self.hardware is not None:
             self.hardware.close()
-        if self.link is not None:
-            self.link.close()
-        set_submitter(None)
-        if self.store is not None:
-            self.store.flush()
-            self.store.close()
-        if self._lock is not None:
-            self._lock.release()
-        log.info("stopped")
 
     def announce_discovery(self) -> None:
         """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""

@@ -104,13 +104,15 @@ class MqttLink:
             t.start()
             self._threads.append(t)
 
-    def stop(self) -> None:
-        """Say ``offline`` (retained) and leave; unsent outbox rows wait for the next start."""
+    def stop(self, timeout: float = 3.0) -> None:
+        """Say ``offline`` (retained) and leave, within about ``timeout`` seconds; unsent
+        outbox rows wait for the next start."""
+        end = time.monotonic() + timeout
         client = self._client
         if client is not None and self.connected.is_set():
             try:
                 info = client.publish(self.topics.status, "offline", qos=1, retain=True)
-                info.wait_for_publish(timeout=2.0)
+                info.wait_for_publish(timeout=timeout / 2)
             except Exception as exc:
                 log.debug("could not say offline: %s", exc)
         self._stop.set()
@@ -122,10 +124,7 @@ class MqttLink:
             except Exception:
                 pass
         for t in self._threads:
-            t.join(timeout=5.0)
-
-    def close(self) -> None:
-        self._stop.set()
+            t.join(timeout=max(0.1, end - time.monotonic()))
 
     # ----------------------------------------------------------------- connection
 

@@ -105,7 +105,8 @@ class Daemon:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None):
         self.config = config
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        # PYTHONFAULTHANDLER: a daemon that will not stop is sent SIGABRT and dumps every thread's stack to its log.
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **(env or {}))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "daemon.log"
 
@@ -140,7 +141,14 @@ class Daemon:
     def terminate(self, timeout: float = 20) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler writes the threads' stacks to the log
+            self.proc.wait(10)
+            self.proc = None
+            raise AssertionError(f"daemon did not stop within {timeout:.0f} s of SIGTERM; "
+                                 f"log (with stacks):\n{self.log.read_text()[-12000:]}") from None
         self.proc = None
         return rc
 

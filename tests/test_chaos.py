@@ -241,6 +241,7 @@ def test_chaos_loses_nothing_and_repeats_only_work_running_at_a_kill(chaos_broke
     broker = chaos_broker
     seed = int(os.environ.get("EDGE_AGENT_CHAOS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
+    print(f"\nCHAOS seed={seed} (replay with EDGE_AGENT_CHAOS_SEED={seed})")  # shown with a failure's output
     run = uuid.uuid4().hex[:6]
     prefix = f"chaos{run}"
     work_log, tick_log = str(tmp_path / "work.log"), str(tmp_path / "tick.log")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import signal
 import sqlite3
 import time
@@ -82,3 +85,32 @@ def test_sighup_reloads_jobs_and_refuses_a_broken_config(daemon_factory):
     _wait(lambda: ticks() > before)  # the running config still works
     assert d.cli("send", "agent.ping", "--wait", "5").returncode == 2  # the CLI reads the broken file: config error
     assert d.terminate() == 0
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131, "armv7l": 268, "armv6l": 268}.get(platform.machine())
+
+
+def _signal_a_worker_thread(pid: int, sig: int) -> None:
+    """What the kernel may do with a process-directed signal: hand it to a thread other than the
+    main one (Python then runs its handler only when the main thread next wakes up)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert tids, "the daemon has no threads besides the main one"
+    assert libc.syscall(_TGKILL, pid, tids[0], sig) == 0, os.strerror(ctypes.get_errno())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_TGKILL is None or not os.path.isdir("/proc/self/task"), reason="needs Linux tgkill")
+def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory):
+    """SIGHUP and SIGTERM delivered to a worker thread reload and stop the daemon within
+    seconds, not when the main loop next looks round (up to a minute; systemd would SIGKILL)."""
+    d = daemon_factory(BASE)
+    d.start()
+    assert d.proc is not None
+    d.config.write_text(BASE + '\n[[jobs]]\nname = "tick"\nevery = "1s"\naction = "agent.ping"\nmissed = "skip"\n')
+    _signal_a_worker_thread(d.proc.pid, signal.SIGHUP)
+    _wait(lambda: "reloaded" in d.log.read_text(), timeout=10)
+    _signal_a_worker_thread(d.proc.pid, signal.SIGTERM)
+    assert d.proc.wait(10) == 0
+    assert "stopped" in d.log.read_text()
+    d.proc = None
