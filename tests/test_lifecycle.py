@@ -114,3 +114,44 @@ def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory):
     assert d.proc.wait(10) == 0
     assert "stopped" in d.log.read_text()
     d.proc = None
+
+
+_HANGING_STOP = """
+import sys, time
+from edge_agent.agent import Agent
+from edge_agent.config import load_settings
+
+class Stuck:  # a part whose stop never returns (a bug, or a lock nobody will release)
+    def stop(self):
+        time.sleep(120)
+    def alive(self):
+        return True
+
+agent = Agent(load_settings(sys.argv[1]))
+agent.start()
+agent._components.append(Stuck())
+agent.stop()
+print("stop returned")
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_that_hangs_dumps_the_stacks_and_exits_within_its_bound(tmp_path):
+    """The last resort behind a bounded stop: after drain_timeout + STOP_MARGIN the process writes
+    every thread's stack to its log and exits 1 (systemd would otherwise SIGKILL it, silently)."""
+    import subprocess
+    import sys
+
+    from edge_agent.agent import STOP_MARGIN
+    from tests.conftest import ROOT
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE + '[queue]\ndrain_timeout = "1s"\n')
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", _HANGING_STOP, str(cfg)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    took = time.monotonic() - began
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "stop returned" not in out.stdout
+    assert "Timeout" in out.stderr and "in stop" in out.stderr, out.stderr[-2000:]  # the stuck frame is named
+    assert took < 1 + STOP_MARGIN + 20  # bounded (start-up included), far below the 120 s hang
