@@ -108,11 +108,12 @@ class Agent:
 
         self.link = self._make_link()
         reporter = self.link.reporter if self.link else None
-        self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, seq, when: queue.retry_at(cur, seq, when),
+        self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, cmd, when: queue.retry_at(cur, cmd, when),
                              reporter=reporter, release_parked=lambda: queue.release_parked())
         queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
+                                       network_workers=s.network_workers, is_network=self.registry.needs_network,
                                        on_submitted=self.link.accepted if self.link else None)
-        self.runner.acting = queue.storage.acting
+        self.runner.acting = queue.acting
         runtime.submit = queue.submit
         runtime.publish = self.link.publish if self.link else None
         set_submitter(queue.submit)
@@ -256,7 +257,7 @@ class Agent:
             return
         old = self.settings
         needs_restart = [name for name in ("device_id", "groups", "db_path", "sync", "mqtt", "pin_factory", "devices",
-                                           "task_modules", "task_paths", "workers")
+                                           "task_modules", "task_paths", "workers", "network_workers")
                          if getattr(old, name) != getattr(new, name)]
         self.settings = new
         logging.getLogger().setLevel(new.log_level.upper())

@@ -133,6 +133,7 @@ class Settings:
     task_modules: tuple[str, ...] = ()
     task_paths: tuple[str, ...] = ()
     workers: int = 4
+    network_workers: int = 2
     drain_timeout: float = 10.0
     task_timeout: float = 3600.0
     jobs: tuple[JobSpec, ...] = ()
@@ -398,9 +399,10 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
         base = os.path.dirname(os.path.abspath(path))
         paths = tuple(p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in paths)
 
-    workers, drain, task_timeout = 4, 10.0, 3600.0
+    workers, network_workers, drain, task_timeout = 4, 2, 10.0, 3600.0
     if (t := top.table("queue")) is not None:
         workers = t.get("workers", _int_range(1, 64), workers)
+        network_workers = t.get("network_workers", _int_range(0, 64), network_workers)
         drain = t.get("drain_timeout", _duration, drain)
         task_timeout = t.get("task_timeout", _duration, task_timeout)
         if task_timeout <= 0:
@@ -419,7 +421,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
     settings = Settings(
         path=path, device_id=device_id, groups=groups, location=location, db_path=db_path, sync=sync,
         keep=keep, clock_trust=clock_trust, mqtt=mqtt, pin_factory=pin_factory, devices=devices,
-        task_modules=modules, task_paths=paths, workers=workers, drain_timeout=drain, task_timeout=task_timeout, jobs=jobs,
+        task_modules=modules, task_paths=paths, workers=workers, network_workers=network_workers, drain_timeout=drain, task_timeout=task_timeout, jobs=jobs,
         windows=windows, log_level=log_level,
     )
     _check_schedules(settings)

@@ -55,7 +55,7 @@ class Started(NamedTuple):
 
 class Runner:
     def __init__(self, store: Store, journal: Journal, registry: Registry, *,
-                 retry_at: Callable[[sqlite3.Cursor, int, float], None],
+                 retry_at: Callable[[sqlite3.Cursor, Command, float], None],
                  reporter: Reporter | None = None, release_parked: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None):
         self.store = store
@@ -150,7 +150,7 @@ class Runner:
         # Jitter upwards only: a probe must not come back before its target may be tried.
         when = min(now + wait * self.rng.uniform(1.0, 1.1) + 0.01, give_up + 0.001)
         parked = self.journal.retry_later(cur, cmd.seq, when, ("network_unavailable", why), refund=True)
-        self.retry_at(cur, cmd.seq, when)
+        self.retry_at(cur, cmd, when)
         return parked
 
     def _failed(self, cmd: Command, action: Any, exc: Exception, target: str | None) -> Command:
@@ -177,7 +177,7 @@ class Runner:
                     log.warning("command %s (%s) attempt %d of %d failed: %s; next attempt in %.1fs", cmd.id,
                                 cmd.action, cmd.attempts, policy.retries + 1, error[1], delay)
                     retried = self.journal.retry_later(cur, cmd.seq, when, error, max_attempts=policy.retries + 1)
-                    self.retry_at(cur, cmd.seq, when)
+                    self.retry_at(cur, cmd, when)
                     return retried
             done = self.journal.finish(cur, cmd.seq, "failed", error=error)
             self.reporter.finished(cur, done)

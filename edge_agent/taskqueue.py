@@ -11,6 +11,9 @@ Two Huey defaults are replaced because they break promises (DESIGN.md):
   (:mod:`edge_agent.poke`), so pickup takes milliseconds and idle costs nothing;
 - Huey deletes a task before running it: the journal keeps the command ``running``
   until it has an outcome, and :meth:`TaskQueue.start` recovers what a crash left.
+
+Work that needs the network runs in a lane of its own (queue name ``edge-net``, its own
+workers), so requests hanging until their timeouts never hold up local work.
 """
 
 from __future__ import annotations
@@ -205,12 +208,20 @@ class TaskQueue:
     """The daemon's queue: submit, adopt other processes' commands, run workers, recover, drain."""
 
     def __init__(self, store: Store, journal: Journal, runner: Executor, *, workers: int = 4,
+                 network_workers: int = 0, is_network: Callable[[str], bool] = lambda action: False,
                  on_submitted: Callable[[sqlite3.Cursor, Command], None] | None = None):
         self.store = store
         self.journal = journal
         self.runner = runner
         self.huey = Huey("edge", results=False, utc=True, storage_class=QueueStorage, store=store)
         self.storage: QueueStorage = self.huey.storage
+        # Two lanes: work that needs the network (``is_network(action)``) has workers of its own,
+        # so hung web requests cannot hold up a GPIO command. Same tables, its own queue name.
+        self.network_workers = network_workers
+        self.is_network = is_network
+        self.net_storage = QueueStorage("edge-net", store=store) if network_workers else self.storage
+        self._lanes = [self.storage] + ([self.net_storage] if network_workers else [])
+        self._worker = threading.local()  # the lane of the current worker thread
         # Huey makes and reads the messages (run_command(seq)); the worker runs them in two
         # steps (see _work), so the task function itself is never called.
         self._run = self.huey.task(name="run_command")(runner.run)
@@ -232,10 +243,14 @@ class TaskQueue:
     def message(self, seq: int) -> bytes:
         return self.huey.serialize_task(self._run.s(seq))  # type: ignore[no-any-return]
 
+    def lane(self, action: str) -> QueueStorage:
+        """The queue that runs ``action``: the network lane or the local one."""
+        return self.net_storage if self.network_workers and self.is_network(action) else self.storage
+
     def put_in(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         """Queue an accepted journal row, inside the caller's transaction."""
         eta = cmd.next_attempt or cmd.not_before
-        self.storage.enqueue_in(cur, self.message(cmd.seq), eta, time.time())
+        self.lane(cmd.action).enqueue_in(cur, self.message(cmd.seq), eta, time.time())
 
     def submit(self, new: NewCommand, cur: sqlite3.Cursor | None = None) -> tuple[Command, bool]:
         """Journal and queue ``new`` in one transaction (or the caller's); (row, created)."""
@@ -245,7 +260,7 @@ class TaskQueue:
         else:
             row, created = self._submit(cur, new)
         if created:
-            self.storage.signal()
+            self.lane(row.action).signal()
         return row, created
 
     def _submit(self, cur: sqlite3.Cursor, new: NewCommand) -> tuple[Command, bool]:
@@ -265,17 +280,19 @@ class TaskQueue:
             total = 0
             while self._adopted_upto < head:
                 upto = min(head, self._adopted_upto + 2000)
+                put = []
                 with self.store.transaction() as cur:
                     rows = self.journal.unadopted(cur, self._adopted_upto, upto)
                     for cmd in rows:
                         if cmd.state == "queued":
                             self.put_in(cur, cmd)
+                            put.append(cmd.action)
                             if self.on_submitted is not None:
                                 self.on_submitted(cur, cmd)
                 self._adopted_upto = upto
                 total += len(rows)
-                for _ in rows:
-                    self.storage.signal()
+                for action in put:
+                    self.lane(action).signal()
             if total:
                 # Other processes commit without an fsync (a loop of .delay() would pay one
                 # each): one fsync here covers the burst.
@@ -287,16 +304,16 @@ class TaskQueue:
         now = time.time()
         with self.store.transaction() as cur:
             rows = cur.execute("update commands set next_attempt = ? where state = 'queued' and parked = 1 "
-                               "returning seq", (now,)).fetchall()
-            for (seq,) in rows:
+                               "returning seq, action", (now,)).fetchall()
+            for seq, action in rows:
                 # The message already scheduled for later stays; the claim makes it a no-op.
-                self.storage.enqueue_in(cur, self.message(seq), None, now)
-        for _ in rows:
-            self.storage.signal()
+                self.lane(action).enqueue_in(cur, self.message(seq), None, now)
+        for _, action in rows:
+            self.lane(action).signal()
         return len(rows)
 
-    def retry_at(self, cur: sqlite3.Cursor, seq: int, when: float) -> None:
-        self.storage.enqueue_in(cur, self.message(seq), when, time.time())
+    def retry_at(self, cur: sqlite3.Cursor, cmd: Command, when: float) -> None:
+        self.lane(cmd.action).enqueue_in(cur, self.message(cmd.seq), when, time.time())
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -307,8 +324,9 @@ class TaskQueue:
         whose command never started, so it is dropped and made again from the journal.
         """
         with self.store.transaction() as cur:
-            cur.execute("delete from task where queue = ?", (self.storage.name,))
-            cur.execute("delete from schedule where queue = ?", (self.storage.name,))
+            for name in (self.storage.name, "edge-net"):  # both lanes, also one a config change turned off
+                cur.execute("delete from task where queue = ?", (name,))
+                cur.execute("delete from schedule where queue = ?", (name,))
             found = self.journal.recover(cur, is_idempotent)
             for cmd in (*found.requeued, *found.rerun):
                 self.put_in(cur, cmd)
@@ -324,12 +342,16 @@ class TaskQueue:
         return found.interrupted
 
     def start(self, poke_path: str | None) -> None:
-        for i in range(self.workers):
-            with self.storage.cond:
-                self.storage.awake += 1
-            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        lanes = [(self.storage, "worker", self.workers)]
+        if self.network_workers:
+            lanes.append((self.net_storage, "net", self.network_workers))
+        for storage, name, count in lanes:
+            for i in range(count):
+                with storage.cond:
+                    storage.awake += 1
+                t = threading.Thread(target=self._work, args=(storage,), name=f"{name}-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
         if poke_path is not None:
             self._poke = PokeListener(poke_path)
             t = threading.Thread(target=self._listen, name="poke", daemon=True)
@@ -363,19 +385,30 @@ class TaskQueue:
         cur.execute("release claim")
         return step
 
-    def _work(self) -> None:
-        try:
-            self._work_loop()
-        finally:
-            with self.storage.cond:
-                self.storage.awake -= 1  # a worker that ended cannot take anything
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[None]:
+        """Around an action in a worker (the runner enters it): its lane knows it is busy."""
+        storage = getattr(self._worker, "storage", None)
+        if storage is None:  # not a worker thread (a test running a command directly)
+            yield
+            return
+        with storage.acting():
+            yield
 
-    def _work_loop(self) -> None:
+    def _work(self, storage: QueueStorage) -> None:
+        self._worker.storage = storage
+        try:
+            self._work_loop(storage)
+        finally:
+            with storage.cond:
+                storage.awake -= 1  # a worker that ended cannot take anything
+
+    def _work_loop(self, storage: QueueStorage) -> None:
         name = threading.current_thread().name
-        while not self.storage.stopping:
+        while not storage.stopping:
             self._beats[name] = time.monotonic()
             try:
-                got = self.storage.take(self._claim)
+                got = storage.take(self._claim)
             except StorageError as exc:
                 log.error("reading the queue failed (%s); trying again in 1s", exc)
                 time.sleep(1.0)
@@ -407,7 +440,7 @@ class TaskQueue:
         now = time.monotonic() if now is None else now
         out = []
         for t in self._threads:
-            if not t.name.startswith("worker-"):
+            if t.name == "poke":
                 continue
             busy = self._busy_since.get(t.name)
             if not t.is_alive():
@@ -424,8 +457,9 @@ class TaskQueue:
 
     def stop(self, timeout: float) -> bool:
         """Stop taking work; wait up to ``timeout`` s for running commands. True if all finished."""
-        self.storage.stopping = True
-        self.storage.wake_all()
+        for storage in self._lanes:
+            storage.stopping = True
+            storage.wake_all()
         if self._poke is not None:
             self._poke.close()
         end = time.monotonic() + timeout

@@ -37,7 +37,7 @@ def test_empty_config_gets_the_documented_defaults():
     assert dict(s.devices) == {}
     assert s.groups == ()
     assert s.jobs == () and s.windows == ()
-    assert s.workers == 4
+    assert s.workers == 4 and s.network_workers == 2
     assert s.keep >= 7 * 86400
     assert s.device_id  # the hostname, made a valid id
     assert s.sync == "normal"
@@ -156,6 +156,7 @@ def test_device_errors_name_the_key(devices, key, words):
     ({"mqtt": {"username": "u", "password_file": "/nonexistent/secret"}}, "mqtt.password_file", "no such file"),
     ({"mqtt": {"topic_prefix": "a/#"}}, "mqtt.topic_prefix", "topic prefix"),
     ({"queue": {"workers": 0}}, "queue.workers", "from 1 to 64"),
+    ({"queue": {"network_workers": -1}}, "queue.network_workers", "from 0 to 64"),
     ({"gpio": {"pin_factory": "mok"}}, "gpio.pin_factory", "did you mean 'mock'?"),
     ({"tasks": {"modules": "my_tasks"}}, "tasks.modules", "list of strings"),
     ({"jobs": {"name": "a"}}, "jobs", "[[jobs]]"),

@@ -487,3 +487,25 @@ def test_a_target_that_is_down_does_not_hold_up_another(web):
         web.client.submit(NewCommand(action="http.request", args={"url": web.url(f"up-{i}")}, id=f"up-{i}"))
         cmd = web.wait_terminal(f"up-{i}", timeout=10)
         assert cmd.state == "succeeded" and cmd.finished - sent < 1.0, (cmd.state, cmd.finished - sent)
+
+
+def test_hung_web_requests_do_not_hold_up_local_commands(web):
+    """Work that needs the network has its own workers ([queue] network_workers): with more web
+    requests hanging than there are workers of either kind, a local command still runs at once,
+    before any of the hung requests ends."""
+    from edge_agent.commands import NewCommand
+
+    web.server.set("slow", slow_s=4.0)
+    for i in range(5):  # more than the 4 local workers could hold: with one shared pool, all 4 hang
+        web.client.submit(NewCommand(action="http.request", args={"url": web.url(f"hung-{i}"), "timeout": 10},
+                                     id=f"hung-{i}"))
+    end = time.monotonic() + 10
+    while len(web.server.log()) < 2:  # the network workers are inside their requests
+        assert time.monotonic() < end, "the slow server got no requests"
+        time.sleep(0.02)
+    web.client.submit(NewCommand(action="agent.ping", args={}, id="local-ping"))
+    ping = web.wait_terminal("local-ping", timeout=30)
+    hung = [web.wait_terminal(f"hung-{i}", timeout=60) for i in range(5)]
+    assert ping.state == "succeeded"
+    assert all(h.state == "succeeded" for h in hung), [(h.id, h.state, h.error_message) for h in hung]
+    assert ping.finished < min(h.finished for h in hung)

@@ -314,3 +314,31 @@ def test_a_free_worker_that_takes_other_work_passes_a_signalled_message_on(parts
         release.set()
         storage.stopping = True
         storage.wake_all()
+
+
+def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
+    """Commands whose action needs the network go to the network lane (queue "edge-net") and
+    are run by its workers; the rest by the local workers. Recovery rebuilds both lanes."""
+    class ByThread(Recorder):
+        def run(self, seq: int) -> None:
+            ran_by[seq] = threading.current_thread().name
+            super().run(seq)
+
+    ran_by: dict[int, str] = {}
+    store = Store(str(tmp_path / "agent.db"))
+    journal = Journal(store)
+    recorder = ByThread()
+    queue = TaskQueue(store, journal, recorder, workers=1, network_workers=1, is_network=lambda a: a == "web")
+    try:
+        web, _ = queue.submit(NewCommand(action="web", args={}, id="w"))
+        local, _ = queue.submit(NewCommand(action="gpio.set", args={}, id="g"))
+        lanes = dict(store.query("select queue, count(*) from task group by queue"))
+        assert lanes == {"edge-net": 1, "edge": 1}
+        assert queue.recover(lambda cmd: True) == []
+        assert dict(store.query("select queue, count(*) from task group by queue")) == lanes
+        queue.start(None)
+        recorder.wait_for(2)
+        assert ran_by == {web.seq: "net-0", local.seq: "worker-0"}
+    finally:
+        queue.stop(5)
+        store.close()

@@ -77,6 +77,10 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._actions
 
+    def needs_network(self, name: str) -> bool:
+        action = self._actions.get(name)
+        return action is not None and action.needs_network
+
     def is_idempotent(self, name: str, args: Mapping[str, Any]) -> bool:
         action = self._actions.get(name)
         if action is None:
