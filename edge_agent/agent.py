@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
-STOP_MARGIN = 6.0  # seconds for the rest of a stop after the drain (TimeoutStopSec=20s covers both)
+STOP_MARGIN = 6.0  # seconds for the rest of a stop besides the drain (TimeoutStopSec=20s covers both)
 
 
 @functools.cache
@@ -81,6 +82,7 @@ class Agent:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._signals_installed = False
         self._stop_requested = False
         self._reload_requested = False
         self._lock: InstanceLock | None = None
@@ -200,6 +202,7 @@ class Agent:
             self._reload_requested = True
 
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._signals_installed = True
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
@@ -281,37 +284,76 @@ class Agent:
             self._wake_w.send(b"\0")
 
     def stop(self) -> None:
-        """No new work; running commands get ``drain_timeout``; outputs to their safe state; then
-        the link says ``offline`` (after the drained commands' replies) and the database is
-        flushed. Bounded: should any step hang, every thread's stack goes to the log and the
-        process exits 1 after ``drain_timeout`` + STOP_MARGIN s, within systemd's TimeoutStopSec."""
+        """No new work (MQTT commands stay with the broker); running commands get
+        ``drain_timeout``; outputs to their safe state; the link says ``offline`` after the
+        drained commands' replies; the database is flushed. Bounded: should a step hang, the
+        stop guard puts the outputs in their safe state, writes every thread's stack to the
+        log and exits 1 after ``drain_timeout`` + STOP_MARGIN s, within TimeoutStopSec."""
         systemd.notify("STOPPING=1")
+        if self.link is not None:
+            self.link.pause_ingress()
         log.info("stopping")
-        faulthandler.dump_traceback_later(self.settings.drain_timeout + STOP_MARGIN, exit=True)
+        done = self._guard(self.settings.drain_timeout + STOP_MARGIN)
         try:
-            self._stop_parts()
+            for component in self._components:
+                if component is not self.link:
+                    self._timed(component.stop)
+            self._drain()
+            if self.link is not None:
+                self._timed(self.link.stop)
+            set_submitter(None)
+            if self.store is not None:
+                self.store.flush()
+                self.store.close()
+            if self._lock is not None:
+                self._lock.release()
+            self._close_wakeup()
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            done.set()
+            with contextlib.suppress(Exception):
+                faulthandler.cancel_dump_traceback_later()
         log.info("stopped")
 
-    def _stop_parts(self) -> None:
-        for component in [c for c in self._components if c is not self.link] + [None, self.link]:
-            if component is None:  # between the schedulers and the link: drain, safe state
-                self._drain()
-                continue
-            began = time.monotonic()
-            try:
-                component.stop()
-            except Exception:
-                log.exception("stopping %s", type(component).__name__)
-            if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
-                log.warning("stopping %s took %.1fs", type(component).__name__, time.monotonic() - began)
-        set_submitter(None)
-        if self.store is not None:
-            self.store.flush()
-            self.store.close()
-        if self._lock is not None:
-            self._lock.release()
+    def _guard(self, seconds: float) -> threading.Event:
+        """Set the returned event when the stop is done; if it is not done in ``seconds``:
+        outputs to their safe state, every thread's stack to stderr (the journal), exit 1.
+        faulthandler's own timer, 2 s later, covers a guard thread that cannot run."""
+        done = threading.Event()
+
+        def watch() -> None:
+            if done.wait(seconds):
+                return
+            log.critical("the stop hung for %.0fs: outputs to their safe state, thread stacks follow, exiting", seconds)
+            with contextlib.suppress(Exception):
+                if self.hardware is not None:
+                    self.hardware.safe_state()
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback(all_threads=True)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="stop-guard", daemon=True).start()
+        with contextlib.suppress(Exception):  # no usable stderr (embedded): the guard thread still works
+            faulthandler.dump_traceback_later(seconds + 2.0, exit=True)
+        return done
+
+    @staticmethod
+    def _timed(stop: Callable[[], None]) -> None:
+        began = time.monotonic()
+        try:
+            stop()
+        except Exception:
+            log.exception("stopping %s", getattr(stop, "__self__", stop).__class__.__name__)
+        if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
+            log.warning("stopping %s took %.1fs", getattr(stop, "__self__", stop).__class__.__name__,
+                        time.monotonic() - began)
+
+    def _close_wakeup(self) -> None:
+        if self._signals_installed and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(-1)
+            self._signals_installed = False
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _drain(self) -> None:
         if self.queue is not None:

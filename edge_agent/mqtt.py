@@ -61,6 +61,8 @@ class MqttLink:
         self._client: Any = None
         self._threads: list[threading.Thread] = []
         self._ingress_broken = False
+        self._ingress_paused = False  # stopping: new commands stay with the broker, unacknowledged
+        self._delivered_upto = 0  # every outbox row up to this seq is acknowledged (publisher thread)
         self._session_up = False
         self._batch: list[Any] = []
         # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
@@ -104,15 +106,25 @@ class MqttLink:
             t.start()
             self._threads.append(t)
 
+    def pause_ingress(self) -> None:
+        """Take no more commands: the broker keeps them for the next start (they are not
+        acknowledged), instead of the agent accepting commands it will not run now."""
+        self._ingress_paused = True
+
     def stop(self, timeout: float = 3.0) -> None:
-        """Say ``offline`` (retained) and leave, within about ``timeout`` seconds; unsent
-        outbox rows wait for the next start."""
+        """Deliver what the outbox holds (the drained commands' replies, the outputs' safe
+        states), say ``offline`` (retained) and leave, within about ``timeout`` seconds;
+        what is not delivered by then waits in the outbox for the next start."""
         end = time.monotonic() + timeout
         client = self._client
+        target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+        self.outbox.wake()
+        while self.connected.is_set() and self._delivered_upto < target and time.monotonic() < end - timeout / 2:
+            time.sleep(0.01)
         if client is not None and self.connected.is_set():
             try:
                 info = client.publish(self.topics.status, "offline", qos=1, retain=True)
-                info.wait_for_publish(timeout=timeout / 2)
+                info.wait_for_publish(timeout=max(0.1, end - time.monotonic() - timeout / 6))
             except Exception as exc:
                 log.debug("could not say offline: %s", exc)
         self._stop.set()
@@ -289,7 +301,7 @@ class MqttLink:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         # Collected here, stored after this pass of the network loop: one transaction (and one
         # lock round) for everything that arrived together, then the acks, in arrival order.
-        if not self._ingress_broken:
+        if not self._ingress_broken and not self._ingress_paused:
             self._batch.append(msg)
 
     def _store_batch(self, client: Any) -> None:
@@ -378,6 +390,7 @@ class MqttLink:
                     # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
                     log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
                               (sent[1] if sent else "?")[:200], refused)
+            self._delivered_upto = min(seq for seq, _ in inflight.values()) - 1 if inflight else last_seq
             try:
                 # Acknowledged rows are deleted in batches (every REMOVE_EVERY s): a command's
                 # `accepted` and final replies then leave the WAL in one commit, not two.

@@ -101,7 +101,7 @@ class Scheduler:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(5.0)
+            self._thread.join(2.0)
 
     def reload(self, settings: Any) -> None:
         self._configure(settings)

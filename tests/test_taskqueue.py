@@ -321,10 +321,11 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
     are run by its workers; the rest by the local workers. Recovery rebuilds both lanes."""
     class ByThread(Recorder):
         def run(self, seq: int) -> None:
-            ran_by[seq] = threading.current_thread().name
+            with queue.acting():  # as the runner does around an action: counted in this worker's lane only
+                ran_by[seq] = (threading.current_thread().name, queue.storage._acting, queue.net_storage._acting)
             super().run(seq)
 
-    ran_by: dict[int, str] = {}
+    ran_by: dict[int, tuple[str, int, int]] = {}
     store = Store(str(tmp_path / "agent.db"))
     journal = Journal(store)
     recorder = ByThread()
@@ -338,7 +339,7 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
         assert dict(store.query("select queue, count(*) from task group by queue")) == lanes
         queue.start(None)
         recorder.wait_for(2)
-        assert ran_by == {web.seq: "net-0", local.seq: "worker-0"}
+        assert ran_by == {web.seq: ("net-0", 0, 1), local.seq: ("worker-0", 1, 0)}
     finally:
         queue.stop(5)
         store.close()

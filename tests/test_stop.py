@@ -1,0 +1,112 @@
+"""A stop (SIGTERM) on the real daemon: no new work, a bounded drain, replies before `offline`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT
+
+BASE = """
+[device]
+id = "stopper"
+[storage]
+path = "agent.db"
+[clock]
+trust = "always"
+[gpio]
+pin_factory = "mock"
+[devices.lamp]
+kind = "output"
+pin = 17
+[tasks]
+modules = ["chaos_tasks"]
+paths = ["{root}/tests/tasks"]
+[queue]
+drain_timeout = "1s"
+"""
+
+MQTT = """
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+topic_prefix = "{prefix}"
+discovery = false
+"""
+
+
+def _state(db, cid: str) -> str | None:
+    with sqlite3.connect(db) as con:
+        row = con.execute("select state from commands where id = ?", (cid,)).fetchone()
+    return row[0] if row else None
+
+
+def _wait(pred, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_command_outliving_the_drain_is_left_for_the_next_start(daemon_factory, tmp_path):
+    """Without MQTT: one drain of drain_timeout (not two), exit 0, and the command that was still
+    running is re-run at the next start (it is idempotent)."""
+    work = tmp_path / "work.log"
+    d = daemon_factory(BASE.format(root=ROOT))
+    d.start()
+    db = d.config.parent / "agent.db"
+    args = json.dumps({"tag": "long", "log": str(work), "ms": 3000})
+    assert d.cli("send", "chaos_work", "--args", args, "--id", "long").returncode == 0
+    _wait(lambda: _state(db, "long") == "running")
+    assert d.terminate() == 0
+    log = d.log.read_text()
+    assert log.count("draining:") == 1, log[-2000:]
+    assert "still running after 1s" in log and "stopped" in log
+    assert _state(db, "long") == "running"  # left as it was: recovered at the next start
+    d.start()
+    _wait(lambda: _state(db, "long") == "succeeded")
+    assert work.read_text().split() == ["long", "long"]
+    assert d.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_stop_replies_before_offline_and_leaves_new_commands_with_the_broker(broker, daemon_factory,
+                                                                               listener_factory):
+    """During the drain the running command finishes and its reply (and the lamp's safe state)
+    go out before `offline`; a command sent after the stop began is not accepted now (the
+    broker keeps it, unacknowledged) and runs at the next start."""
+    prefix = f"stop{uuid.uuid4().hex[:6]}"
+    base = f"{prefix}/stopper"
+    listener = listener_factory(broker.port, [f"{base}/#"])
+    d = daemon_factory(BASE.format(root=ROOT).replace('drain_timeout = "1s"', 'drain_timeout = "10s"')
+                       + MQTT.format(port=broker.port, prefix=prefix))
+    d.start()
+    listener.wait_for(lambda m: m.topic == f"{base}/status" and m.payload == b"online")
+    listener.publish(f"{base}/cmd/gpio.set", {"id": "lamp-on", "args": {"device": "lamp", "value": "on"}})
+    listener.wait_for(lambda m: m.topic == f"{base}/gpio/lamp" and m.payload == b"ON")
+    work = d.config.parent / "work.log"
+    listener.publish(f"{base}/cmd/chaos_work", {"id": "slow", "args": {"tag": "slow", "log": str(work), "ms": 1500}})
+    _wait(lambda: _state(d.config.parent / "agent.db", "slow") == "running")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    _wait(lambda: "stopping" in d.log.read_text())
+    listener.publish(f"{base}/cmd/agent.ping", {"id": "late"})
+    assert d.proc.wait(20) == 0
+    d.proc = None
+    offline = listener.wait_for(lambda m: m.topic == f"{base}/status" and m.payload == b"offline")[0]
+    with listener.cond:
+        before = listener.messages[:listener.messages.index(offline)]
+    finals = [json.loads(m.payload) for m in before if m.topic == f"{base}/reply"]
+    assert any(r["id"] == "slow" and r["status"] == "succeeded" for r in finals), finals
+    assert [m.payload for m in before if m.topic == f"{base}/gpio/lamp"][-1] == b"OFF"  # the safe state
+    assert not [r for r in finals if r["id"] == "late"], finals
+    d.start()
+    listener.wait_for(lambda m: m.topic == f"{base}/reply" and b'"late"' in m.payload and b"succeeded" in m.payload)
+    assert [r["status"] for r in listener.replies("late")] == ["accepted", "succeeded"]
+    assert d.terminate() == 0
