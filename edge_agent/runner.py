@@ -25,7 +25,7 @@ from .retry import classify
 from .store import Store
 from .tasks import running
 
-__all__ = ["Reporter", "Runner", "Started"]
+__all__ = ["Finish", "Reporter", "Runner", "Started"]
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,9 @@ class Runner:
             return self._park(cur, cmd, action, f"{target} is unreachable; waiting for it", wait=wait)
         return Started(cmd, action, target)
 
-    def complete(self, step: Started | Command | None) -> Command | None:
-        """Run a begun command's action (outside any transaction) and record its outcome."""
+    def complete(self, step: Started | Command | None, defer: bool = False) -> Command | Finish | None:
+        """Run a begun command's action (outside any transaction) and record its outcome; with
+        ``defer``, a success comes back as a :class:`Finish` for the caller to record."""
         if not isinstance(step, Started):
             return step
         cmd, action, target = step
@@ -129,13 +130,12 @@ class Runner:
                 result = action.fn(**kwargs)
         except Exception as exc:
             return self._failed(cmd, action, exc, target)
+        finish = Finish(self, cmd, _jsonable(result), target, time.monotonic() - started)
+        if defer:
+            return finish
         with self.store.transaction() as cur:
-            done = self.journal.finish(cur, cmd.seq, "succeeded", result=_jsonable(result))
-            self.reporter.finished(cur, done)
-        if target is not None and self.gate.succeeded(target):
-            log.info("%s is reachable again: releasing parked commands", target)
-            self.release_parked()
-        log.debug("command %s (%s) succeeded in %.1f ms", cmd.id, cmd.action, (time.monotonic() - started) * 1000)
+            done = finish.record(cur)
+        finish.after()
         return done
 
     def _park(self, cur: sqlite3.Cursor, cmd: Command, action: Any, why: str, *, wait: float = PROBE_INTERVAL) -> Command:
@@ -183,6 +183,25 @@ class Runner:
             self.reporter.finished(cur, done)
         log.error("command %s (%s) failed after %d attempt(s): %s: %s", cmd.id, cmd.action, cmd.attempts, error[0], error[1])
         return done
+
+
+class Finish:
+    """A success to record: :meth:`record` inside a transaction, :meth:`after` once it committed."""
+
+    def __init__(self, runner: Runner, cmd: Command, result: Any, target: str | None, took: float):
+        self.runner, self.cmd, self.result, self.target, self.took = runner, cmd, result, target, took
+
+    def record(self, cur: sqlite3.Cursor) -> Command:
+        done = self.runner.journal.finish(cur, self.cmd.seq, "succeeded", result=self.result)
+        self.runner.reporter.finished(cur, done)
+        return done
+
+    def after(self) -> None:
+        runner = self.runner
+        if self.target is not None and runner.gate.succeeded(self.target):
+            log.info("%s is reachable again: releasing parked commands", self.target)
+            runner.release_parked()
+        log.debug("command %s (%s) succeeded in %.1f ms", self.cmd.id, self.cmd.action, self.took * 1000)
 
 
 def _deadline(cmd: Command, action: Any) -> float | None:

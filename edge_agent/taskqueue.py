@@ -51,7 +51,10 @@ class Executor(Protocol):
 
     def begin(self, cur: sqlite3.Cursor, seq: int) -> Any: ...
 
-    def complete(self, step: Any) -> Any: ...
+    def complete(self, step: Any, defer: bool = False) -> Any:
+        """Run a begun step. With ``defer``, a success may come back unrecorded, as an object
+        with ``record(cur)`` (called in the transaction that takes the worker's next
+        message: one commit per command less) and ``after()`` (called once it committed)."""
 
 
 class QueueStorage(SqliteStorage):
@@ -145,11 +148,14 @@ class QueueStorage(SqliteStorage):
                                (self.name, stamp)).fetchall()
         return [bytes(d) for d, _ in sorted(rows, key=lambda r: r[1])]
 
-    def _pop(self, now: float, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None
-             ) -> tuple[bytes | None, Any, float | None]:
-        # With ``then``, one write transaction takes the message and does what ``then`` does
-        # with it (the runner claims its command): one commit per command less.
+    def _pop(self, now: float, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None,
+             first: Callable[[sqlite3.Cursor], None] | None = None) -> tuple[bytes | None, Any, float | None]:
+        # With ``then``, one write transaction does ``first`` (records the worker's last
+        # outcome), takes the message and does what ``then`` does with it (the runner claims
+        # its command): two commits per command less.
         with (self.store.transaction() if then is not None else self.store.reading()) as cur:
+            if first is not None:
+                first(cur)
             # Due scheduled messages first, found with an indexed read (a DELETE ... WHERE
             # over the schedule would be one more write statement per command).
             due = cur.execute("select id from schedule where queue = ? and timestamp <= ? order by timestamp, id "
@@ -179,15 +185,19 @@ class QueueStorage(SqliteStorage):
         got = self.take()
         return None if got is None else got[0]
 
-    def take(self, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None) -> tuple[bytes, Any] | None:
+    def take(self, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None,
+             first: Callable[[sqlite3.Cursor], None] | None = None) -> tuple[bytes, Any] | None:
         """The next ready message and what ``then(cur, message)`` returned in the transaction
         that took it; None after waiting up to ``SAFETY_INTERVAL`` (so the caller's loop comes
-        round and can show it is alive)."""
+        round and can show it is alive). ``first(cur)`` runs in the first look's transaction,
+        which commits before any wait."""
+        assert first is None or then is not None, "first needs a write transaction"
         end = time.monotonic() + SAFETY_INTERVAL
         while not self.stopping:
             generation = self._generation
             self._seen.generation = generation
-            data, result, next_eta = self._pop(time.time(), then)
+            data, result, next_eta = self._pop(time.time(), then, first)
+            first = None
             if data is not None:
                 return data, result
             left = end - time.monotonic()
@@ -405,35 +415,62 @@ class TaskQueue:
 
     def _work_loop(self, storage: QueueStorage) -> None:
         name = threading.current_thread().name
-        while not storage.stopping:
-            self._beats[name] = time.monotonic()
-            try:
-                got = storage.take(self._claim)
-            except StorageError as exc:
-                log.error("reading the queue failed (%s); trying again in 1s", exc)
-                time.sleep(1.0)
-                continue
-            except Exception:
-                log.exception("reading the queue failed; trying again in 1s")
-                time.sleep(1.0)
-                continue
-            if got is None:
-                continue
-            with self._busy_lock:
-                self._busy += 1
-            self._busy_since[name] = time.monotonic()
-            try:
-                self.runner.complete(got[1])
-            except StorageError as exc:
-                # The command stays `running` in the journal: settled at the next start.
-                log.error("could not record the outcome of a command: %s", exc)
-            except Exception:
-                log.exception("worker %s: unexpected error", name)
-            finally:
-                self._busy_since[name] = None
+        pending: Any = None  # the last success, recorded in the transaction of the next take
+        try:
+            while not storage.stopping:
+                self._beats[name] = time.monotonic()
+                recorded: list[Any] = []
+
+                def first(cur: sqlite3.Cursor, p: Any = pending, out: list[Any] = recorded) -> None:
+                    p.record(cur)
+                    out.append(p)
+
+                try:
+                    got = storage.take(self._claim, first if pending is not None else None)
+                except StorageError as exc:  # rolled back, the pending outcome too: it is tried again
+                    log.error("reading the queue failed (%s); trying again in 1s", exc)
+                    time.sleep(1.0)
+                    continue
+                except Exception:
+                    log.exception("reading the queue failed; trying again in 1s")
+                    time.sleep(1.0)
+                    continue
+                if recorded:  # take returned: its transaction committed
+                    pending = None
+                    self._after(recorded[0])
+                if got is None:
+                    continue
                 with self._busy_lock:
-                    self._busy -= 1
-                    self.processed += 1
+                    self._busy += 1
+                self._busy_since[name] = time.monotonic()
+                try:
+                    outcome = self.runner.complete(got[1], defer=True)
+                    pending = outcome if hasattr(outcome, "record") else None
+                except StorageError as exc:
+                    # The command stays `running` in the journal: settled at the next start.
+                    log.error("could not record the outcome of a command: %s", exc)
+                except Exception:
+                    log.exception("worker %s: unexpected error", name)
+                finally:
+                    self._busy_since[name] = None
+                    with self._busy_lock:
+                        self._busy -= 1
+                        self.processed += 1
+        finally:
+            if pending is not None:  # stopping: the last success on its own
+                try:
+                    with self.store.transaction() as cur:
+                        pending.record(cur)
+                    self._after(pending)
+                except StorageError as exc:
+                    log.error("could not record the outcome of a command: %s", exc)
+
+    @staticmethod
+    def _after(outcome: Any) -> None:
+        try:
+            outcome.after()
+        except Exception:
+            log.exception("after recording a command's outcome")
 
     def wedged(self, task_timeout: float, now: float | None = None) -> list[str]:
         """Workers that are dead, stuck outside a command, or running one longer than ``task_timeout``."""

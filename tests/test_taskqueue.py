@@ -33,7 +33,7 @@ class Recorder:
     def begin(self, cur, seq: int) -> int:
         return seq
 
-    def complete(self, seq: int) -> None:
+    def complete(self, seq: int, defer: bool = False) -> None:
         self.run(seq)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[int]:
@@ -216,7 +216,7 @@ class SlowRunner:
     def begin(self, cur, seq: int) -> int:
         return seq
 
-    def complete(self, seq: int) -> None:
+    def complete(self, seq: int, defer: bool = False) -> None:
         with self.storage.acting():
             with self.lock:
                 self.started[seq] = time.monotonic()
@@ -343,3 +343,52 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
     finally:
         queue.stop(5)
         store.close()
+
+
+def test_a_success_is_recorded_in_the_transaction_that_takes_the_next_message(tmp_path: Path):
+    """A worker records its last success together with taking (and claiming) its next message: one
+    commit for both; its after() runs once that committed; the last one is recorded at stop."""
+    events: list[tuple[str, int, int]] = []
+
+    class Outcome:
+        def __init__(self, seq: int) -> None:
+            self.seq = seq
+
+        def record(self, cur) -> None:
+            cur.execute("insert into meta (key, value) values (?, 'done')", (f"done-{self.seq}",))
+            events.append(("record", self.seq, id(cur)))
+
+        def after(self) -> None:
+            events.append(("after", self.seq, 0))
+
+    class Deferring(Recorder):
+        def begin(self, cur, seq: int) -> int:
+            events.append(("claim", seq, id(cur)))
+            return seq
+
+        def complete(self, seq: int, defer: bool = False) -> Outcome:
+            self.run(seq)
+            return Outcome(seq)
+
+    store = Store(str(tmp_path / "agent.db"))
+    journal = Journal(store)
+    runner = Deferring()
+    queue = TaskQueue(store, journal, runner, workers=1)
+    try:
+        seqs = []
+        with store.transaction() as cur:
+            for i in range(3):
+                row, _ = queue.submit(NewCommand(action="t", args={}, id=f"c{i}"), cur)
+                seqs.append(row.seq)
+        queue.start(None)
+        runner.wait_for(3)
+    finally:
+        assert queue.stop(5)
+    a, b, c = seqs
+    kinds = [(k, s) for k, s, _ in events]
+    assert kinds == [("claim", a), ("record", a), ("claim", b), ("after", a), ("record", b), ("claim", c),
+                     ("after", b), ("record", c), ("after", c)], kinds
+    cursor = {(k, s): cur for k, s, cur in events}
+    assert cursor[("record", a)] == cursor[("claim", b)] and cursor[("record", b)] == cursor[("claim", c)]
+    assert {k for (k,) in store.query("select key from meta where value = 'done'")} == {f"done-{s}" for s in seqs}
+    store.close()
