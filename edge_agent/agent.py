@@ -338,14 +338,14 @@ class Agent:
 
     @staticmethod
     def _timed(stop: Callable[[], None]) -> None:
+        name = type(getattr(stop, "__self__", stop)).__name__
         began = time.monotonic()
         try:
             stop()
         except Exception:
-            log.exception("stopping %s", getattr(stop, "__self__", stop).__class__.__name__)
+            log.exception("stopping %s", name)
         if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
-            log.warning("stopping %s took %.1fs", getattr(stop, "__self__", stop).__class__.__name__,
-                        time.monotonic() - began)
+            log.warning("stopping %s took %.1fs", name, time.monotonic() - began)
 
     def _close_wakeup(self) -> None:
         if self._signals_installed and threading.current_thread() is threading.main_thread():

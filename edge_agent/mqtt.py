@@ -117,7 +117,11 @@ class MqttLink:
         what is not delivered by then waits in the outbox for the next start."""
         end = time.monotonic() + timeout
         client = self._client
-        target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+        try:
+            target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+        except StorageError as exc:  # say offline and leave all the same
+            log.error("outbox: %s", exc)
+            target = 0
         self.outbox.wake()
         while self.connected.is_set() and self._delivered_upto < target and time.monotonic() < end - timeout / 2:
             time.sleep(0.01)

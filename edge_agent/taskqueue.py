@@ -40,6 +40,9 @@ __all__ = ["Executor", "QueueStorage", "TaskQueue"]
 
 log = logging.getLogger(__name__)
 
+#: the Huey queue name of the network lane (the local one is "edge")
+NET_QUEUE = "edge-net"
+
 #: how often an idle worker looks for work nobody poked about (a missed poke)
 SAFETY_INTERVAL = 30.0
 
@@ -152,7 +155,7 @@ class QueueStorage(SqliteStorage):
              first: Callable[[sqlite3.Cursor], None] | None = None) -> tuple[bytes | None, Any, float | None]:
         # With ``then``, one write transaction does ``first`` (records the worker's last
         # outcome), takes the message and does what ``then`` does with it (the runner claims
-        # its command): two commits per command less.
+        # its command): one commit per command where there were three.
         with (self.store.transaction() if then is not None else self.store.reading()) as cur:
             if first is not None:
                 first(cur)
@@ -229,7 +232,7 @@ class TaskQueue:
         # so hung web requests cannot hold up a GPIO command. Same tables, its own queue name.
         self.network_workers = network_workers
         self.is_network = is_network
-        self.net_storage = QueueStorage("edge-net", store=store) if network_workers else self.storage
+        self.net_storage = QueueStorage(NET_QUEUE, store=store) if network_workers else self.storage
         self._lanes = [self.storage] + ([self.net_storage] if network_workers else [])
         self._worker = threading.local()  # the lane of the current worker thread
         # Huey makes and reads the messages (run_command(seq)); the worker runs them in two
@@ -334,7 +337,7 @@ class TaskQueue:
         whose command never started, so it is dropped and made again from the journal.
         """
         with self.store.transaction() as cur:
-            for name in (self.storage.name, "edge-net"):  # both lanes, also one a config change turned off
+            for name in (self.storage.name, NET_QUEUE):  # both lanes, also one a config change turned off
                 cur.execute("delete from task where queue = ?", (name,))
                 cur.execute("delete from schedule where queue = ?", (name,))
             found = self.journal.recover(cur, is_idempotent)
