@@ -392,3 +392,31 @@ def test_a_success_is_recorded_in_the_transaction_that_takes_the_next_message(tm
     assert cursor[("record", a)] == cursor[("claim", b)] and cursor[("record", b)] == cursor[("claim", c)]
     assert {k for (k,) in store.query("select key from meta where value = 'done'")} == {f"done-{s}" for s in seqs}
     store.close()
+
+
+def test_the_last_success_before_a_stop_is_recorded(tmp_path: Path):
+    """A worker that stops right after a success (no next take) still records it, then runs after()."""
+    events: list[str] = []
+
+    class Outcome:
+        def record(self, cur) -> None:
+            cur.execute("insert into meta (key, value) values ('last', 'done')")
+            events.append("record")
+
+        def after(self) -> None:
+            events.append("after")
+
+    class StopsAfterOne(Recorder):
+        def complete(self, seq: int, defer: bool = False) -> Outcome:
+            queue.storage.stopping = True  # the stop comes while this command finishes
+            self.run(seq)
+            return Outcome()
+
+    store = Store(str(tmp_path / "agent.db"))
+    queue = TaskQueue(store, Journal(store), StopsAfterOne(), workers=1)
+    queue.submit(NewCommand(action="t", args={}, id="only"))
+    queue.start(None)
+    assert queue.stop(5)
+    assert events == ["record", "after"]
+    assert store.query("select value from meta where key = 'last'") == [("done",)]
+    store.close()
