@@ -289,11 +289,14 @@ class Agent:
         drained commands' replies; the database is flushed. Bounded: should a step hang, the
         stop guard puts the outputs in their safe state, writes every thread's stack to the
         log and exits 1 after ``drain_timeout`` + STOP_MARGIN s, within TimeoutStopSec."""
-        systemd.notify("STOPPING=1")
+        bound = self.settings.drain_timeout + STOP_MARGIN
+        # Under systemd: at least the time this stop may take, even if a raised drain_timeout
+        # exceeds the unit's TimeoutStopSec (systemd only ever extends, never shortens).
+        systemd.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((bound + 4) * 1e6)}")
         if self.link is not None:
             self.link.pause_ingress()
         log.info("stopping")
-        done = self._guard(self.settings.drain_timeout + STOP_MARGIN)
+        done = self._guard(bound)
         try:
             for component in self._components:
                 if component is not self.link:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import time
 import uuid
@@ -110,3 +111,31 @@ def test_a_stop_replies_before_offline_and_leaves_new_commands_with_the_broker(b
     listener.wait_for(lambda m: m.topic == f"{base}/reply" and b'"late"' in m.payload and b"succeeded" in m.payload)
     assert [r["status"] for r in listener.replies("late")] == ["accepted", "succeeded"]
     assert d.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_stop_asks_systemd_for_the_time_it_may_take(daemon_factory, tmp_path):
+    """STOPPING=1 comes with EXTEND_TIMEOUT_USEC covering drain_timeout + STOP_MARGIN (and the
+    guard's last resort), so a drain_timeout raised past the unit's TimeoutStopSec is not cut short."""
+    from edge_agent.agent import STOP_MARGIN
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    try:
+        d = daemon_factory(BASE.format(root=ROOT).replace('drain_timeout = "1s"', 'drain_timeout = "30s"'),
+                           env={"NOTIFY_SOCKET": path})
+        d.start(wait_ready=False)
+        while "READY=1" not in sock.recv(4096).decode():
+            pass
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in (msg := sock.recv(4096).decode()):
+            pass
+        assert d.proc.wait(20) == 0
+        d.proc = None
+    finally:
+        sock.close()
+    fields = dict(line.split("=", 1) for line in msg.splitlines())
+    assert int(fields["EXTEND_TIMEOUT_USEC"]) >= (30 + STOP_MARGIN + 2) * 1e6, msg
