@@ -115,7 +115,8 @@ class MqttLink:
         """Deliver what the outbox holds (the drained commands' replies, the outputs' safe
         states), say ``offline`` (retained) and leave, within about ``timeout`` seconds;
         what is not delivered by then waits in the outbox for the next start."""
-        end = time.monotonic() + timeout
+        began = time.monotonic()
+        deliver_by, offline_by, end = began + timeout / 2, began + timeout * 5 / 6, began + timeout
         client = self._client
         try:
             target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
@@ -123,12 +124,12 @@ class MqttLink:
             log.error("outbox: %s", exc)
             target = 0
         self.outbox.wake()
-        while self.connected.is_set() and self._delivered_upto < target and time.monotonic() < end - timeout / 2:
+        while self.connected.is_set() and self._delivered_upto < target and time.monotonic() < deliver_by:
             time.sleep(0.01)
         if client is not None and self.connected.is_set():
             try:
                 info = client.publish(self.topics.status, "offline", qos=1, retain=True)
-                info.wait_for_publish(timeout=max(0.1, end - time.monotonic() - timeout / 6))
+                info.wait_for_publish(timeout=max(0.1, offline_by - time.monotonic()))
             except Exception as exc:
                 log.debug("could not say offline: %s", exc)
         self._stop.set()

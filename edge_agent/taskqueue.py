@@ -233,7 +233,9 @@ class TaskQueue:
         self.network_workers = network_workers
         self.is_network = is_network
         self.net_storage = QueueStorage(NET_QUEUE, store=store) if network_workers else self.storage
-        self._lanes = [self.storage] + ([self.net_storage] if network_workers else [])
+        # (queue, thread name, how many workers) per lane
+        self._lanes = [(self.storage, "worker", workers)] + (
+            [(self.net_storage, "net", network_workers)] if network_workers else [])
         self._worker = threading.local()  # the lane of the current worker thread
         # Huey makes and reads the messages (run_command(seq)); the worker runs them in two
         # steps (see _work), so the task function itself is never called.
@@ -355,10 +357,7 @@ class TaskQueue:
         return found.interrupted
 
     def start(self, poke_path: str | None) -> None:
-        lanes = [(self.storage, "worker", self.workers)]
-        if self.network_workers:
-            lanes.append((self.net_storage, "net", self.network_workers))
-        for storage, name, count in lanes:
+        for storage, name, count in self._lanes:
             for i in range(count):
                 with storage.cond:
                     storage.awake += 1
@@ -497,7 +496,7 @@ class TaskQueue:
 
     def stop(self, timeout: float) -> bool:
         """Stop taking work; wait up to ``timeout`` s for running commands. True if all finished."""
-        for storage in self._lanes:
+        for storage, _, _ in self._lanes:
             storage.stopping = True
             storage.wake_all()
         if self._poke is not None:
