@@ -105,7 +105,7 @@ class Agent:
         self.registry = build_registry(s, runtime)
         check_jobs(s, self.registry)
         self._lock = InstanceLock(s.db_path)
-        self.store = Store(s.db_path, sync=s.sync)
+        self.store = Store(s.db_path, sync=s.sync, background=True)
         journal = Journal(self.store)
 
         self.link = self._make_link()

@@ -1,0 +1,94 @@
+"""The store's disk work off the commit path: WAL checkpoints and delayed fsyncs in ``store-sync``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from edge_agent.store import CHECKPOINT_EVERY, Store
+
+
+def _commits(store: Store, n: int) -> None:
+    for i in range(n):
+        with store.transaction() as cur:
+            store.set_meta(cur, f"k{i % 50}", "x" * 200 + str(i))
+
+
+def _wal_size(store: Store) -> int:
+    return os.stat(store.path + "-wal").st_size
+
+
+def _sync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "store-sync"]
+
+
+def _settle(store: Store) -> None:
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        with store._sync_cond:
+            if not store._checkpoint_due and store._flush_due is None:
+                break
+        time.sleep(0.01)
+    time.sleep(0.05)  # the last checkpoint's copy finishes after the request is taken
+
+
+def test_background_checkpoints_keep_the_wal_small(tmp_path):
+    # SQLite's own checkpoint in the commit path is off until 20,000 pages: only the
+    # background thread keeps the WAL near the usual 1,000 pages.
+    store = Store(str(tmp_path / "agent.db"), background=True)
+    try:
+        assert store.conn.execute("pragma wal_autocheckpoint").fetchone()[0] > 10 * CHECKPOINT_EVERY
+        _commits(store, 24 * CHECKPOINT_EVERY)  # ~18 MB of WAL without checkpoints
+        _settle(store)
+        with store.transaction() as cur:  # a commit after a full checkpoint starts the WAL over
+            store.set_meta(cur, "last", "1")
+        size = _wal_size(store)
+        assert size < 7_000_000, f"the WAL grew to {size} bytes: no checkpoint ran"
+        assert len(_sync_threads()) == 1
+    finally:
+        store.close()
+    assert not _sync_threads()
+
+
+def test_without_background_sqlite_checkpoints_itself_and_nothing_is_lost(tmp_path):
+    path = str(tmp_path / "agent.db")
+    store = Store(path)
+    try:
+        assert store.conn.execute("pragma wal_autocheckpoint").fetchone()[0] == 1000
+        _commits(store, 3 * CHECKPOINT_EVERY)
+    finally:
+        store.close()
+    again = Store(path, background=True)
+    try:
+        last = max(i for i in range(3 * CHECKPOINT_EVERY) if i % 50 == 0)
+        assert again.get_meta("k0") == "x" * 200 + str(last)
+    finally:
+        again.close()
+
+
+def test_flush_soon_from_many_threads_shares_one_sync_thread_and_flushes(tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "agent.db"), background=True)
+    flushed = threading.Event()
+    real = store.flush
+
+    def flush() -> None:
+        real()
+        flushed.set()
+
+    monkeypatch.setattr(store, "flush", flush)
+    try:
+        with store.transaction() as cur:
+            store.set_meta(cur, "a", "1")
+        callers = [threading.Thread(target=store.flush_soon, kwargs={"delay": 0.5}) for _ in range(8)]
+        began = time.monotonic()
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert not flushed.is_set()  # not before its time: calls in a burst share one fsync
+        assert flushed.wait(3)
+        assert time.monotonic() - began >= 0.45
+        assert len(_sync_threads()) == 1
+    finally:
+        store.close()
