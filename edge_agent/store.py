@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 CHECKPOINT_EVERY = 256  # commits (~4 WAL pages each) between background checkpoints: about SQLite's 1,000 pages
 WAL_RESTART_FRAMES = 4000  # a WAL this long is checkpointed to the end, holding the writers briefly
-AUTOCHECKPOINT_BACKSTOP = 20000  # pages: SQLite checkpoints in a commit only if the background falls far behind
+AUTOCHECKPOINT_BACKSTOP = 20000  # pages: SQLite checkpoints in a commit only if the daemon's fall far behind
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
@@ -152,8 +152,10 @@ class Store:
             self.conn.execute("pragma journal_mode=wal")
             self.conn.execute(f"pragma synchronous={self.sync}")
             self.conn.execute("pragma cache_size=-2000")
-            if background:
-                self.conn.execute(f"pragma wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP}")
+            # Also in other processes (the CLI, a script calling .delay()): at SQLite's 1,000
+            # pages, a WAL that the daemon's checkpoints keep between 1,000 and 4,000 pages
+            # under load would make each of their commits run a checkpoint of its own.
+            self.conn.execute(f"pragma wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP}")
             self.conn.execute("pragma temp_store=memory")
             if create:
                 self._migrate()
