@@ -128,6 +128,7 @@ class Store:
         self._depth = 0
         self._background = background
         self._commits = 0
+        self._changes = 0
         self._sync_cond = threading.Condition()
         self._flush_due: float | None = None
         self._checkpoint_due = False
@@ -195,9 +196,8 @@ class Store:
             try:
                 yield cur
                 self.conn.commit()
-                self._commits += 1
-                if self._background and self._commits % CHECKPOINT_EVERY == 0:
-                    self._request(checkpoint=True)
+                if self._background:
+                    self._count_commit()
             except sqlite3.Error as exc:
                 self._rollback()
                 raise translate_sqlite_error(exc, self.path) from exc
@@ -207,6 +207,16 @@ class Store:
             finally:
                 self._depth = 0
                 cur.close()
+
+    def _count_commit(self) -> None:
+        # Only commits that changed rows: an idle daemon's empty transactions (a worker's
+        # safety look) must not start a checkpoint, which would write at idle.
+        changes = self.conn.total_changes
+        if changes != self._changes:
+            self._changes = changes
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY == 0:
+                self._request(checkpoint=True)
 
     def _begin(self, cur: sqlite3.Cursor) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write with short sleeps: SQLite's own

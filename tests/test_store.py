@@ -93,3 +93,27 @@ def test_flush_soon_from_many_threads_shares_one_sync_thread_and_flushes(tmp_pat
         assert len(_sync_threads()) == 1
     finally:
         store.close()
+
+
+def test_empty_transactions_do_not_start_a_checkpoint(tmp_path, monkeypatch):
+    # An idle daemon's workers open a transaction every 30 s that changes nothing; a
+    # checkpoint started by one of them would write to the SD card at idle.
+    store = Store(str(tmp_path / "agent.db"), background=True)
+    asked: list[bool] = []
+    real = store._request
+
+    def request(**kw):
+        asked.append(kw.get("checkpoint", False))
+        real(**kw)
+
+    monkeypatch.setattr(store, "_request", request)
+    try:
+        _commits(store, CHECKPOINT_EVERY - 1)
+        for _ in range(2 * CHECKPOINT_EVERY):
+            with store.transaction() as cur:
+                cur.execute("select count(*) from meta").fetchall()
+        assert True not in asked
+        _commits(store, 1)
+        assert asked == [True]
+    finally:
+        store.close()
