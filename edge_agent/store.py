@@ -134,6 +134,8 @@ class Store:
         self._checkpoint_due = False
         self._closing = False
         self._syncer: threading.Thread | None = None
+        self.checkpoints = 0  # background checkpoints done (and of those, finished holding the writers)
+        self.checkpoints_held = 0
         try:
             if create:
                 folder = os.path.dirname(os.path.abspath(path))
@@ -266,21 +268,35 @@ class Store:
         cur.execute("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value", (key, value))
 
     def flush_soon(self, delay: float = 0.05) -> None:
-        """Flush within ``delay`` seconds; calls in between share one fsync (a burst of
-        commands costs one, not one each)."""
+        """Flush within ``delay`` seconds, or once a background checkpoint that is copying
+        then ends; calls in between share one fsync (a burst of commands costs one, not one
+        each)."""
         self._request(flush_by=time.monotonic() + delay)
 
     def _request(self, *, flush_by: float | None = None, checkpoint: bool = False) -> None:
         with self._sync_cond:
             if self._closing:
                 return
-            if flush_by is not None and self._flush_due is None:
+            if flush_by is not None and (self._flush_due is None or flush_by < self._flush_due):
                 self._flush_due = flush_by
             self._checkpoint_due = self._checkpoint_due or checkpoint
             if self._syncer is None:
-                self._syncer = threading.Thread(target=self._sync_loop, name="store-sync", daemon=True)
-                self._syncer.start()
+                thread = threading.Thread(target=self._sync_loop, name="store-sync", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no thread now (shutting down): the caller's commit stands
+                    log.warning("%s: cannot start the store-sync thread: %s", self.path, exc)
+                    return
+                self._syncer = thread
             self._sync_cond.notify()
+
+    def _take_flush(self, *, due_only: bool) -> bool:
+        """Whether to flush now (the request is taken); called with ``_sync_cond`` held."""
+        due = self._flush_due
+        if due is None or (due_only and due > time.monotonic()):
+            return False
+        self._flush_due = None
+        return True
 
     def _sync_loop(self) -> None:
         side: sqlite3.Connection | None = None
@@ -294,31 +310,46 @@ class Store:
                     if self._closing:
                         return
                     checkpoint, self._checkpoint_due = self._checkpoint_due, False
-                    flush = self._flush_due is not None and self._flush_due <= time.monotonic()
-                    if flush:
-                        self._flush_due = None
-                try:
-                    if checkpoint:
-                        if side is None:
-                            side = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                            side.execute(f"pragma synchronous={self.sync}")
-                        # Also fsyncs the WAL before it copies (synchronous NORMAL or FULL).
-                        frames = side.execute("pragma wal_checkpoint(passive)").fetchone()[1]
-                        if frames >= WAL_RESTART_FRAMES:
-                            # Under steady writes a checkpoint never catches up (commits land while
-                            # it copies), and the WAL only starts over after one has: copy the few
-                            # frames committed meanwhile with our writers held.
-                            with self.lock:
-                                side.execute("pragma wal_checkpoint(passive)").fetchall()
-                    if flush:
-                        self.flush()
-                except (sqlite3.Error, OSError) as exc:
-                    # Not fatal: the next commit (SQLite's own checkpoint) or flush tries again.
-                    log.warning("%s: background %s failed: %s", self.path, "checkpoint" if checkpoint else "flush", exc)
+                    flush = self._take_flush(due_only=True)
+                if flush:  # first: an fsync that is due never waits behind a checkpoint
+                    self._flush_logged()
+                if checkpoint:
+                    side = self._checkpoint(side)
         finally:
             if side is not None:
                 with contextlib.suppress(sqlite3.Error):
                     side.close()
+
+    def _checkpoint(self, side: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        try:
+            if side is None:
+                side = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                side.execute(f"pragma synchronous={self.sync}")
+            # Also fsyncs the WAL before it copies (synchronous NORMAL or FULL).
+            frames = side.execute("pragma wal_checkpoint(passive)").fetchone()[1]
+            if frames >= WAL_RESTART_FRAMES:
+                # Under steady writes a checkpoint never catches up (commits land while it
+                # copies), and the WAL only starts over after one has: copy the few frames
+                # committed meanwhile with our writers held. A flush asked for is done
+                # first, so that it does not wait for the writers' lock.
+                with self._sync_cond:
+                    flush = self._take_flush(due_only=False)
+                if flush:
+                    self._flush_logged()
+                self.checkpoints_held += 1
+                with self.lock:
+                    side.execute("pragma wal_checkpoint(passive)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:
+            # Not fatal: the next request, or SQLite's own backstop, checkpoints again.
+            log.warning("%s: background checkpoint failed: %s", self.path, exc)
+        return side
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except OSError as exc:
+            log.warning("%s: could not fsync the WAL: %s", self.path, exc)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file now (as SQLite would at the next commit after
@@ -345,5 +376,7 @@ class Store:
             self._sync_cond.notify()
         if self._syncer is not None:
             self._syncer.join(timeout=2)
+        if self._flush_due is not None:  # asked for and not yet done
+            self._flush_logged()
         with self.lock, contextlib.suppress(sqlite3.Error):
             self.conn.close()
