@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from . import footprint, latency, pickup, scale, startup, throughput, wear
+from . import footprint, latency, monitor, pickup, recovery, scale, solar, startup, throughput, wear
 from .harness import BENCH_DIR, Broker, Row
 from .lab import Context, Lab, make_workdir, remove_workdir
 from .report import document, machine, machine_line, table
@@ -33,6 +33,9 @@ BENCHMARKS: tuple[tuple[str, ModuleType], ...] = (
     ("wear", wear),
     ("footprint", footprint),
     ("scale", scale),
+    ("recovery", recovery),
+    ("solar", solar),
+    ("monitor", monitor),
 )
 
 

@@ -27,6 +27,7 @@ from . import __version__, systemd
 from .actions import Runtime, build_registry, check_jobs
 from .config import Settings, load_settings
 from .errors import EdgeAgentError
+from .events import EventLog, EventReporter
 from .hardware import Hardware
 from .journal import Journal
 from .lock import InstanceLock
@@ -109,30 +110,32 @@ class Agent:
         journal = Journal(self.store)
 
         self.link = self._make_link()
-        reporter = self.link.reporter if self.link else None
+        self.events = self._make_events()
+        reporter = self.reporter = EventReporter(self.events, self.link.reporter if self.link else None,
+                                                 accepted=self.link.accepted if self.link else None)
         self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, cmd, when: queue.retry_at(cur, cmd, when),
                              reporter=reporter, release_parked=lambda: queue.release_parked())
         queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
                                        network_workers=s.network_workers, is_network=self.registry.needs_network,
-                                       on_submitted=self.link.accepted if self.link else None)
+                                       on_submitted=reporter.received)
         self.runner.acting = queue.acting
         runtime.submit = queue.submit
         runtime.publish = self.link.publish if self.link else None
+        runtime.store, runtime.events, runtime.reporter = self.store, self.events, reporter
+        runtime.settings = lambda: self.settings
         set_submitter(queue.submit)
 
         self.hardware = Hardware(s.devices, s.pin_factory, on_change=self._on_gpio_change)
         runtime.hardware = self.hardware
         self.hardware.open()
 
-        interrupted = queue.recover(lambda cmd: self.registry.is_idempotent(cmd.action, cmd.args))
-        if interrupted and self.link:
+        interrupted = queue.recover(lambda cmd: self.registry.reruns_after_a_kill(cmd.action))
+        if interrupted:
             with self.store.transaction() as cur:
                 for cmd in interrupted:
-                    self.link.reporter.finished(cur, cmd)
+                    reporter.finished(cur, cmd)
         with self.store.transaction() as cur:
             self.store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
-        self._prune()
-        self.store.checkpoint()
         queue.start(s.db_path)
         self._components = []
         self.scheduler = self._make_scheduler()
@@ -155,13 +158,21 @@ class Agent:
         assert self.store is not None
         return MqttLink(self.settings, self.store, agent=self)
 
+    def _make_events(self) -> EventLog:
+        assert self.store is not None
+        s = self.settings
+        return EventLog(self.store, s.device_id, keep=s.events.keep, max_rows=s.events.max_rows,
+                        outbox=self.link.outbox if self.link else None,
+                        topic=self.link.topics.events if self.link else None, outbox_max=s.events.outbox_max,
+                        enabled=s.events.enabled)
+
     def _make_scheduler(self) -> Any:
         if not self.settings.jobs and not self.settings.windows:
             return None
         from .scheduler import Scheduler
 
         assert self.store is not None and self.queue is not None
-        return Scheduler(self.settings, self.store, submit=self.queue.submit)
+        return Scheduler(self.settings, self.store, submit=self.queue.submit, on_fired=self.reporter.fired)
 
     def next_solar(self, event: str) -> str | None:
         """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""
@@ -189,6 +200,8 @@ class Agent:
         removed = Journal(self.store).prune(time.time() - self.settings.keep)
         if removed:
             log.info("forgot %d finished command(s) older than %.0f days", removed, self.settings.keep / 86400)
+        if getattr(self, "events", None) is not None:
+            self.events.prune()
 
     # ----------------------------------------------------------------- run
 
@@ -217,7 +230,8 @@ class Agent:
 
     def run_forever(self, *, on_tick: Callable[[], None] | None = None) -> None:
         interval = systemd.watchdog_interval()
-        last_prune = time.monotonic()
+        # The first prune 5 minutes after start-up: not before READY, nor in a backlog's drain.
+        last_prune = time.monotonic() - 3600 + 300
         trimmed_at = 0
         while not self._stop_requested:
             self._sleep(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)

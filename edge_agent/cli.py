@@ -16,16 +16,41 @@ from typing import Any
 __all__ = ["main"]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter with the width found as ``shutil.get_terminal_size`` finds it, without
+    importing shutil (with bz2 and lzma, ~3 ms of every command's start on a fast CPU) for each parser."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        if kwargs.get("width") is None:
+            kwargs["width"] = _columns() - 2
+        super().__init__(prog, **kwargs)
+
+
+def _columns() -> int:
+    import os
+
+    try:
+        if (columns := int(os.environ.get("COLUMNS", "0"))) > 0:
+            return columns
+    except ValueError:
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="edge-agent", description="A durable task runner for Raspberry Pi-class devices.")
+    p = argparse.ArgumentParser(prog="edge-agent", description="A durable task runner for Raspberry Pi-class devices.",
+                                formatter_class=_Formatter)
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def cmd(name: str, help_text: str, *, config: bool = True, json_flag: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
         if config:
             sp.add_argument("--config", metavar="PATH", help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.toml)")
         if json_flag:
@@ -53,7 +78,70 @@ def _parser() -> argparse.ArgumentParser:
     h = cmd("history", "recent commands and their outcomes")
     h.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
     cmd("check", "validate the config; exit 2 with a clear message when it is wrong", json_flag=False)
+    _fleet_parser(sub)
+    mo = cmd("monitor", "a web page for the fleet, live (needs edge-agent[monitor]); broker from the config's [mqtt]",
+             json_flag=False)
+    mo.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT", help="where to serve (default 127.0.0.1:5555)")
+    mo.add_argument("--db", metavar="PATH", help="the monitor's own SQLite file (default /var/lib/edge-agent/monitor.db as root)")
+    mo.add_argument("--keep", default="30d", metavar="DURATION", help="how long tasks and events are kept (default 30d)")
+    mo.add_argument("--max-tasks", type=int, default=1_000_000, metavar="N", help="tasks kept at most (default 1000000)")
+    mo.add_argument("--password-file", metavar="PATH", help="first line: the password or token that logs in")
+    mo.add_argument("--login-always", action="store_true", help="ask for a login also from localhost (behind a proxy)")
     return p
+
+
+def _fleet_parser(sub: Any) -> None:
+    f = sub.add_parser("fleet", help="every device on the broker: list, command, events, history",
+                       description="The fleet, seen from the MQTT broker (from any machine that reaches it).",
+                       formatter_class=_Formatter)
+    fsub = f.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
+    fsub.required = True
+
+    def fcmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = fsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+        g = sp.add_argument_group("broker (default: the [mqtt] table of the config)")
+        g.add_argument("--config", metavar="PATH", help="config file whose [mqtt] table to use")
+        g.add_argument("--host", help="broker host (without --config: no config file is read)")
+        g.add_argument("--port", type=int)
+        g.add_argument("--prefix", metavar="P", help="topic prefix (default: edge)")
+        g.add_argument("--username")
+        g.add_argument("--password-file", metavar="PATH")
+        g.add_argument("--ca-file", metavar="PATH", help="TLS: CA certificate(s) to trust")
+        g.add_argument("--cert-file", metavar="PATH", help="TLS: client certificate")
+        g.add_argument("--key-file", metavar="PATH", help="TLS: client key")
+        g.add_argument("--insecure", action="store_true", help="TLS without checking the broker's certificate")
+        sp.add_argument("--json", action="store_true", help="print one JSON document (events: one per line)")
+        return sp
+
+    fcmd("ls", "every device: online/offline, version, uptime, queue, outbox, clock, last seen, failures, next job")
+    s = fcmd("send", "one command to many devices; the replies, device by device (exit 0 only if all succeeded)")
+    s.add_argument("action", help="action name, e.g. agent.ping")
+    s.add_argument("pairs", nargs="*", metavar="key=value", help="arguments; values are read as JSON when they parse")
+    s.add_argument("--args", metavar="JSON", help="arguments as one JSON object")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--device", "-d", action="append", metavar="D", help="a device (repeat for more)")
+    who.add_argument("--group", "-g", metavar="G", help="one group command to every member of G")
+    who.add_argument("--all", action="store_true", help="every device on the broker")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="S", help="wait at most S seconds (default 30)")
+    s.add_argument("--wait-offline", action="store_true",
+                   help="also wait (until the timeout) for offline devices to come back and answer")
+    s.add_argument("--ttl", type=float, metavar="S", help="the command expires if it cannot start within S seconds")
+    s.add_argument("--id", help="command id (default: a new one)")
+    e = fcmd("events", "the fleet's task events: the latest ones, and with --follow the live stream")
+    e.add_argument("--device", "-d", action="append", metavar="D", help="only this device (repeat for more)")
+    e.add_argument("--follow", "-f", action="store_true", help="keep printing events as they happen (Ctrl-C ends)")
+    e.add_argument("-n", type=int, default=10, metavar="N", help="latest events per device first (default 10; 0: none)")
+    e.add_argument("--resume", metavar="FILE", help="with --follow: start after the positions saved in FILE, save them there")
+    h = fcmd("history", "one device's task events, fetched with agent.history")
+    h.add_argument("device")
+    h.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50): the latest, or the first after --after")
+    h.add_argument("--after", type=int, metavar="SEQ", help="events after this seq, oldest first")
+    h.add_argument("--action", help="only this action")
+    h.add_argument("--event", help="only this kind (received, started, retried, succeeded, failed, expired, revoked, fired)")
+    h.add_argument("--id", help="only this command id")
+    h.add_argument("--since", metavar="TIME", help="unix seconds or ISO-8601")
+    h.add_argument("--until", metavar="TIME", help="unix seconds or ISO-8601")
+    h.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait at most S seconds for each answer")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,3 +445,41 @@ def _cmd_sun(args: argparse.Namespace) -> int:
         shown = when[11:19] + " " + when[19:] if when else f"- ({doc['missing'].get(name, 'none this day')})"
         print(f"  {name:<18} {shown}")
     return 0
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from .durations import parse_duration
+    from .errors import ConfigError
+    from .logs import setup_logging
+
+    settings = _settings(args)
+    if settings.mqtt is None:
+        raise ConfigError("the monitor needs an [mqtt] table (its broker)", path=settings.path)
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--listen must be HOST:PORT, got {args.listen!r}")
+    try:
+        keep = parse_duration(args.keep)
+        from .monitor.service import MonitorSettings, run_monitor
+    except ValueError as exc:
+        raise ConfigError(f"--keep: {exc}") from None
+    except ImportError as exc:
+        print(f"edge-agent: the monitor needs its web stack: pip install 'edge-agent[monitor]' ({exc})", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    return run_monitor(MonitorSettings(mqtt=settings.mqtt, location=settings.location, host=host.strip("[]") or "127.0.0.1",
+                                       port=int(port), db_path=args.db or "", keep=keep, max_tasks=args.max_tasks,
+                                       password_file=args.password_file, open_local=not args.login_always,
+                                       log_level=settings.log_level))
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from . import fleetcli
+
+    return int(getattr(fleetcli, f"fleet_{args.fleet_command}")(args))

@@ -30,7 +30,7 @@ __all__ = [
     "validate_args",
 ]
 
-TERMINAL = ("succeeded", "failed", "expired")
+TERMINAL = ("succeeded", "failed", "expired", "revoked")  # revoked: agent.revoke cancelled it before it ran
 _EMPTY = object()  # stands for inspect.Parameter.empty (hints default to Any, so it never reaches the checks)
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 MAX_DEPTH = 32

@@ -8,6 +8,7 @@
     ├── StorageError (OSError)              the database cannot be opened or written
     │   └── AlreadyRunning                  another daemon owns this database
     ├── HardwareError (RuntimeError)        a GPIO device cannot be opened or driven
+    ├── BrokerUnreachable (ConnectionError) ``edge-agent fleet`` cannot reach the MQTT broker
     └── TaskError (RuntimeError)            raised by actions to classify a failure
         ├── RetryableError                  worth another attempt (the default for unknown errors
         │   └── NetworkUnavailable (ConnectionError)   ... is decided by the retry policy)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyRunning",
+    "BrokerUnreachable",
     "ConfigError",
     "EdgeAgentError",
     "HardwareError",
@@ -79,6 +81,12 @@ class AlreadyRunning(StorageError):
 
 class HardwareError(EdgeAgentError, RuntimeError):
     kind = "hardware"
+
+
+class BrokerUnreachable(EdgeAgentError, ConnectionError):
+    """The operator side (``edge-agent fleet``) cannot connect to, or was refused by, the broker."""
+
+    kind = "broker"
 
 
 class TaskError(EdgeAgentError, RuntimeError):

@@ -40,6 +40,7 @@ class Topics:
         self.reply = f"{base}/reply"
         self.status = f"{base}/status"
         self.state = f"{base}/state"
+        self.events = f"{base}/events"
         self.groups = groups
         self.ha_status = f"{discovery_prefix}/status"
         self.subscriptions = [f"{base}/cmd/+", f"{base}/gpio/+/set", *(f"{prefix}/group/{g}/cmd/+" for g in groups)]
@@ -83,6 +84,7 @@ class Checked:
     reply: dict[str, Any] | None = None
     response_topic: str | None = None
     correlation: bytes | None = None
+    redelivered: bool = False  # the broker's resend of a message we did not acknowledge (DUP set)
 
 
 class Ingress:
@@ -102,7 +104,7 @@ class Ingress:
     # ----------------------------------------------------------------- in
 
     def check(self, topic: str, payload: bytes, *, response_topic: str | None = None,
-              correlation: bytes | None = None) -> Checked | None:
+              correlation: bytes | None = None, redelivered: bool = False) -> Checked | None:
         """Parse and validate a message, without the database (so not under its lock): what
         :meth:`commit` stores, or None if there is nothing to store (a log line says why)."""
         route = self.topics.route(topic)
@@ -129,7 +131,8 @@ class Ingress:
             fields["id"] = command_id
         if ttl is not None:
             fields["deadline"] = self.clock() + ttl
-        return Checked(NewCommand(**fields), response_topic=response_topic, correlation=correlation)
+        return Checked(NewCommand(**fields), response_topic=response_topic, correlation=correlation,
+                       redelivered=redelivered)
 
     def commit(self, cur: sqlite3.Cursor, checked: Checked) -> None:
         """Store what :meth:`check` found, in the caller's transaction."""
@@ -138,7 +141,10 @@ class Ingress:
             return
         assert checked.new is not None
         row, created = self.submit(checked.new, cur)
-        if not created:
+        if not created and not checked.redelivered:
+            # A repeat by the sender gets the stored outcome. The broker's redelivery of a command
+            # that was stored before a crash cut off its PUBACK gets nothing: its replies are in
+            # the outbox already, and one more would not be a byte-identical repeat.
             self._reply(cur, row, duplicate=True, response_topic=checked.response_topic,
                         correlation=checked.correlation)
 

@@ -6,14 +6,12 @@
       └──► expired (its deadline passed before it could start)
 
 The journal, not Huey's queue, is the source of truth: Huey deletes a task before
-running it, so a crash could lose it. At start-up :meth:`Journal.recover` puts every
-open command back in line (``queued`` ones as they were; ``running`` ones re-run if
-their action is idempotent, else they fail as ``interrupted``).
+running it, so a crash could lose it. At start-up :meth:`Journal.recover` puts the
+commands a kill left ``running`` back in line, with their attempt given back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import time
@@ -41,11 +39,14 @@ def _row(r: tuple[Any, ...]) -> Command:
     )
 
 
+#: a command interrupted by this many kills in a row is not run again
+MAX_INTERRUPTS = 3
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What :meth:`Journal.recover` found after a stop or crash."""
 
-    requeued: list[Command]
     rerun: list[Command]
     interrupted: list[Command]
 
@@ -121,33 +122,32 @@ class Journal:
     def last_seq(self, cur: sqlite3.Cursor) -> int:
         return int(cur.execute("select coalesce(max(seq), 0) from commands").fetchone()[0])
 
-    def recover(self, cur: sqlite3.Cursor, is_idempotent: Callable[[Command], bool]) -> Recovery:
-        """Settle the commands a crash left open; returns those to put back in the queue."""
-        requeued, rerun, interrupted = [], [], []
-        for r in cur.execute(f"select {_COLUMNS} from commands where state in ('queued', 'running') order by seq").fetchall():
-            cmd = _row(r)
-            if cmd.state == "queued":
-                requeued.append(cmd)
-            elif is_idempotent(cmd):
-                rerun.append(cmd)
-            else:
-                interrupted.append(cmd)
-        if rerun:
-            cur.executemany("update commands set state = 'queued' where seq = ?", [(c.seq,) for c in rerun])
-            rerun = [dataclasses.replace(c, state="queued") for c in rerun]
-        if requeued or rerun:
-            # The queue now holds them: not to be adopted again.
-            cur.execute("update commands set enqueued = 1 where state = 'queued' and enqueued = 0")
+    def recover(self, cur: sqlite3.Cursor, reruns: Callable[[Command], bool] = lambda cmd: True) -> Recovery:
+        """Settle the commands a kill left ``running`` (found by their index, so the cost does not
+        grow with the backlog): each goes back in line with its attempt given back, since a kill
+        is not a failure of the task. It fails as ``interrupted`` instead when ``reruns(cmd)`` is
+        false (an ``at_most_once`` task), or when it was interrupted ``MAX_INTERRUPTS`` times (it
+        is probably what stops the agent: a crash, a hang the watchdog ends)."""
+        rows = cur.execute(f"select {_COLUMNS}, interrupts from commands where state = 'running' order by seq").fetchall()
+        rerun, interrupted = [], []
         now = self.clock()
-        finished = []
-        for cmd in interrupted:
-            row = cur.execute(
-                f"update commands set state = 'failed', finished = ?, error_type = 'interrupted', "
-                f"error_message = ? where seq = ? returning {_COLUMNS}",
-                (now, "the agent stopped while this command was running; it is not idempotent, so it was not run again", cmd.seq),
-            ).fetchone()
-            finished.append(_row(row))
-        return Recovery(requeued, rerun, finished)
+        for r in rows:
+            cmd, interrupts = _row(r), r[-1] + 1
+            again = reruns(cmd)
+            if again and interrupts < MAX_INTERRUPTS:
+                row = cur.execute(
+                    f"update commands set state = 'queued', attempts = max(attempts - 1, 0), interrupts = ?, "
+                    f"started = null where seq = ? returning {_COLUMNS}", (interrupts, cmd.seq)).fetchone()
+                rerun.append(_row(row))
+            else:
+                row = cur.execute(
+                    f"update commands set state = 'failed', finished = ?, interrupts = ?, error_type = 'interrupted', "
+                    f"error_message = ? where seq = ? returning {_COLUMNS}",
+                    (now, interrupts, "the agent stopped while this command was running; it runs at most once, so "
+                     "it was not run again" if not again else f"the agent stopped {interrupts} times while this command "
+                     "was running (does it crash or hang the agent?); not run again", cmd.seq)).fetchone()
+                interrupted.append(_row(row))
+        return Recovery(rerun, interrupted)
 
     def prune(self, older_than: float) -> int:
         """Forget finished commands older than ``older_than`` (unix time); returns how many."""

@@ -6,7 +6,8 @@
   in arrival order (paho calls ``on_message`` in order on the network thread).
 - TCP_NODELAY on the socket: with Nagle on, a round trip takes ~88 ms, not ~1 ms.
 - Subscriptions are made in ``on_connect``: paho reconnects but does not resubscribe.
-- Our own reconnect loop: capped exponential backoff (1.1x, 0.5 s to 60 s) with full jitter.
+- Our own reconnect loop: capped exponential backoff with full jitter (:func:`reconnect_delay`:
+  up to 1 s, 2 s, 4 s ... 60 s), so a fleet does not come back in lockstep after a broker restart.
 - Last will ``offline`` (retained), ``online`` on connect, ``offline`` on a clean stop.
 - MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 ("auto").
 - Everything published goes through :class:`Outbox` (SQLite), except the link's own
@@ -31,16 +32,30 @@ from .ingress import Checked, Ingress, Topics
 from .outbox import Outbox
 from .store import Store
 
-__all__ = ["MqttLink"]
+__all__ = ["MqttLink", "reconnect_delay"]
 
 log = logging.getLogger(__name__)
 
 WINDOW = 500  # messages handed to paho and not yet acknowledged, at most (the broker may allow fewer)
 WINDOW_V311 = 100  # MQTT 3.1.1 brokers do not say how many they take; mosquitto's default is 20 (QoS 1 is acked at once)
-MAX_BACKOFF = 60.0
-BACKOFF_GROWTH = 1.1
+BACKOFF_BASE = 1.0  # seconds: the ceiling of the first reconnect delay
+MAX_BACKOFF = 60.0  # seconds: the ceiling never grows beyond this
+STABLE_AFTER = 10.0  # seconds a connection must last before the backoff starts again from the base
 STATE_MIN_INTERVAL = 1.0  # seconds between two `state` messages caused by changes
-REMOVE_EVERY = 0.1  # seconds: how long acknowledged outbox rows may wait to be deleted together
+# Acknowledged outbox rows are deleted together, without an fsync of their own, once REMOVE_BATCH
+# of them are waiting or REMOVE_EVERY seconds after the last deletion: what a crash can publish
+# again is the messages in flight (the window) plus fewer than REMOVE_BATCH acknowledged ones.
+REMOVE_EVERY = 0.05
+REMOVE_BATCH = 64
+
+
+def reconnect_delay(failures: int, rng: random.Random) -> float:
+    """Seconds to wait before reconnect attempt ``failures + 1`` (0 after the link was lost):
+    full jitter, uniform in [0, min(60 s, 1 s x 2^failures)]. After a broker restart every
+    device is disconnected at the same instant; drawn this way their attempts spread out
+    over a window about as long as the outage so far, instead of arriving together."""
+    ceiling = min(MAX_BACKOFF, BACKOFF_BASE * 2.0 ** min(failures, 16))
+    return rng.uniform(0.0, ceiling)
 
 
 class MqttLink:
@@ -68,7 +83,8 @@ class MqttLink:
         # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
         # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
-        self._backoff = 0.5
+        self._failures = 0  # reconnect attempts since the link last held (reconnect_delay)
+        self._connected_at: float | None = None
         self._window = WINDOW
         self._last_error: str | None = None
         self._state_dirty = threading.Event()
@@ -118,13 +134,16 @@ class MqttLink:
         began = time.monotonic()
         deliver_by, offline_by, end = began + timeout / 2, began + timeout * 5 / 6, began + timeout
         client = self._client
+        events = getattr(self, "event_publisher", None)
         try:
             target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+            events_target = events.log.last_seq() if events is not None else 0
         except StorageError as exc:  # say offline and leave all the same
             log.error("outbox: %s", exc)
-            target = 0
+            target = events_target = 0
         self.outbox.wake()
-        while self.connected.is_set() and self._delivered_upto < target and time.monotonic() < deliver_by:
+        while self.connected.is_set() and time.monotonic() < deliver_by and (
+                self._delivered_upto < target or (events is not None and events.acked_upto < events_target)):
             time.sleep(0.01)
         if client is not None and self.connected.is_set():
             try:
@@ -142,6 +161,11 @@ class MqttLink:
                 pass
         for t in self._threads:
             t.join(timeout=max(0.1, end - time.monotonic()))
+        if events is not None and not any(t.is_alive() for t in self._threads):
+            try:
+                events.save(now=time.monotonic(), force=True)  # the events acknowledged last
+            except StorageError as exc:
+                log.error("could not record the events published: %s", exc)
 
     # ----------------------------------------------------------------- connection
 
@@ -235,12 +259,13 @@ class MqttLink:
                 self._wait_backoff()
 
     def _wait_backoff(self) -> None:
-        # Full jitter under a ceiling that grows 1.1x per failure from 0.5 s to a minute. The
-        # ceiling stays near 0.2x the time the link has been down, so the agent is back about
-        # 0.1x that long after the broker (~0.5 s after a 5 s restart); after ~5 minutes down
-        # it tries once a minute. (At 1.5x it came back after about half the outage.)
-        delay = self.rng.uniform(0.1, self._backoff)
-        self._backoff = min(MAX_BACKOFF, self._backoff * BACKOFF_GROWTH)
+        # A connection that held for a while starts the backoff again; one the broker accepts
+        # and drops at once (a session taken over, an ACL) keeps growing it.
+        if self._connected_at is not None and time.monotonic() - self._connected_at >= STABLE_AFTER:
+            self._failures = 0
+        self._connected_at = None
+        delay = reconnect_delay(self._failures, self.rng)
+        self._failures += 1
         self._stop.wait(delay)
 
     def _note_down(self, why: str) -> None:
@@ -276,7 +301,7 @@ class MqttLink:
             self._note_down(f"the broker refused the connection: {reason_code}")
             client.disconnect()
             return
-        self._backoff = 0.5
+        self._connected_at = time.monotonic()
         self._last_error = None
         receive_max = getattr(properties, "ReceiveMaximum", None) if self._protocol == 5 else None
         # A few of the broker's slots stay free for the link's own `online` and `state`.
@@ -362,7 +387,8 @@ class MqttLink:
             correlation = getattr(props, "CorrelationData", None)
             if response_topic is not None and (any(c in response_topic for c in "#+") or not response_topic):
                 response_topic = None
-        return self.ingress.check(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation)
+        return self.ingress.check(msg.topic, msg.payload, response_topic=response_topic, correlation=correlation,
+                                  redelivered=bool(getattr(msg, "dup", False)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # Called with paho's own lock held: only record the mid, the publisher does the rest.
@@ -382,6 +408,7 @@ class MqttLink:
         inflight: dict[int, tuple[int, str]] = {}
         last_seq = 0
         last_state = 0.0
+        events = self._event_publisher()  # task events go out from their own table, beside the outbox
         done: list[int] = []
         last_remove = 0.0
         while not self._stop.is_set():
@@ -391,18 +418,22 @@ class MqttLink:
                 sent = inflight.pop(mid, None)
                 if sent is not None:
                     done.append(sent[0])
+                elif events is not None and events.acked(mid):
+                    sent = (0, events.topic)
                 if refused is not None:
                     # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
                     log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
                               (sent[1] if sent else "?")[:200], refused)
             self._delivered_upto = min(seq for seq, _ in inflight.values()) - 1 if inflight else last_seq
             try:
-                # Acknowledged rows are deleted in batches (every REMOVE_EVERY s): a command's
+                # Acknowledged rows are deleted in batches (REMOVE_BATCH, REMOVE_EVERY): a command's
                 # `accepted` and final replies then leave the WAL in one commit, not two.
-                if done and (len(done) >= WINDOW or time.monotonic() - last_remove >= REMOVE_EVERY):
+                if done and (len(done) >= REMOVE_BATCH or time.monotonic() - last_remove >= REMOVE_EVERY):
                     self.outbox.remove(done)
                     done = []
                     last_remove = time.monotonic()
+                if events is not None:
+                    events.save(now=time.monotonic())
                 since = time.monotonic() - last_state
                 if (self._state_dirty.is_set() and since >= STATE_MIN_INTERVAL) or since > self.cfg.state_interval:
                     if self.connected.is_set():
@@ -411,12 +442,15 @@ class MqttLink:
                         self._publish_state()
                 client = self._client
                 window = self._window
-                if client is not None and self.connected.is_set() and len(inflight) < window:
-                    for m in self.outbox.pending(last_seq, window - len(inflight)):
+                busy = len(inflight) + (events.inflight if events is not None else 0)
+                if client is not None and self.connected.is_set() and busy < window:
+                    for m in self.outbox.pending(last_seq, window - busy):
                         info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
                                               properties=self._props(m.props))
                         inflight[info.mid] = (m.seq, m.topic)
                         last_seq = m.seq
+                    if events is not None:
+                        events.publish(client, window - len(inflight) - events.inflight)
 
             except StorageError as exc:
                 log.error("outbox: %s", exc)
@@ -426,13 +460,26 @@ class MqttLink:
                 self._stop.wait(1.0)
             # While disconnected, paho keeps the unacknowledged messages and resends them itself.
             timeout = STATE_MIN_INTERVAL if self._state_dirty.is_set() and self.connected.is_set() else self.cfg.state_interval
-            if done:
+            if done or (events is not None and events.dirty):
                 timeout = min(timeout, REMOVE_EVERY)
             with self.outbox.cond:
                 # An ack that came in while this pass ran may not have woken anyone (see
                 # _on_publish): look at the deque under the lock before sleeping.
                 if generation == self.outbox.generation and not self._acked and not self._stop.is_set():
                     self.outbox.cond.wait(timeout=timeout)
+
+    def _event_publisher(self) -> Any:
+        log_ = getattr(self.agent, "events", None)
+        if log_ is None:
+            return None
+        from .events import EventPublisher
+
+        try:
+            self.event_publisher = EventPublisher(log_, self.topics.events)
+        except StorageError as exc:  # replies still go out; events wait in their table for the next start
+            log.error("events: cannot read the publishing position: %s", exc)
+            return None
+        return self.event_publisher
 
     def _props(self, props: dict[str, Any] | None) -> Any:
         if not props or self._protocol != 5:
@@ -465,6 +512,12 @@ class MqttLink:
             "next_jobs": agent.scheduler.next_firings(5) if getattr(agent, "scheduler", None) else [],
             "next_sunset": agent.next_solar("sunset") if hasattr(agent, "next_solar") else None,
             "last_error": None,
+            "groups": list(self.settings.groups),
+            "failures_24h": int(self.store.query(
+                "select count(*) from commands where state in ('failed', 'expired') and finished > ?",
+                (time.time() - 86400,))[0][0]),
+            "last_seq": agent.events.last_seq() if getattr(agent, "events", None) is not None else 0,
+            "ts": round(time.time(), 3),
         }
         rows = self.store.query("select action, error_type, error_message, finished from commands "
                                 "where state in ('failed', 'expired') order by finished desc limit 1")

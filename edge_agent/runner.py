@@ -39,9 +39,21 @@ class Reporter(Protocol):
 
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None: ...
 
+    def started(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        """``cmd`` was claimed and its action is about to run."""
+
+    def retried(self, cur: sqlite3.Cursor, before: Command, cmd: Command) -> None:
+        """``cmd`` waits for a later attempt or for the network (``before``: as it was claimed)."""
+
 
 class _Silent:
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        pass
+
+    def started(self, cur: sqlite3.Cursor, cmd: Command) -> None:
+        pass
+
+    def retried(self, cur: sqlite3.Cursor, before: Command, cmd: Command) -> None:
         pass
 
 
@@ -113,7 +125,16 @@ class Runner:
         wait = self.gate.may_try(target) if target is not None else None
         if wait is not None:
             return self._park(cur, cmd, action, f"{target} is unreachable; waiting for it", wait=wait)
+        self.reporter.started(cur, cmd)
         return Started(cmd, action, target)
+
+    def fail_unstartable(self, cur: sqlite3.Cursor, seq: int, error: tuple[str, str]) -> None:
+        """Command ``seq`` could not be started (a bug of ours): it ends ``failed`` with the
+        error, and is reported, instead of staying queued without a message."""
+        rows = cur.execute("select 1 from commands where seq = ? and state = 'queued'", (seq,)).fetchall()
+        if rows:
+            done = self.journal.finish(cur, seq, "failed", error=error)
+            self.reporter.finished(cur, done)
 
     def complete(self, step: Started | Command | None, defer: bool = False) -> Command | Finish | None:
         """Run a begun command's action (outside any transaction) and record its outcome; with
@@ -151,6 +172,7 @@ class Runner:
         when = min(now + wait * self.rng.uniform(1.0, 1.1) + 0.01, give_up + 0.001)
         parked = self.journal.retry_later(cur, cmd.seq, when, ("network_unavailable", why), refund=True)
         self.retry_at(cur, cmd, when)
+        self.reporter.retried(cur, cmd, parked)
         return parked
 
     def _failed(self, cmd: Command, action: Any, exc: Exception, target: str | None) -> Command:
@@ -178,6 +200,7 @@ class Runner:
                                 cmd.action, cmd.attempts, policy.retries + 1, error[1], delay)
                     retried = self.journal.retry_later(cur, cmd.seq, when, error, max_attempts=policy.retries + 1)
                     self.retry_at(cur, cmd, when)
+                    self.reporter.retried(cur, cmd, retried)
                     return retried
             done = self.journal.finish(cur, cmd.seq, "failed", error=error)
             self.reporter.finished(cur, done)

@@ -68,9 +68,12 @@ def build_windows(settings: Any) -> list[tuple[Any, Window]]:
 
 class Scheduler:
     def __init__(self, settings: Any, store: Store, *, submit: Callable[..., Any],
-                 clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None):
+                 clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None,
+                 on_fired: Callable[..., None] | None = None):
         self.store = store
         self.submit = submit
+        # (cur, job name, planned unix time, command) in the transaction that queued a firing
+        self.on_fired = on_fired
         self.clock = clock or scheduler_clock()
         self._trusted_fn = trusted
         self.planner = Planner(on_time_s=ON_TIME)
@@ -203,7 +206,9 @@ class Scheduler:
                 ts = planned.timestamp()
                 cmd = NewCommand(action=spec.action, args=dict(spec.args), id=f"job:{spec.name}:{ts:.0f}",
                                  source="schedule", deadline=time.time() + max(ts + grace - now_ts, ON_TIME))
-                self.submit(cmd, cur)
+                queued = self.submit(cmd, cur)
+                if self.on_fired is not None and queued is not None and queued[1]:
+                    self.on_fired(cur, spec.name, ts, queued[0])
                 log.info("job %s fired for %s", spec.name, planned.astimezone(self.settings.location.tz).isoformat())
             cur.execute("update firings set planned = ?, fired = ? where job = ?",
                         (last.timestamp() if last else None, now_ts if instants else None, spec.name))

@@ -9,7 +9,9 @@ from typing import Any
 __all__ = ["collect_status", "render_status"]
 
 
-def collect_status(settings: Any) -> dict[str, Any]:
+def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
+    """The ``status --json`` document; ``store``: an open database (the daemon's own, for
+    ``agent.status``) instead of opening one."""
     from . import __version__, systemd
     from .client import LocalClient
     from .lock import daemon_running
@@ -22,12 +24,15 @@ def collect_status(settings: Any) -> dict[str, Any]:
     trusted = settings.clock_trust == "always" or systemd.clock_synchronized()
     doc["clock"] = {"synchronized": trusted, "trust": settings.clock_trust,
                     "holding_jobs": not trusted and bool(settings.jobs or settings.windows)}
-    try:
-        client = LocalClient(settings, create=False)
-    except Exception as exc:  # no database yet: the daemon never ran
-        doc["error"] = str(exc)
-        return doc
-    store, journal = client.store, client.journal
+    if store is None:
+        try:
+            store = LocalClient(settings, create=False).store
+        except Exception as exc:  # no database yet: the daemon never ran
+            doc["error"] = str(exc)
+            return doc
+    from .journal import Journal
+
+    journal = Journal(store)
     meta = store.get_meta("daemon")
     if meta and pid is not None:
         doc["daemon"]["since"] = json.loads(meta).get("started")

@@ -32,7 +32,7 @@ __all__ = ["SCHEMA_VERSION", "Store", "translate_sqlite_error"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHECKPOINT_EVERY = 256  # commits (~4 WAL pages each) between background checkpoints: about SQLite's 1,000 pages
 WAL_RESTART_FRAMES = 4000  # a WAL this long is checkpointed to the end, holding the writers briefly
 AUTOCHECKPOINT_BACKSTOP = 20000  # pages: SQLite checkpoints in a commit only if the daemon's fall far behind
@@ -63,8 +63,12 @@ _SCHEMA = (
         correlation blob,
         enqueued integer not null default 0,
         parked integer not null default 0,
-        max_attempts integer
+        max_attempts integer,
+        interrupts integer not null default 0
     )""",
+    # The commands a kill may have left `running`: found at start-up without reading the
+    # backlog (a handful of rows, one small page touched when a command starts and ends).
+    "create index if not exists commands_running on commands (seq) where state = 'running'",
     # Only failures are looked up by time (status, state); pruning scans, once an hour.
     "create index if not exists commands_failed on commands (finished) where state in ('failed', 'expired')",
     # Messages to publish, in order; retained state coalesces on `coalesce_key`.
@@ -177,6 +181,11 @@ class Store:
             # 1 -> 2: other processes' commands are found by a seq range scan, not an index
             # that cost a page write per command.
             cur.execute("drop index if exists commands_unadopted")
+            # 2 -> 3: how often a kill interrupted a command (a command that keeps crashing the agent
+            # must not make it crash-loop), and the index of running commands.
+            columns = {r[1] for r in cur.execute("pragma table_info(commands)").fetchall()}
+            if "interrupts" not in columns:
+                cur.execute("alter table commands add column interrupts integer not null default 0")
             cur.execute(f"pragma user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager

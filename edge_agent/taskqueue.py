@@ -32,7 +32,7 @@ from huey.storage import SqliteStorage
 
 from .commands import Command, NewCommand
 from .errors import StorageError
-from .journal import Journal
+from .journal import MAX_INTERRUPTS, Journal
 from .poke import PokeListener
 from .store import Store
 
@@ -53,6 +53,8 @@ class Executor(Protocol):
     def run(self, seq: int) -> Any: ...
 
     def begin(self, cur: sqlite3.Cursor, seq: int) -> Any: ...
+
+    def fail_unstartable(self, cur: sqlite3.Cursor, seq: int, error: tuple[str, str]) -> None: ...
 
     def complete(self, step: Any, defer: bool = False) -> Any:
         """Run a begun step. With ``defer``, a success may come back unrecorded, as an object
@@ -131,12 +133,12 @@ class QueueStorage(SqliteStorage):
         super().enqueue(data, priority)
         self.signal()
 
-    def enqueue_in(self, cur: sqlite3.Cursor, data: bytes, eta: float | None, now: float) -> None:
+    def enqueue_in(self, cur: sqlite3.Cursor, data: bytes, eta: float | None, now: float, priority: int = 0) -> None:
         """Add a message inside the caller's transaction; call :meth:`signal` after commit."""
         if eta is not None and eta > now:
             cur.execute("insert into schedule (queue, data, timestamp) values (?, ?, ?)", (self.name, data, eta))
         else:
-            cur.execute("insert into task (queue, data, priority) values (?, ?, 0)", (self.name, data))
+            cur.execute("insert into task (queue, data, priority) values (?, ?, ?)", (self.name, data, priority))
 
     def add_to_schedule(self, data: bytes, ts: datetime) -> None:
         # Huey passes naive UTC datetimes; store real unix time.
@@ -262,10 +264,11 @@ class TaskQueue:
         """The queue that runs ``action``: the network lane or the local one."""
         return self.net_storage if self.network_workers and self.is_network(action) else self.storage
 
-    def put_in(self, cur: sqlite3.Cursor, cmd: Command) -> None:
-        """Queue an accepted journal row, inside the caller's transaction."""
+    def put_in(self, cur: sqlite3.Cursor, cmd: Command, *, first: bool = False) -> None:
+        """Queue an accepted journal row, inside the caller's transaction; ``first``: ahead of
+        the line (a command a kill interrupted was at its head)."""
         eta = cmd.next_attempt or cmd.not_before
-        self.lane(cmd.action).enqueue_in(cur, self.message(cmd.seq), eta, time.time())
+        self.lane(cmd.action).enqueue_in(cur, self.message(cmd.seq), eta, time.time(), priority=1 if first else 0)
 
     def submit(self, new: NewCommand, cur: sqlite3.Cursor | None = None) -> tuple[Command, bool]:
         """Journal and queue ``new`` in one transaction (or the caller's); (row, created)."""
@@ -293,7 +296,7 @@ class TaskQueue:
             if head <= self._adopted_upto:
                 return 0
             total = 0
-            while self._adopted_upto < head:
+            while self._adopted_upto < head and not self.storage.stopping:
                 upto = min(head, self._adopted_upto + 2000)
                 put = []
                 with self.store.transaction() as cur:
@@ -304,6 +307,8 @@ class TaskQueue:
                             put.append(cmd.action)
                             if self.on_submitted is not None:
                                 self.on_submitted(cur, cmd)
+                    # Remembered with the messages: the next start resumes after it.
+                    self.store.set_meta(cur, "adopted", str(upto))
                 self._adopted_upto = upto
                 total += len(rows)
                 for action in put:
@@ -332,28 +337,35 @@ class TaskQueue:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def recover(self, is_idempotent: Callable[[Command], bool]) -> list[Command]:
-        """Rebuild Huey's tables from the journal; returns commands that ended ``interrupted``.
+    def recover(self, reruns: Callable[[Command], bool] = lambda cmd: True) -> list[Command]:
+        """Settle what a stop or crash left, at a cost that does not grow with the backlog; returns
+        the commands that ended ``interrupted`` (to be reported).
 
-        Huey's queue is derived state: a message may have been deleted by a dequeue
-        whose command never started, so it is dropped and made again from the journal.
+        Huey's tables are durable and change in the same transactions as the journal, so every
+        ``queued`` command still has its message. What a kill leaves is the ``running`` commands
+        (their messages were taken): they get a message at the head of the line. Commands other
+        processes wrote are adopted after start-up (:meth:`start`), from the last seq adopted.
         """
         with self.store.transaction() as cur:
-            for name in (self.storage.name, NET_QUEUE):  # both lanes, also one a config change turned off
-                cur.execute("delete from task where queue = ?", (name,))
-                cur.execute("delete from schedule where queue = ?", (name,))
-            found = self.journal.recover(cur, is_idempotent)
-            for cmd in (*found.requeued, *found.rerun):
-                self.put_in(cur, cmd)
-            self._adopted_upto = self.journal.last_seq(cur)
+            lanes = self.store.get_meta("lanes")
+            if lanes != "1" and not self.network_workers:
+                # The network lane was turned off (or the last run did not say): its messages move
+                # to the local one. With the lane on, nothing is scanned.
+                for table in ("task", "schedule"):
+                    cur.execute(f"update {table} set queue = ? where queue = ?", (self.storage.name, NET_QUEUE))
+            if lanes != str(len(self._lanes)):
+                self.store.set_meta(cur, "lanes", str(len(self._lanes)))
+            found = self.journal.recover(cur, reruns)
+            for cmd in found.rerun:
+                self.put_in(cur, cmd, first=True)
+            self._adopted_upto = int(self.store.get_meta("adopted") or 0)
         if found.rerun:
-            log.warning("re-running %d idempotent command(s) that a stop interrupted: %s", len(found.rerun),
+            log.warning("running again %d command(s) that a stop interrupted: %s", len(found.rerun),
                         ", ".join(c.id for c in found.rerun[:10]))
         if found.interrupted:
-            log.warning("%d command(s) were running when the agent stopped and are not idempotent: marked failed "
-                        "(interrupted): %s", len(found.interrupted), ", ".join(c.id for c in found.interrupted[:10]))
-        if found.requeued:
-            log.info("%d queued command(s) carried over", len(found.requeued))
+            log.error("%d command(s) that a stop interrupted are not run again (at_most_once, or interrupted %d "
+                      "times): marked failed (interrupted): %s", len(found.interrupted), MAX_INTERRUPTS,
+                      ", ".join(c.id for c in found.interrupted[:10]))
         return found.interrupted
 
     def start(self, poke_path: str | None) -> None:
@@ -366,18 +378,23 @@ class TaskQueue:
                 self._threads.append(t)
         if poke_path is not None:
             self._poke = PokeListener(poke_path)
-            t = threading.Thread(target=self._listen, name="poke", daemon=True)
-            t.start()
-            self._threads.append(t)
-        self.adopt()
+        # Commands other processes queued while the daemon was down are adopted here, after
+        # start-up (READY does not wait for a backlog of them), in batches, in their order.
+        t = threading.Thread(target=self._listen, name="poke", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _listen(self) -> None:
-        assert self._poke is not None
-        while self._poke.wait():
+        look = True  # the first look: what was queued while the daemon was down
+        while not self.storage.stopping:
+            if not look and (self._poke is None or not self._poke.wait()):
+                return
             try:
                 self.adopt()
+                look = False
             except Exception:
-                log.exception("could not take commands queued by another process")
+                log.exception("could not take commands queued by another process; trying again in 1s")
+                look = True
                 time.sleep(1.0)
 
     def _claim(self, cur: sqlite3.Cursor, data: bytes) -> Any:
@@ -388,14 +405,31 @@ class TaskQueue:
             step = self.runner.begin(cur, seq)
         except StorageError:
             raise  # all rolled back with the message, which stays queued
-        except Exception:
-            # Not a poison message blocking the queue: the message is taken, the claim undone;
-            # the command stays queued in the journal and is settled at the next start.
+        except Exception as exc:
+            # Not a poison message blocking the queue: the message is taken, the claim undone,
+            # and the command ends failed with the error (a bug of ours), so it is not left
+            # queued without a message.
             log.exception("a queued message could not be started")
             cur.execute("rollback to claim")
             step = None
+            self._fail_unstartable(cur, data, exc)
         cur.execute("release claim")
         return step
+
+    def _fail_unstartable(self, cur: sqlite3.Cursor, data: bytes, exc: Exception) -> None:
+        try:
+            seq = self.huey.deserialize_task(data).args[0]
+        except Exception:
+            return  # not one of our messages: nothing to settle
+        cur.execute("savepoint unstartable")
+        try:
+            self.runner.fail_unstartable(cur, seq, ("internal_error", f"could not be started: {type(exc).__name__}: {exc}"))
+        except StorageError:
+            raise
+        except Exception:
+            log.exception("could not record that command #%s could not be started", seq)
+            cur.execute("rollback to unstartable")
+        cur.execute("release unstartable")
 
     @contextlib.contextmanager
     def acting(self) -> Iterator[None]:

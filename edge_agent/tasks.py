@@ -38,12 +38,14 @@ _submitter: Callable[[NewCommand], tuple[Command, bool]] | None = None
 class TaskFunction(Generic[P, R]):
     """A function registered as an action; calling it runs it here and now."""
 
-    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy, idempotent: bool, needs_network: bool):
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy, idempotent: bool, needs_network: bool,
+                 at_most_once: bool = False):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name
         self.retry = retry
         self.idempotent = idempotent
+        self.at_most_once = at_most_once
         self.needs_network = needs_network
         self.params: tuple[Param, ...] = params_from_signature(fn)
 
@@ -117,12 +119,17 @@ class Pending:
 def task(fn: Callable[P, R] | None = None, *, name: str | None = None, retries: int = 0,
          retry_delay: str | float = "1s", backoff: float = 2.0, max_delay: str | float = "5m",
          deadline: str | float | None = None, idempotent: bool = False,
-         needs_network: bool = False) -> Any:
-    """Make ``fn`` an action (named ``name`` or its own name); usable bare or with options."""
+         needs_network: bool = False, at_most_once: bool = False) -> Any:
+    """Make ``fn`` an action (named ``name`` or its own name); usable bare or with options.
+
+    A run that a kill (SIGKILL, power cut, watchdog) interrupts runs again after the restart,
+    without counting as an attempt; ``at_most_once=True`` makes it end failed as
+    ``interrupted`` instead (for work that must never happen twice, e.g. dosing).
+    """
     policy = RetryPolicy.build(retries, retry_delay, backoff, max_delay, True, deadline)
 
     def wrap(f: Callable[P, R]) -> TaskFunction[P, R]:
-        wrapper = TaskFunction(f, name or f.__name__, policy, idempotent, needs_network)
+        wrapper = TaskFunction(f, name or f.__name__, policy, idempotent, needs_network, at_most_once)
         with _lock:
             other = _TASKS.get(wrapper.name)
             if other is not None and (other.fn.__module__, other.fn.__qualname__) != (f.__module__, f.__qualname__):

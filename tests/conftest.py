@@ -161,8 +161,10 @@ class Daemon:
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
 
-    def make(config_body: str, env: dict[str, str] | None = None, name: str = "config.toml") -> Daemon:
-        d = Daemon(write_config(tmp_path / name, config_body), env)
+    def make(config: str | Path, env: dict[str, str] | None = None, name: str = "config.toml") -> Daemon:
+        """A daemon on ``config``: a file already written (tests.configs.agent_config), or TOML text to write."""
+        path = config if isinstance(config, Path) else write_config(tmp_path / name, config)
+        d = Daemon(path, env)
         made.append(d)
         return d
 
@@ -247,3 +249,20 @@ def listener_factory() -> Iterator[Callable[..., Listener]]:
     yield make
     for listener in made:
         listener.close()
+
+
+def fleet_cli(port: int, prefix: str, *args: str, timeout: float = 120,
+              extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``edge-agent fleet ARGS`` against the broker on ``port`` (no config file), as a process."""
+    cmd = [sys.executable, "-m", "edge_agent", "fleet", *args, "--host", "127.0.0.1", "--port", str(port),
+           "--prefix", prefix, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def start_all(daemons: list[Daemon], workers: int = 20) -> None:
+    """Start daemons in parallel, each waited for until READY."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(d.start) for d in daemons]:
+            f.result()

@@ -18,24 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT
-
-CONFIG = f"""
-[device]
-id = "qa"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[tasks]
-modules = ["qa_tasks"]
-paths = ["{ROOT}/tests/tasks"]
-"""
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -75,7 +59,8 @@ def wait_state(db: Path, cid: str, states: tuple[str, ...] = ("succeeded", "fail
 @pytest.fixture
 def agent(daemon_factory, tmp_path: Path):
     """A daemon (not started) with its config; the append task writes to lines.txt."""
-    d = daemon_factory(CONFIG, env={"EDGE_AGENT_TEST_FILE": str(tmp_path / "lines.txt")})
+    d = daemon_factory(agent_config(tmp_path, device="qa", devices=LAMP, tasks="qa_tasks"),
+                       env={"EDGE_AGENT_TEST_FILE": str(tmp_path / "lines.txt")})
     d.db = tmp_path / "agent.db"
     d.lines = tmp_path / "lines.txt"
     return d
@@ -409,3 +394,19 @@ def test_delay_from_another_process_runs_in_the_daemon(agent):
     assert (state, result) == ("succeeded", "{'line': 'delayed'}")
     assert journal(agent.db) == {cid: ("qa_append", "succeeded", 1)}
     assert agent.lines.read_text() == "delayed\n"
+
+
+def _imported(*args: str) -> set[str]:
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "edge_agent", *args], capture_output=True, text=True,
+                       timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_the_cli_starts_without_modules_it_does_not_need():
+    """Start-up cost on a 1 GHz CPU: `--help` loads neither astral, paho, huey nor gpiozero, and no command
+    loads shutil (argparse's formatter would, with bz2 and lzma); `sun` loads astral, which it needs."""
+    help_modules = _imported("--help")
+    assert not help_modules & {"astral", "paho", "huey", "gpiozero", "shutil", "sqlite3"}, help_modules
+    sun = _imported("sun", "--lat", "41", "--lon", "29", "--tz", "Europe/Istanbul", "--date", "2026-06-21")
+    assert "astral" in sun and not sun & {"shutil", "paho", "huey", "gpiozero"}, sun

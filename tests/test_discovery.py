@@ -25,7 +25,7 @@ from edge_agent.errors import StorageError
 from edge_agent.ingress import Topics
 from edge_agent.outbox import Outbox
 from edge_agent.store import Store
-from tests.conftest import write_config
+from tests.configs import ISTANBUL, LAMP_DIM_DOOR, agent_config
 
 jinja2_sandbox = pytest.importorskip("jinja2.sandbox", reason="jinja2 renders Home Assistant's templates in these tests")
 ENV = jinja2_sandbox.ImmutableSandboxedEnvironment()
@@ -402,37 +402,11 @@ def test_announce_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 
 # --------------------------------------------------------------------------- against a real broker and daemon
 
-CONFIG = """
-[device]
-id = "ha1"
-[location]
-latitude = 41.0082
-longitude = 28.9784
-timezone = "Europe/Istanbul"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "t{tag}"
-discovery = true
-discovery_prefix = "ha{tag}"
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[devices.dim]
-kind = "pwm"
-pin = 18
-{door}
-"""
-DOOR = """[devices.door]
-kind = "input"
-pin = 27
-"""
+def _config(folder: Path, port: int, tag: str, *, door: bool = True) -> Path:
+    """The daemon's config: an output, a PWM output and (unless told) an input, discovery under ha<tag>."""
+    devices = {name: spec for name, spec in LAMP_DIM_DOOR.items() if door or name != "door"}
+    return agent_config(folder, device="ha1", mqtt_port=port, prefix=f"t{tag}", devices=devices, location=ISTANBUL,
+                        mqtt={"discovery": True, "discovery_prefix": f"ha{tag}"})
 
 
 def _retained_configs(listener_factory: Any, port: int, dp: str, count: int) -> dict[str, Any]:
@@ -452,7 +426,7 @@ def test_discovery_against_a_real_broker(broker, daemon_factory, listener_factor
     """Captured from the broker: every entity valid for HA, and its topics really obeyed and published."""
     tag = uuid.uuid4().hex[:6]
     p, dp = f"t{tag}", f"ha{tag}"
-    d = daemon_factory(CONFIG.format(port=broker.port, tag=tag, door=DOOR))
+    d = daemon_factory(_config(tmp_path, broker.port, tag))
     listener = listener_factory(broker.port, [f"{p}/#", f"{dp}/#"])
     d.start()
     listener.wait_for(lambda m: m.topic == f"{p}/ha1/status" and m.payload == b"online")
@@ -528,7 +502,7 @@ def test_discovery_against_a_real_broker(broker, daemon_factory, listener_factor
     # the door leaves the config: after a restart its entity is removed (empty retained payload)
     assert d.terminate() == 0
     door_topic = f"{dp}/binary_sensor/edge-agent-ha1/gpio_door/config"
-    write_config(d.config, CONFIG.format(port=broker.port, tag=tag, door=""))
+    _config(tmp_path, broker.port, tag, door=False)
     d.start()
     listener.wait_for(lambda m: m.topic == door_topic and m.payload == b"")
     configs = _retained_configs(listener_factory, broker.port, dp, count=7)

@@ -12,6 +12,7 @@ from edge_agent.actions import Runtime, build_registry
 from edge_agent.config import DeviceSpec, parse_settings
 from edge_agent.errors import HardwareError, InvalidArguments
 from edge_agent.hardware import Hardware
+from tests.configs import LAMP, agent_config
 from tests.conftest import free_port
 
 SPECS = {
@@ -151,28 +152,8 @@ def test_sigterm_puts_outputs_in_their_safe_state(daemon_factory, tmp_path: Path
     purpose, so the messages stay in the outbox): OFF, written after the command that
     switched the lamp on.
     """
-    d = daemon_factory(f"""
-        [device]
-        id = "hw"
-        [storage]
-        path = "agent.db"
-        [clock]
-        trust = "always"
-        [mqtt]
-        host = "127.0.0.1"
-        port = {free_port()}
-        topic_prefix = "qa"
-        discovery = false
-        [gpio]
-        pin_factory = "mock"
-        [devices.lamp]
-        kind = "output"
-        pin = 17
-        [devices.dim]
-        kind = "pwm"
-        pin = 18
-        initial = 0.2
-        """)
+    d = daemon_factory(agent_config(tmp_path, device="hw", mqtt_port=free_port(), prefix="qa",
+                                    devices={**LAMP, "dim": {"kind": "pwm", "pin": 18, "initial": 0.2}}))
     d.start()
     r = d.cli("send", "gpio.set", "device=lamp", "value=on", "--id", "lamp-on", "--wait", "10")
     assert r.returncode == 0, r.stderr

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,26 +26,13 @@ import pytest
 from edge_agent.client import LocalClient
 from edge_agent.commands import Command
 from edge_agent.config import load_settings
+from tests.configs import agent_config
 from tests.conftest import ROOT, Daemon
 from tests.tasks.chaos_server import TestServer
 
 OUTAGE_SECONDS = float(os.environ.get("EDGE_AGENT_OUTAGE_SECONDS", "20"))
 #: the issue's rule is "within 5 s of the server's return"; CI machines get 1 s of slack
 RESUME_LIMIT = 6.0
-
-CONFIG = """
-[device]
-id = "web"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[gpio]
-pin_factory = "mock"
-[tasks]
-modules = ["chaos_tasks"]
-paths = ["{root}/tests/tasks"]
-"""
 
 
 @dataclass
@@ -82,10 +70,10 @@ class Web:
 
 
 @pytest.fixture
-def web(daemon_factory) -> Iterator[Web]:
+def web(daemon_factory, tmp_path: Path) -> Iterator[Web]:
     server = TestServer()
     server.start()
-    d = daemon_factory(CONFIG.format(root=ROOT))
+    d = daemon_factory(agent_config(tmp_path, device="web", tasks="chaos_tasks"))
     d.start()
     client = LocalClient(load_settings(str(d.config)), create=False)
     yield Web(d, server, client)

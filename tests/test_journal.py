@@ -114,30 +114,53 @@ def test_retry_later_puts_it_back_in_line(env):
     assert (done.attempts, done.next_attempt, done.parked, done.error_type) == (2, None, False, None)
 
 
-def test_recover_requeues_reruns_idempotent_and_interrupts_the_rest(env):
-    """After a crash, queued rows stay queued, running idempotent ones run again, other running ones fail 'interrupted'."""
+def test_recover_runs_interrupted_commands_again_with_their_attempt_given_back(env):
+    """After a crash, running rows go back to queued with the kill's attempt given back; queued and finished rows are untouched."""
     store, journal, clock = env
-    _add(journal, store, "q", "safe", enqueued=False)
-    safe, _ = _add(journal, store, "s", "safe")
-    unsafe, _ = _add(journal, store, "u", "unsafe")
-    done, _ = _add(journal, store, "d", "unsafe")
+    queued, _ = _add(journal, store, "q", "t")
+    first, _ = _add(journal, store, "a", "t")
+    second, _ = _add(journal, store, "b", "t")
+    done, _ = _add(journal, store, "d", "t")
     with store.transaction() as cur:
-        for r in (safe, unsafe, done):
+        for r in (first, second, done):
             journal.claim(cur, r.seq)
         journal.finish(cur, done.seq, "succeeded")
+        journal.retry_later(cur, second.seq, clock.now + 5, ("Boom", "x"))
+        journal.claim(cur, second.seq)  # its second attempt, then the kill
     clock.now += 10
     with store.transaction() as cur:
-        found = journal.recover(cur, lambda cmd: cmd.action == "safe")
-    assert [c.id for c in found.requeued] == ["q"]
-    assert [(c.id, c.state, c.attempts) for c in found.rerun] == [("s", "queued", 1)]
-    assert [(c.id, c.state, c.error_type, c.finished) for c in found.interrupted] == [("u", "failed", "interrupted", clock.now)]
-    assert "not idempotent" in found.interrupted[0].error_message
-    assert journal.get("d").state == "succeeded"
-    # Recovered rows belong to the daemon's queue now: nothing is left for adoption.
-    assert store.query("select id from commands where enqueued = 0 and state = 'queued'") == []
+        found = journal.recover(cur)
+    assert [(c.id, c.state, c.attempts, c.started) for c in found.rerun] == [("a", "queued", 0, None), ("b", "queued", 1, None)]
+    assert found.interrupted == []
+    assert journal.get("q") == queued and journal.get("d").state == "succeeded"
     with store.transaction() as cur:
-        again = journal.recover(cur, lambda cmd: True)
-    assert [c.id for c in again.requeued] == ["q", "s"] and again.rerun == [] and again.interrupted == []
+        assert journal.recover(cur) == found.__class__([], [])
+
+
+def test_recover_uses_the_index_of_running_commands(env):
+    """Recovery finds running commands through their partial index: its cost does not grow with the backlog."""
+    store, _, _ = env
+    plan = " ".join(str(r[-1]) for r in store.query(
+        "explain query plan select seq from commands where state = 'running' order by seq"))
+    assert "commands_running" in plan, plan
+
+
+def test_a_command_interrupted_again_and_again_fails_instead_of_crash_looping(env):
+    """A command that a kill interrupts MAX_INTERRUPTS times (it may be what crashes the agent) ends failed, interrupted."""
+    from edge_agent.journal import MAX_INTERRUPTS
+
+    store, journal, clock = env
+    row, _ = _add(journal, store, "crashy", "t")
+    for i in range(MAX_INTERRUPTS):
+        with store.transaction() as cur:
+            assert journal.claim(cur, row.seq) is not None
+            found = journal.recover(cur)
+        if i < MAX_INTERRUPTS - 1:
+            assert [c.id for c in found.rerun] == ["crashy"] and found.interrupted == []
+    assert found.rerun == []
+    [failed] = found.interrupted
+    assert (failed.state, failed.error_type, failed.finished) == ("failed", "interrupted", clock.now)
+    assert f"stopped {MAX_INTERRUPTS} times" in failed.error_message
 
 
 def test_unadopted_lists_outside_rows_after_a_seq(env):
@@ -181,12 +204,17 @@ def test_a_schema_1_database_is_migrated(tmp_path: Path):
     store = Store(str(path))
     try:
         assert store.query("select count(*) from sqlite_schema where name = 'commands_unadopted'") == [(0,)]
-        assert store.query("pragma user_version") == [(2,)]
+        assert store.query("pragma user_version") == [(3,)]
+        assert journal_interrupts(store) == [0]
         journal = Journal(store)
         assert journal.get("old") is not None
         assert _add(journal, store, "new")[0].seq == journal.get("old").seq + 1
     finally:
         store.close()
+
+
+def journal_interrupts(store: Store) -> list[int]:
+    return [r[0] for r in store.query("select interrupts from commands")]
 
 
 def test_another_connection_sees_committed_rows_only(env, tmp_path: Path):
@@ -219,3 +247,27 @@ def test_history_counts_and_prune(env):
     # A forgotten id may be used again; seq numbers are never reused.
     again, created = _add(journal, store, "h0")
     assert created and again.seq > rows[-1].seq
+
+
+def test_an_at_most_once_command_that_a_kill_interrupted_fails_instead_of_running_again(env):
+    """recover's predicate says no (an at_most_once task): the running row ends failed, interrupted, not queued."""
+    store, journal, _ = env
+    dose, _ = _add(journal, store, "dose", "pump.dose")
+    light, _ = _add(journal, store, "light", "gpio.set")
+    with store.transaction() as cur:
+        journal.claim(cur, dose.seq)
+        journal.claim(cur, light.seq)
+        found = journal.recover(cur, lambda cmd: cmd.action != "pump.dose")
+    assert [c.id for c in found.rerun] == ["light"]
+    [failed] = found.interrupted
+    assert (failed.id, failed.state, failed.error_type) == ("dose", "failed", "interrupted")
+    assert "runs at most once" in failed.error_message
+
+
+def test_the_registry_reruns_every_action_but_at_most_once_tasks(tmp_path: Path):
+    """Built-ins and plain tasks run again after a kill; a task declared at_most_once does not."""
+    from edge_agent.actions import Action, Registry
+
+    registry = Registry([Action("plain", lambda: None, ()), Action("dose", lambda: None, (), at_most_once=True)])
+    assert registry.reruns_after_a_kill("plain") and not registry.reruns_after_a_kill("dose")
+    assert registry.reruns_after_a_kill("unknown")  # ends failed as unknown when it runs

@@ -10,22 +10,20 @@ import re
 import signal
 import sqlite3
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-BASE = """
-[device]
-id = "life"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[gpio]
-pin_factory = "mock"
-[devices.valve]
-kind = "output"
-pin = 17
-"""
+from tests.configs import agent_config
+
+VALVE = {"valve": {"kind": "output", "pin": 17}}
+TICK = {"name": "tick", "every": "1s", "action": "agent.ping", "missed": "skip"}
+
+
+def _config(folder: Path, **tables: Any) -> Path:
+    """The daemon's config: one output, the valve (unless ``devices`` says otherwise); ``tables`` as for agent_config."""
+    return agent_config(folder, device="life", **{"devices": VALVE, **tables})
 
 
 def _history(daemon):
@@ -45,9 +43,9 @@ def _wait(pred, timeout=15.0):
 
 
 @pytest.mark.slow
-def test_pulse_off_happens_after_a_kill_and_not_early(daemon_factory):
+def test_pulse_off_happens_after_a_kill_and_not_early(daemon_factory, tmp_path):
     """gpio.pulse's "off" is a durable command: after a SIGKILL and restart it still runs, at its time, not before."""
-    d = daemon_factory(BASE)
+    d = daemon_factory(_config(tmp_path))
     d.start()
     started = time.time()
     r = d.cli("send", "gpio.pulse", "device=valve", "seconds=3", "--id", "p1", "--wait", "5", "--json")
@@ -67,14 +65,14 @@ def test_pulse_off_happens_after_a_kill_and_not_early(daemon_factory):
 
 
 @pytest.mark.slow
-def test_sighup_reloads_jobs_and_refuses_a_broken_config(daemon_factory):
+def test_sighup_reloads_jobs_and_refuses_a_broken_config(daemon_factory, tmp_path):
     """SIGHUP applies a new job without a restart; a broken config on reload is refused and the agent keeps running."""
-    d = daemon_factory(BASE)
+    d = daemon_factory(_config(tmp_path))
     d.start()
-    d.config.write_text(BASE + '\n[[jobs]]\nname = "tick"\nevery = "1s"\naction = "agent.ping"\nmissed = "skip"\n')
+    _config(tmp_path, jobs=[TICK])
     d.proc.send_signal(signal.SIGHUP)
     _wait(lambda: any(k.startswith("job:tick:") for k in _history(d)))
-    d.config.write_text(BASE + "\n[devices.valve2]\nkind = 'output'\npin = 'not a pin'\nbogus = 1\n")
+    _config(tmp_path, devices={**VALVE, "valve2": {"kind": "output", "pin": "not a pin", "bogus": 1}})
     d.proc.send_signal(signal.SIGHUP)
     _wait(lambda: "reload refused" in d.log.read_text())
     assert d.proc.poll() is None
@@ -102,13 +100,13 @@ def _signal_a_worker_thread(pid: int, sig: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_TGKILL is None or not os.path.isdir("/proc/self/task"), reason="needs Linux tgkill")
-def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory):
+def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory, tmp_path):
     """SIGHUP and SIGTERM delivered to a worker thread reload and stop the daemon within
     seconds, not when the main loop next looks round (up to a minute; systemd would SIGKILL)."""
-    d = daemon_factory(BASE)
+    d = daemon_factory(_config(tmp_path))
     d.start()
     assert d.proc is not None
-    d.config.write_text(BASE + '\n[[jobs]]\nname = "tick"\nevery = "1s"\naction = "agent.ping"\nmissed = "skip"\n')
+    _config(tmp_path, jobs=[TICK])
     _signal_a_worker_thread(d.proc.pid, signal.SIGHUP)
     _wait(lambda: "reloaded" in d.log.read_text(), timeout=10)
     _signal_a_worker_thread(d.proc.pid, signal.SIGTERM)
@@ -149,8 +147,7 @@ def test_a_stop_that_hangs_dumps_the_stacks_and_exits_within_its_bound(tmp_path)
     from edge_agent.agent import STOP_MARGIN
     from tests.conftest import ROOT
 
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(BASE + '[queue]\ndrain_timeout = "1s"\n')
+    cfg = _config(tmp_path, name="c.toml", queue={"drain_timeout": "1s"})
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-c", _HANGING_STOP, str(cfg)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))

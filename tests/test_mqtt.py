@@ -7,43 +7,15 @@ import uuid
 
 import pytest
 
-CONFIG = """
-[device]
-id = "{dev}"
-groups = ["garden"]
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "t{tag}"
-discovery = false
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[devices.dim]
-kind = "pwm"
-pin = 18
-[devices.door]
-kind = "input"
-pin = 27
-[tasks]
-modules = ["example_tasks"]
-paths = ["{root}/config"]
-"""
+from tests.configs import LAMP_DIM_DOOR, agent_config
+from tests.conftest import ROOT
 
 
 @pytest.fixture
-def agent(broker, daemon_factory, listener_factory):
-    tag = uuid.uuid4().hex[:6]
-    from tests.conftest import ROOT
-
-    d = daemon_factory(CONFIG.format(dev="dev1", port=broker.port, tag=tag, root=ROOT))
-    prefix = f"t{tag}"
+def agent(broker, daemon_factory, listener_factory, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    d = daemon_factory(agent_config(tmp_path, device="dev1", groups=["garden"], mqtt_port=broker.port, prefix=prefix,
+                                    devices=LAMP_DIM_DOOR, tasks="example_tasks", task_paths=[ROOT / "config"]))
     listener = listener_factory(broker.port, [f"{prefix}/#"])
     d.start()
     listener.wait_for(lambda m: m.topic == f"{prefix}/dev1/status" and m.payload == b"online")

@@ -20,25 +20,7 @@ from typing import Any
 
 import pytest
 
-CONFIG = """
-[device]
-id = "{dev}"
-[storage]
-path = "{db}"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{prefix}"
-discovery = false
-{mqtt_extra}
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-"""
+from tests.configs import LAMP, agent_config
 
 PASSWORD = "s3cret-Pa55word"
 
@@ -129,11 +111,15 @@ def _wait_log(daemon: Any, pattern: str, timeout: float) -> str | None:
     return None
 
 
-def _setup(own_broker, daemon_factory, tmp_path, mqtt_extra: str):
+def _config(tmp_path: Path, dev: str, port: int, prefix: str, mqtt: dict[str, Any] | None = None) -> Path:
+    """The agent's config: one output, the lamp; ``mqtt`` adds keys to [mqtt] (credentials, TLS, client id)."""
+    return agent_config(tmp_path, device=dev, mqtt_port=port, prefix=prefix, devices=LAMP, mqtt=mqtt or {})
+
+
+def _setup(own_broker, daemon_factory, tmp_path, mqtt: dict[str, Any]):
     run = uuid.uuid4().hex[:6]
     dev, prefix = "au", f"au{run}"
-    d = daemon_factory(CONFIG.format(dev=dev, db=tmp_path / "agent.db", port=own_broker.port, prefix=prefix,
-                                     mqtt_extra=mqtt_extra))
+    d = daemon_factory(_config(tmp_path, dev, own_broker.port, prefix, mqtt))
     return d, dev, prefix
 
 
@@ -148,8 +134,7 @@ def test_password_from_a_file(own_broker, daemon_factory, tmp_path):
     secret = tmp_path / "mqtt.secret"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
-    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path,
-                            f'username = "porch"\npassword_file = "{secret}"')
+    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, {"username": "porch", "password_file": str(secret)})
     client = Client(own_broker.port, [f"{prefix}/#"], username="tester", password="tester-pass")
     try:
         d.start()
@@ -166,8 +151,7 @@ def test_wrong_password_is_logged_and_retried(own_broker, daemon_factory, tmp_pa
     _reconfigure(own_broker, f"allow_anonymous false\npassword_file {tmp_path / 'passwd'}")
     secret = tmp_path / "mqtt.secret"
     secret.write_text(PASSWORD + "\n")
-    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path,
-                            f'username = "porch"\npassword_file = "{secret}"')
+    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, {"username": "porch", "password_file": str(secret)})
     d.start()
     line = _wait_log(d, r"MQTT.*(refused|not authori[sz]ed|bad user ?name or password)", 10)
     assert line is not None, "no log line says the broker refused the login:\n" + d.log.read_text()[-2000:]
@@ -204,8 +188,7 @@ def test_a_message_the_broker_refuses_is_logged(own_broker, daemon_factory, tmp_
         f"topic readwrite {prefix}/{dev}/state\ntopic readwrite {prefix}/{dev}/gpio/#\n"
         f"topic read {prefix}/{dev}/reply\n\nuser tester\ntopic readwrite #\n")
     _reconfigure(own_broker, f"allow_anonymous true\npassword_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}")
-    d = daemon_factory(CONFIG.format(dev=dev, db=tmp_path / "agent.db", port=own_broker.port, prefix=prefix,
-                                     mqtt_extra=""))
+    d = daemon_factory(_config(tmp_path, dev, own_broker.port, prefix))
     client = Client(own_broker.port, [f"{prefix}/#"], username="tester", password="tester-pass")
     try:
         d.start()
@@ -226,7 +209,7 @@ def test_a_clean_stop_says_disconnect(own_broker, daemon_factory, tmp_path):
     """SIGTERM: the agent's DISCONNECT reaches the broker (its log says 'disconnected', not 'closed its
     connection'), so the broker does not take a clean stop for a lost device."""
     _reconfigure(own_broker, "allow_anonymous true")
-    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, 'client_id = "clean-stop-test"')
+    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, {"client_id": "clean-stop-test"})
     client = Client(own_broker.port, [f"{prefix}/#"])
     try:
         d.start()
@@ -279,7 +262,7 @@ def test_tls(own_broker, daemon_factory, tmp_path, pki):
     """The agent connects over TLS, verifying the broker's certificate against the configured CA."""
     _reconfigure(own_broker, f"allow_anonymous true\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
                              f"keyfile {pki / 'server.key'}")
-    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, f'tls = {{ ca_file = "{pki / "ca.pem"}" }}')
+    d, dev, prefix = _setup(own_broker, daemon_factory, tmp_path, {"tls": {"ca_file": str(pki / "ca.pem")}})
     client = Client(own_broker.port, [f"{prefix}/#"], ca_file=str(pki / "ca.pem"))
     try:
         d.start()
@@ -292,7 +275,7 @@ def test_tls_untrusted_certificate_is_logged_and_retried(own_broker, daemon_fact
     """A broker certificate from a CA the agent does not trust: a clear log line, the daemon keeps running."""
     _reconfigure(own_broker, f"allow_anonymous true\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
                              f"keyfile {pki / 'server.key'}")
-    d, _, _ = _setup(own_broker, daemon_factory, tmp_path, f'tls = {{ ca_file = "{pki / "other-ca.pem"}" }}')
+    d, _, _ = _setup(own_broker, daemon_factory, tmp_path, {"tls": {"ca_file": str(pki / "other-ca.pem")}})
     d.start()
     line = _wait_log(d, r"MQTT.*(certificate|verif|ssl|tls)", 10)
     assert line is not None, "no log line says the certificate was not trusted:\n" + d.log.read_text()[-2000:]

@@ -35,40 +35,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parent.parent
-TASKS = ROOT / "tests" / "tasks"
+from tests.configs import LAMP_DIM_DOOR, agent_config
 
 N_STORM = 3000
 MAX_PAYLOAD = 65536
 
-CONFIG = """
-[device]
-id = "{dev}"
-groups = ["fz"]
-[storage]
-path = "{db}"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{prefix}"
-discovery = false
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[devices.dim]
-kind = "pwm"
-pin = 18
-[devices.door]
-kind = "input"
-pin = 27
-[tasks]
-modules = ["mqtt_noloss_tasks"]
-paths = ["{tasks}"]
-"""
+
+def _config(folder: Path, dev: str, port: int, prefix: str) -> Path:
+    """The agent's config: an output, a PWM output and an input, and the storm's user task."""
+    return agent_config(folder, device=dev, groups=["fz"], mqtt_port=port, prefix=prefix, devices=LAMP_DIM_DOOR,
+                        tasks="mqtt_noloss_tasks")
+
 
 FINAL = ("succeeded", "failed", "expired", "rejected")
 
@@ -424,7 +401,7 @@ def fuzz_agent(broker, daemon_factory, tmp_path):
     """A running daemon on the session broker, answering pings; with a recorder and a sender."""
     run = uuid.uuid4().hex[:6]
     dev, prefix = "fz", f"fz{run}"
-    d = daemon_factory(CONFIG.format(dev=dev, db=tmp_path / "agent.db", port=broker.port, prefix=prefix, tasks=TASKS))
+    d = daemon_factory(_config(tmp_path, dev, broker.port, prefix))
     recorder = Recorder(broker.port, [f"{prefix}/{dev}/reply", f"{prefix}/resp/#", f"{prefix}/{dev}/gpio/lamp/set"])
     sender = Sender(broker.port)
     d.start()
@@ -606,8 +583,7 @@ def registry(tmp_path_factory):
     from edge_agent.config import load_settings
 
     folder = tmp_path_factory.mktemp("fuzzreg")
-    path = folder / "config.toml"
-    path.write_text(CONFIG.format(dev="fz", db=folder / "agent.db", port=1883, prefix="fz", tasks=TASKS))
+    path = _config(folder, "fz", 1883, "fz")
     return build_registry(load_settings(str(path)))
 
 

@@ -37,43 +37,17 @@ import sqlite3
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TASKS = ROOT / "tests" / "tasks"
+from tests.configs import LAMP, agent_config
 
 N_COMMANDS = 1000
 RATE = 55.0  # commands per second offered by the publisher
 KILLS = 6  # at least 5 required; one of them lands while the broker is down
 OUTAGES = 2
 FINAL = ("succeeded", "failed", "expired")
-
-CONFIG = """
-[device]
-id = "{dev}"
-[storage]
-path = "{db}"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{prefix}"
-discovery = false
-keepalive = "5s"
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[tasks]
-modules = ["mqtt_noloss_tasks"]
-paths = ["{tasks}"]
-"""
-
 
 @pytest.fixture
 def persistent_broker(own_broker):
@@ -237,7 +211,8 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
     run = uuid.uuid4().hex[:6]
     dev, prefix = "nl", f"nl{run}"
     db = tmp_path / "agent.db"
-    d = daemon_factory(CONFIG.format(dev=dev, db=db, port=own_broker.port, prefix=prefix, tasks=TASKS))
+    d = daemon_factory(agent_config(tmp_path, device=dev, mqtt_port=own_broker.port, prefix=prefix, devices=LAMP,
+                                    tasks="mqtt_noloss_tasks", mqtt={"keepalive": "5s"}))
     reply_topic = f"{prefix}/{dev}/reply"
     recorder = Recorder(own_broker.port, reply_topic, f"noloss-rec-{run}")
     publisher = Publisher(own_broker.port, f"noloss-pub-{run}")

@@ -17,24 +17,7 @@ from typing import Any
 
 import pytest
 
-CONFIG = """
-[device]
-id = "old"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{prefix}"
-discovery = false
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-"""
+from tests.configs import LAMP, agent_config
 
 
 def _read(conn: socket.socket, n: int) -> bytes:
@@ -136,14 +119,14 @@ def _status(listener: Any, base: str) -> str | None:
 
 @pytest.mark.slow
 def test_an_old_broker_gets_mqtt_311_with_a_session_that_keeps_commands(broker, old_broker, daemon_factory,
-                                                                        listener_factory):
+                                                                        listener_factory, tmp_path):
     """The agent offers MQTT 5, is refused, falls back to 3.1.1 and then works as with MQTT 5:
     commands get replies, `online`/`offline` are said, and commands sent while it is stopped
     wait in its persistent session (clean_session false) and run when it is back."""
     prefix = f"v311{uuid.uuid4().hex[:6]}"
     base = f"{prefix}/old"
     listener = listener_factory(broker.port, [f"{base}/#"], protocol=4)
-    d = daemon_factory(CONFIG.format(port=old_broker.port, prefix=prefix))
+    d = daemon_factory(agent_config(tmp_path, device="old", mqtt_port=old_broker.port, prefix=prefix, devices=LAMP))
     d.start()
     listener.wait_for(lambda m: m.topic == f"{base}/status" and m.payload == b"online", timeout=20)
     assert 5 in old_broker.levels and old_broker.levels[-1] == 4, old_broker.levels

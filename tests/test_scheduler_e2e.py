@@ -6,49 +6,17 @@ import json
 
 import pytest
 
-CONFIG = """
-[device]
-id = "sched"
-[location]
-latitude = 41.0082
-longitude = 28.9784
-timezone = "Europe/Istanbul"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[devices.pump]
-kind = "output"
-pin = 22
-[[jobs]]
-name = "catch-once"
-cron = "30 20 * * *"
-action = "agent.ping"
-missed = "once"
-[[jobs]]
-name = "catch-skip"
-cron = "31 20 * * *"
-action = "agent.ping"
-missed = "skip"
-[[jobs]]
-name = "catch-all"
-cron = "*/20 20 * * *"
-action = "agent.ping"
-missed = "all"
-[[windows]]
-device = "lamp"
-from = "20:15"
-until = "23:00"
-[[windows]]
-device = "pump"
-from = "06:00"
-until = "07:00"
-"""
+from tests.configs import ISTANBUL, LAMP, agent_config
+
+JOBS = [
+    {"name": "catch-once", "cron": "30 20 * * *", "action": "agent.ping", "missed": "once"},
+    {"name": "catch-skip", "cron": "31 20 * * *", "action": "agent.ping", "missed": "skip"},
+    {"name": "catch-all", "cron": "*/20 20 * * *", "action": "agent.ping", "missed": "all"},
+]
+WINDOWS = [
+    {"device": "lamp", "from": "20:15", "until": "23:00"},
+    {"device": "pump", "from": "06:00", "until": "07:00"},
+]
 
 
 def _rows(daemon):
@@ -58,9 +26,10 @@ def _rows(daemon):
 
 
 @pytest.mark.slow
-def test_missed_jobs_follow_policy_and_windows_restore(daemon_factory):
+def test_missed_jobs_follow_policy_and_windows_restore(daemon_factory, tmp_path):
     """A job due while the daemon was down is caught up per its policy; windows are applied at start-up."""
-    d = daemon_factory(CONFIG)
+    d = daemon_factory(agent_config(tmp_path, device="sched", location=ISTANBUL,
+                                    devices={**LAMP, "pump": {"kind": "output", "pin": 22}}, jobs=JOBS, windows=WINDOWS))
     d.env["EDGE_AGENT_FAKE_TIME"] = "2026-06-01T20:00:00+03:00"
     d.start()
     first = _rows(d)

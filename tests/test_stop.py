@@ -11,34 +11,12 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.configs import LAMP, agent_config
 
-BASE = """
-[device]
-id = "stopper"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[gpio]
-pin_factory = "mock"
-[devices.lamp]
-kind = "output"
-pin = 17
-[tasks]
-modules = ["chaos_tasks"]
-paths = ["{root}/tests/tasks"]
-[queue]
-drain_timeout = "1s"
-"""
 
-MQTT = """
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{prefix}"
-discovery = false
-"""
+def _config(folder, *, drain: str = "1s", mqtt_port: int | None = None, prefix: str = "edge"):
+    return agent_config(folder, device="stopper", devices=LAMP, tasks="chaos_tasks", mqtt_port=mqtt_port, prefix=prefix,
+                        queue={"drain_timeout": drain})
 
 
 def _state(db, cid: str) -> str | None:
@@ -57,9 +35,9 @@ def _wait(pred, timeout: float = 15.0) -> None:
 @pytest.mark.slow
 def test_a_command_outliving_the_drain_is_left_for_the_next_start(daemon_factory, tmp_path):
     """Without MQTT: one drain of drain_timeout (not two), exit 0, and the command that was still
-    running is re-run at the next start (it is idempotent)."""
+    running runs again at the next start."""
     work = tmp_path / "work.log"
-    d = daemon_factory(BASE.format(root=ROOT))
+    d = daemon_factory(_config(tmp_path))
     d.start()
     db = d.config.parent / "agent.db"
     args = json.dumps({"tag": "long", "log": str(work), "ms": 3000})
@@ -78,15 +56,14 @@ def test_a_command_outliving_the_drain_is_left_for_the_next_start(daemon_factory
 
 @pytest.mark.slow
 def test_a_stop_replies_before_offline_and_leaves_new_commands_with_the_broker(broker, daemon_factory,
-                                                                               listener_factory):
+                                                                               listener_factory, tmp_path):
     """During the drain the running command finishes and its reply (and the lamp's safe state)
     go out before `offline`; a command sent after the stop began is not accepted now (the
     broker keeps it, unacknowledged) and runs at the next start."""
     prefix = f"stop{uuid.uuid4().hex[:6]}"
     base = f"{prefix}/stopper"
     listener = listener_factory(broker.port, [f"{base}/#"])
-    d = daemon_factory(BASE.format(root=ROOT).replace('drain_timeout = "1s"', 'drain_timeout = "10s"')
-                       + MQTT.format(port=broker.port, prefix=prefix))
+    d = daemon_factory(_config(tmp_path, drain="10s", mqtt_port=broker.port, prefix=prefix))
     d.start()
     listener.wait_for(lambda m: m.topic == f"{base}/status" and m.payload == b"online")
     listener.publish(f"{base}/cmd/gpio.set", {"id": "lamp-on", "args": {"device": "lamp", "value": "on"}})
@@ -124,8 +101,7 @@ def test_a_stop_asks_systemd_for_the_time_it_may_take(daemon_factory, tmp_path):
     sock.bind(path)
     sock.settimeout(20)
     try:
-        d = daemon_factory(BASE.format(root=ROOT).replace('drain_timeout = "1s"', 'drain_timeout = "30s"'),
-                           env={"NOTIFY_SOCKET": path})
+        d = daemon_factory(_config(tmp_path, drain="30s"), env={"NOTIFY_SOCKET": path})
         d.start(wait_ready=False)
         while "READY=1" not in sock.recv(4096).decode():
             pass

@@ -69,6 +69,12 @@ def _seq_of(queue: TaskQueue, data: bytes) -> int:
     return queue.huey.deserialize_task(data).args[0]
 
 
+def _take(cur, queue: TaskQueue, seq: int) -> None:
+    for rowid, data in cur.execute("select id, data from task").fetchall():
+        if _seq_of(queue, bytes(data)) == seq:
+            cur.execute("delete from task where id = ?", (rowid,))
+
+
 def _messages(store: Store, table: str) -> list[bytes]:
     return [bytes(r[0]) for r in store.query(f"select data from {table} order by id")]
 
@@ -130,26 +136,66 @@ def test_dequeue_waits_for_a_near_eta_and_not_less(parts):
     assert data is not None and _seq_of(queue, data) == 7
 
 
-def test_recover_rebuilds_the_queue_from_the_journal(parts):
-    """recover drops Huey's tables and remakes one message per open command (queued, or running and idempotent)."""
+def test_recover_keeps_the_queue_and_puts_interrupted_commands_at_its_head(parts):
+    """recover leaves Huey's messages as they are (no rewrite of the backlog) and gives each command a
+    kill left running a message ahead of the line, with its attempt given back."""
     store, journal, queue, _ = parts
     ids = {}
-    for cid in ("queued", "running-safe", "running-unsafe", "finished", "later"):
-        row, _ = queue.submit(NewCommand(action="safe" if cid != "running-unsafe" else "unsafe", args={}, id=cid,
+    for cid in ("queued", "running", "finished", "later"):
+        row, _ = queue.submit(NewCommand(action="t", args={}, id=cid,
                                          not_before=time.time() + 600 if cid == "later" else None))
         ids[cid] = row.seq
     with store.transaction() as cur:
-        for cid in ("running-safe", "running-unsafe", "finished"):
+        for cid in ("running", "finished"):
+            _take(cur, queue, ids[cid])  # as a worker does: its message taken, the command claimed
             journal.claim(cur, ids[cid])
         journal.finish(cur, ids["finished"], "succeeded")
-        # Stale and foreign messages that must not survive: a duplicate and a message for a finished command.
-        queue.storage.enqueue_in(cur, queue.message(ids["queued"]), None, time.time())
-        queue.storage.enqueue_in(cur, queue.message(ids["finished"]), None, time.time())
-    interrupted = queue.recover(lambda cmd: cmd.action == "safe")
-    assert [c.id for c in interrupted] == ["running-unsafe"]
-    assert sorted(_seq_of(queue, m) for m in _messages(store, "task")) == sorted([ids["queued"], ids["running-safe"]])
+    before = _messages(store, "task")
+    assert queue.recover() == []
+    after = _messages(store, "task")
+    assert after[: len(before)] == before  # the backlog's rows are not rewritten
+    assert [_seq_of(queue, m) for m in after] == [ids["queued"], ids["running"]]
+    first = store.query("select data from task order by priority desc, id limit 1")[0][0]
+    assert _seq_of(queue, bytes(first)) == ids["running"]
     assert [_seq_of(queue, m) for m in _messages(store, "schedule")] == [ids["later"]]
-    assert journal.get("running-unsafe").error_type == "interrupted"
+    row = journal.get("running")
+    assert (row.state, row.attempts) == ("queued", 0)
+
+
+def test_adoption_resumes_after_the_last_seq_adopted_before_a_restart(tmp_path: Path):
+    """The seq adopted up to is kept in the database: after a restart only later rows are adopted."""
+    store = Store(str(tmp_path / "agent.db"))
+    try:
+        journal = Journal(store)
+        queue = TaskQueue(store, journal, Recorder(), workers=1)
+        with store.transaction() as cur:
+            journal.add(cur, NewCommand(action="t", args={}, id="early"), enqueued=False)
+        queue.recover()
+        assert queue.adopt() == 1
+        with store.transaction() as cur:
+            journal.add(cur, NewCommand(action="t", args={}, id="late"), enqueued=False)
+        again = TaskQueue(store, journal, Recorder(), workers=1)
+        again.recover()
+        assert again.adopt() == 1
+        assert [_seq_of(queue, m) for m in _messages(store, "task")] == [journal.get("early").seq, journal.get("late").seq]
+    finally:
+        store.close()
+
+
+def test_turning_the_network_lane_off_moves_its_messages_to_the_local_lane(tmp_path: Path):
+    """Messages queued in the network lane are not stranded when a restart runs with network_workers = 0."""
+    store = Store(str(tmp_path / "agent.db"))
+    try:
+        journal = Journal(store)
+        two = TaskQueue(store, journal, Recorder(), workers=1, network_workers=1, is_network=lambda a: a == "web")
+        two.recover()
+        two.submit(NewCommand(action="web", args={}, id="w"))
+        assert dict(store.query("select queue, count(*) from task group by queue")) == {"edge-net": 1}
+        one = TaskQueue(store, journal, Recorder(), workers=1)
+        one.recover()
+        assert dict(store.query("select queue, count(*) from task group by queue")) == {"edge": 1}
+    finally:
+        store.close()
 
 
 def test_recovered_commands_run_after_start(parts):
@@ -157,8 +203,9 @@ def test_recovered_commands_run_after_start(parts):
     store, journal, queue, recorder = parts
     rows = [queue.submit(NewCommand(action="t", args={}, id=f"r{i}"))[0] for i in range(5)]
     with store.transaction() as cur:
+        cur.execute("delete from task where id = (select min(id) from task)")  # as a worker's take does
         journal.claim(cur, rows[0].seq)
-    queue.recover(lambda cmd: True)
+    queue.recover()
     queue.start(None)
     assert sorted(recorder.wait_for(5)) == [r.seq for r in rows]
 
@@ -318,7 +365,7 @@ def test_a_free_worker_that_takes_other_work_passes_a_signalled_message_on(parts
 
 def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
     """Commands whose action needs the network go to the network lane (queue "edge-net") and
-    are run by its workers; the rest by the local workers. Recovery rebuilds both lanes."""
+    are run by its workers; the rest by the local workers. Recovery keeps both lanes."""
     class ByThread(Recorder):
         def run(self, seq: int) -> None:
             with queue.acting():  # as the runner does around an action: counted in this worker's lane only
@@ -335,7 +382,7 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
         local, _ = queue.submit(NewCommand(action="gpio.set", args={}, id="g"))
         lanes = dict(store.query("select queue, count(*) from task group by queue"))
         assert lanes == {"edge-net": 1, "edge": 1}
-        assert queue.recover(lambda cmd: True) == []
+        assert queue.recover() == []
         assert dict(store.query("select queue, count(*) from task group by queue")) == lanes
         queue.start(None)
         recorder.wait_for(2)
@@ -420,3 +467,47 @@ def test_the_last_success_before_a_stop_is_recorded(tmp_path: Path):
     assert events == ["record", "after"]
     assert store.query("select value from meta where key = 'last'") == [("done",)]
     store.close()
+
+
+def test_a_message_that_cannot_be_started_fails_its_command_and_does_not_block_the_queue(tmp_path: Path):
+    """A claim that raises (a bug of ours) is undone, its command is settled as failed through the runner
+    (it would otherwise stay queued with no message, since start-up no longer rebuilds the queue), and the
+    next message runs."""
+    class Breaks(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failed: list[tuple[int, str]] = []
+
+        def begin(self, cur, seq: int) -> int:
+            if seq == broken.seq:
+                cur.execute("update commands set attempts = 99 where seq = ?", (seq,))  # undone by the savepoint
+                raise KeyError("boom")
+            return seq
+
+        def complete(self, seq: int | None, defer: bool = False) -> None:
+            if seq is not None:  # the runner is handed None for a message that did not start
+                self.run(seq)
+
+        def fail_unstartable(self, cur, seq: int, error: tuple[str, str]) -> None:
+            self.failed.append((seq, error[0]))
+            settle(cur, seq, error)
+
+    store = Store(str(tmp_path / "agent.db"))
+    journal = Journal(store)
+
+    def settle(cur, seq: int, error: tuple[str, str]) -> None:
+        journal.finish(cur, seq, "failed", error=error)
+
+    runner = Breaks()
+    queue = TaskQueue(store, journal, runner, workers=1)
+    try:
+        broken, _ = queue.submit(NewCommand(action="t", args={}, id="broken"))
+        fine, _ = queue.submit(NewCommand(action="t", args={}, id="fine"))
+        queue.start(None)
+        assert runner.wait_for(1) == [fine.seq]
+        row = journal.get("broken")
+        assert (row.state, row.error_type, row.attempts) == ("failed", "internal_error", 0)
+        assert runner.failed == [(broken.seq, "internal_error")]
+    finally:
+        queue.stop(5)
+        store.close()

@@ -11,27 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs import agent_config
 from tests.conftest import ROOT
 
 
 @pytest.mark.slow
 def test_ready_then_watchdog_stops_when_a_worker_is_wedged(tmp_path: Path) -> None:
     """READY arrives, WATCHDOG=1 pings follow at half the interval, and they stop once the only worker is stuck."""
-    config = tmp_path / "c.toml"
-    config.write_text(f"""
-[device]
-id = "wd"
-[storage]
-path = "agent.db"
-[clock]
-trust = "always"
-[queue]
-workers = 1
-task_timeout = "2s"
-[tasks]
-modules = ["watchdog_tasks"]
-paths = ["{ROOT}/tests/tasks"]
-""")
+    config = agent_config(tmp_path, name="c.toml", device="wd", tasks="watchdog_tasks", gpio=None,
+                          queue={"workers": 1, "task_timeout": "2s"})
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)

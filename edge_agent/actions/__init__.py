@@ -26,8 +26,11 @@ class Action:
     name: str
     fn: Callable[..., Any]
     params: tuple[Param, ...]
-    #: safe to run again after a crash mid-run: a bool, or a function of the arguments
+    #: safe to run again: a bool, or a function of the arguments (informational: every command a
+    #: kill interrupts runs again, unless ``at_most_once``)
     idempotent: bool | Callable[[Mapping[str, Any]], bool] = False
+    #: never run twice: a run a kill interrupted ends failed as ``interrupted`` instead of running again
+    at_most_once: bool = False
     needs_network: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: extra validation after type checks (device names, ranges); raises InvalidArguments
@@ -81,6 +84,11 @@ class Registry:
         action = self._actions.get(name)
         return action is not None and action.needs_network
 
+    def reruns_after_a_kill(self, name: str) -> bool:
+        """Whether a command of ``name`` that a kill interrupted runs again (all but ``at_most_once``)."""
+        action = self._actions.get(name)
+        return action is None or not action.at_most_once
+
     def is_idempotent(self, name: str, args: Mapping[str, Any]) -> bool:
         action = self._actions.get(name)
         if action is None:
@@ -102,6 +110,12 @@ class Runtime:
     submit: Callable[[Any], Any] = lambda cmd: None
     publish: Callable[..., Any] | None = None
     started_monotonic: float = 0.0
+    # for the agent.* queries and agent.revoke: the database, the event log, the reporter
+    # (replies and events of a revoked command) and the current settings
+    store: Any = None
+    events: Any = None
+    reporter: Any = None
+    settings: Callable[[], Any] | None = None
 
 
 def build_registry(settings: Any, runtime: Runtime | None = None) -> Registry:
@@ -121,7 +135,8 @@ def build_registry(settings: Any, runtime: Runtime | None = None) -> Registry:
 
             raise ConfigError(f"task {fn.name!r} ({fn.fn.__module__}) has the name of a built-in action",
                               path=settings.path, key="tasks.modules")
-        registry.add(Action(fn.name, fn.fn, fn.params, idempotent=fn.idempotent, needs_network=fn.needs_network,
+        registry.add(Action(fn.name, fn.fn, fn.params, idempotent=fn.idempotent, at_most_once=fn.at_most_once,
+                            needs_network=fn.needs_network,
                             retry=fn.retry))
     return registry
 

@@ -5,13 +5,15 @@ Definitions (the contract's): sunrise and sunset are when the centre of the Sun 
 USNO/NOAA convention); dawn/dusk are the civil (-6°), nautical (-12°) and astronomical
 (-18°) twilights of the centre, with no refraction added; noon is the transit.
 
-How: the Sun's position comes from Meeus' low-precision solar theory (the one behind
-NOAA's calculator and astral) plus the main lunar and planetary perturbations it
-leaves out, which brings it from ~35" to ~3" of the VSOP87 longitude; each event is
-then *solved* for its own instant (rather than estimated from the declination at
-noon), with ΔT and the Sun's parallax included. Measured against PyEphem over 2026:
-within about 2 s up to 60° of latitude and 10 s up to 70°, grazing days included
-(there the Sun barely crosses the altitude and any error is magnified).
+How: the Sun's position is astral's (``astral.sun.elevation`` without refraction, and
+the equation of time its hour angle comes from: NOAA's formulas). Each event is then
+*solved* for its own instant inside its solar cycle, by a search for the crossing of
+that elevation function (astral's own ``sunrise()``/``dusk()`` estimate the instant
+from the declination at one moment of the date, and add refraction to every
+threshold). Measured against PyEphem (``tests/test_solar_ephem.py``): within about
+4 s up to 48° of latitude, the error of astral's equation of time; grazing events, where
+the Sun barely crosses the altitude, magnify its few arcseconds of declination error
+(18 s at 56°, 40 s at Oslo, 85 s up to 70°: see the README's known limitations).
 
 Time is cut into *solar cycles*: cycle ``k`` runs from the lower culmination
 (antitransit, local solar midnight) before its transit to the one after it. A cycle
@@ -23,12 +25,14 @@ that altitude; ``never_sets``: it stays above), and the stream of real events is
 cycles' events in order, whatever the time zone.
 
 Instants are rounded to the whole second: they identify firings (job, planned
-instant), so recomputing one must give exactly the same value.
+instant), so recomputing one must give exactly the same value. astral reads its
+datetimes to the whole second, so the search runs on whole seconds too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
@@ -80,121 +84,77 @@ NEVER_SETS = "never_sets"  # the Sun stays above it
 PREVIOUS_DAY = "previous_day"  # this day's event happened, before local midnight
 NEXT_DAY = "next_day"  # this day's event happens after the next local midnight
 
-_DAY_S = 86400.0
-_UNIX_JD = 2440587.5
-_J2000 = 2451545.0
-# TT - UT1 is about 69 s around 2026 and drifts by well under a second a year; it
-# shifts the Sun's position by ~0.0008°, far below the 15 s budget, but costs nothing.
-_DELTA_T_S = 69.2
-# The Sun's horizontal parallax: the topocentric altitude is lower by this x cos(alt).
+_DAY_S = 86400
+# astral's elevation is geocentric; the contract's altitudes (and PyEphem's) are those
+# seen from the Earth's surface, lower by the Sun's horizontal parallax x cos(alt).
+# Solving for geocentric altitude + parallax keeps the whole -0.833° (about 0.5 s at the
+# equator, several seconds on grazing days).
 _PARALLAX_DEG = 8.794 / 3600.0
-_OMEGA = 2.0 * math.pi / _DAY_S  # hour angle rate relative to the Sun, rad/s
 # How many cycles next_solar() looks ahead: a year and a bit covers the longest
-# polar night or day anywhere but within a degree or so of the poles.
+# polar night or day anywhere (astral takes latitudes beyond ±89.8° as ±89.8°).
 _SEARCH_CYCLES = 372
 
-# The lunar and planetary perturbations of the Sun's longitude that the low-precision
-# theory leaves out (it is otherwise off by up to 35"): (amplitude ", phase at J2000 °,
-# rate °/Julian century), each adding amplitude * sin(phase + rate * T). The first is
-# the Moon (the Earth's wobble about the Earth-Moon barycentre), then Venus, Jupiter,
-# Mars and Saturn, their arguments built from the planets' mean longitudes. Amplitudes
-# and phases are a least-squares fit to VSOP87 (as computed by PyEphem) over 1990-2050,
-# together with a constant and a drift; what remains is under 3" (about 0.2 s of time).
-_PERTURBATION_CONSTANT = -8.40  # arcseconds
-_PERTURBATION_DRIFT = -1.00  # arcseconds per Julian century
-_PERTURBATIONS = (
-    (6.48, 297.68, 445267.1115),  # D, the Moon's mean elongation
-    (4.87, 81.39, 22518.4428),  # Venus - Earth
-    (5.49, 343.04, 45036.8856),  # 2 (Venus - Earth)
-    (0.69, 65.93, 67555.3284),  # 3 (Venus - Earth)
-    (2.46, 154.02, 9037.5127),  # 2 Venus - 3 Earth
-    (2.39, 248.42, 31555.9555),  # 3 Venus - 4 Earth
-    (0.94, 232.18, -4443.4174),  # 3 Venus - 5 Earth
-    (7.26, 246.63, 32964.4672),  # Earth - Jupiter
-    (2.71, 132.22, 65928.9344),  # 2 (Earth - Jupiter)
-    (2.58, 205.37, 3034.9057),  # Jupiter
-    (1.62, 156.93, 29929.5615),  # Earth - 2 Jupiter
-    (2.06, 32.97, 33718.1472),  # 2 (Earth - Mars)
-    (1.28, 111.95, 31436.9215),  # 3 Earth - 4 Mars
-    (1.66, 250.03, -2281.2257),  # Earth - 2 Mars
-    (0.40, 8.94, 14577.8479),  # 2 Earth - 3 Mars
-    (0.44, 235.56, 34777.2591),  # Earth - Saturn
-    (1.32, 21.17, 71998.1006),  # 2 x the Sun's mean anomaly (the equation of centre's remainder)
-    (0.16, 238.24, -3868.2720),  # 2 x the Moon's node (nutation)
-)
+
+class _Astral(NamedTuple):
+    observer: Callable[[float, float], object]
+    elevation: Callable[..., float]
+    equation_of_time: Callable[[datetime], float]  # minutes
 
 
-class _Position(NamedTuple):
-    declination: float  # radians
-    greenwich_hour_angle: float  # radians, GAST - right ascension
+@lru_cache(maxsize=1)
+def _astral() -> _Astral:
+    """astral, imported on first use: parsing a config or ``edge-agent --help`` never needs it."""
+    from astral import Observer
+    from astral.julian import julianday, julianday_to_juliancentury
+    from astral.sun import elevation, eq_of_time
+
+    def equation_of_time(instant: datetime) -> float:
+        # The one elevation() uses for the hour angle (not in astral.sun.__all__, but the
+        # transit must be where *that* hour angle is zero, or noon and the crossings disagree).
+        return float(eq_of_time(julianday_to_juliancentury(julianday(instant))))
+
+    return _Astral(Observer, elevation, equation_of_time)
 
 
-def _sun_position(ts: float) -> _Position:
-    """Apparent declination and Greenwich hour angle of the Sun at unix time ``ts``."""
-    jd_ut = ts / _DAY_S + _UNIX_JD
-    t = (jd_ut + _DELTA_T_S / _DAY_S - _J2000) / 36525.0  # Julian centuries of TT
-    mean_long = 280.46646 + t * (36000.76983 + 0.0003032 * t)
-    anomaly = math.radians(357.52911 + t * (35999.05029 - 0.0001537 * t))
-    centre = (
-        math.sin(anomaly) * (1.914602 - t * (0.004817 + 0.000014 * t))
-        + math.sin(2 * anomaly) * (0.019993 - 0.000101 * t)
-        + math.sin(3 * anomaly) * 0.000289
-    )
-    node = math.radians(125.04 - 1934.136 * t)
-    nutation_long = -0.00478 * math.sin(node)  # degrees, the main term of Δψ
-    perturbation = _PERTURBATION_CONSTANT + _PERTURBATION_DRIFT * t
-    for amplitude, phase, rate in _PERTURBATIONS:
-        perturbation += amplitude * math.sin(math.radians(phase + rate * t))
-    apparent_long = math.radians(mean_long + centre - 0.00569 + nutation_long + perturbation / 3600.0)
-    mean_obliquity = 23.0 + (26.0 + (21.448 - t * (46.815 + t * (0.00059 - t * 0.001813))) / 60.0) / 60.0
-    obliquity = math.radians(mean_obliquity + 0.00256 * math.cos(node))
-    sin_long = math.sin(apparent_long)
-    right_ascension = math.atan2(math.cos(obliquity) * sin_long, math.cos(apparent_long))
-    declination = math.asin(math.sin(obliquity) * sin_long)
-    d = jd_ut - _J2000
-    tu = d / 36525.0
-    mean_sidereal = 280.46061837 + 360.98564736629 * d + 0.000387933 * tu * tu - tu * tu * tu / 38710000.0
-    # Apparent sidereal time adds the equation of the equinoxes (Δψ cos ε), matching
-    # the nutation already in the apparent longitude.
-    apparent_sidereal = math.radians(mean_sidereal % 360.0 + nutation_long * math.cos(obliquity))
-    return _Position(declination, apparent_sidereal - right_ascension)
+def _utc(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
-def _wrap(angle: float) -> float:
-    """``angle`` reduced to [-pi, pi)."""
-    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+# Small: what it saves is the culminations' elevations, shared by the eight crossing
+# events of a cycle (a search's own points are not asked for again).
+@lru_cache(maxsize=1024)
+def _elevation(ts: int, latitude: float, longitude: float) -> float:
+    """astral's geometric (no refraction) elevation of the Sun's centre, degrees, at unix second ``ts``.
+
+    Given in UTC: astral converts an aware datetime to UTC for the Sun's position and
+    uses its own offset for the hour angle, so any zone gives the same angle.
+    """
+    return _astral().elevation(_observer(latitude, longitude), _utc(ts), with_refraction=False)
 
 
-def _local_hour_angle(ts: float, longitude_rad: float) -> float:
-    return _wrap(_sun_position(ts).greenwich_hour_angle + longitude_rad)
+@lru_cache(maxsize=64)
+def _observer(latitude: float, longitude: float) -> object:
+    return _astral().observer(latitude, longitude)
 
 
 @lru_cache(maxsize=8192)
 def _culmination(k: int, longitude: float, lower: bool) -> float:
     """Unix time of cycle ``k``'s transit, or of the antitransit that begins cycle ``k``.
 
-    Cycle ``k``'s transit is the one nearest 12:00 local mean time of unix day ``k``.
+    Cycle ``k``'s transit is the one nearest 12:00 local mean time of unix day ``k``:
+    where astral's hour angle, UTC time of day + longitude + equation of time, is zero.
     """
-    lon = math.radians(longitude)
-    ts = (k + (0.0 if lower else 0.5)) * _DAY_S - longitude * 240.0
-    target = math.pi if lower else 0.0
-    for _ in range(8):
-        # The hour angle grows by ~2π a day relative to the Sun; Newton on that rate
-        # converges to milliseconds in two or three steps.
-        step = _wrap(_local_hour_angle(ts, lon) - target) / _OMEGA
-        ts -= step
+    equation_of_time = _astral().equation_of_time
+    mean = k * _DAY_S + (0 if lower else _DAY_S // 2) - longitude * 240.0
+    ts = mean
+    for _ in range(4):
+        # The equation of time changes by at most ~30 s a day, so this converges to a
+        # millisecond in two or three rounds.
+        step = mean - equation_of_time(_utc(math.floor(ts))) * 60.0 - ts
+        ts += step
         if abs(step) < 1e-3:
             break
     return ts
-
-
-def _sin_altitude(ts: float, sin_lat: float, cos_lat: float, lon: float) -> tuple[float, float]:
-    """(sin of the Sun's geocentric altitude, its time derivative per second)."""
-    pos = _sun_position(ts)
-    hour = pos.greenwich_hour_angle + lon
-    cos_dec = math.cos(pos.declination)
-    value = sin_lat * math.sin(pos.declination) + cos_lat * cos_dec * math.cos(hour)
-    return value, -cos_lat * cos_dec * math.sin(hour) * _OMEGA
 
 
 class _Crossing(NamedTuple):
@@ -211,58 +171,65 @@ def _cycle_event(event: str, k: int, latitude: float, longitude: float) -> _Cros
         return _Crossing(round(transit), round(transit), None)
     rising = event in _RISING
     low = _culmination(k if rising else k + 1, longitude, lower=True)
-    phi = math.radians(latitude)
-    sin_lat, cos_lat, lon = math.sin(phi), math.cos(phi), math.radians(longitude)
-    # Geocentric altitude at which the topocentric centre is at the event's altitude.
-    altitude = _ALTITUDE[event] + _PARALLAX_DEG * math.cos(math.radians(_ALTITUDE[event]))
-    target = math.sin(math.radians(altitude))
-    at_high = _sin_altitude(transit, sin_lat, cos_lat, lon)[0] - target
-    at_low = _sin_altitude(low, sin_lat, cos_lat, lon)[0] - target
+    target = _ALTITUDE[event] + _PARALLAX_DEG * math.cos(math.radians(_ALTITUDE[event]))
+
+    def above(ts: int) -> float:
+        return _elevation(ts, latitude, longitude) - target
+
+    high_s, low_s = round(transit), round(low)
+    at_high, at_low = above(high_s), above(low_s)
     if at_high <= 0.0:
-        return _Crossing(None, round(transit), NEVER_RISES)
+        return _Crossing(None, high_s, NEVER_RISES)
     if at_low >= 0.0:
         # Within a degree of the poles the declination's drift outruns the daily swing,
         # and the Sun can cross beyond the lower culmination, before the neighbouring
         # transit (rising: after the previous one; setting: before the next one).
-        beyond = _culmination(k - 1 if rising else k + 1, longitude, lower=False)
-        if _sin_altitude(beyond, sin_lat, cos_lat, lon)[0] - target < 0.0:
-            ts = _solve_crossing(beyond, low, target, sin_lat, cos_lat, lon)
-            return _Crossing(round(ts), round(ts), None)
-        return _Crossing(None, round(low), NEVER_SETS)
-    ts = _solve_crossing(low, transit, target, sin_lat, cos_lat, lon)
-    return _Crossing(round(ts), round(ts), None)
+        beyond = round(_culmination(k - 1 if rising else k + 1, longitude, lower=False))
+        at_beyond = above(beyond)
+        if at_beyond < 0.0:
+            ts = _solve_crossing(above, beyond, low_s, at_beyond, at_low, (beyond + low_s) // 2)
+            return _Crossing(ts, ts, None)
+        return _Crossing(None, low_s, NEVER_SETS)
+    # First guess: the exact crossing for a Sun of fixed declination. Then sin(alt) is
+    # a + b cos(hour angle), and the ends are at hour angles 180° (low) and 0 (transit).
+    sin_low, sin_high = (math.sin(math.radians(value + target)) for value in (at_low, at_high))
+    cos_h = (2.0 * math.sin(math.radians(target)) - sin_high - sin_low) / (sin_high - sin_low)
+    fraction = 1.0 - math.acos(max(-1.0, min(1.0, cos_h))) / math.pi  # of the way from low to transit
+    ts = _solve_crossing(above, low_s, high_s, at_low, at_high, low_s + round(fraction * (high_s - low_s)))
+    return _Crossing(ts, ts, None)
 
 
-def _solve_crossing(low: float, high: float, target: float, sin_lat: float, cos_lat: float, lon: float) -> float:
-    """The instant between ``low`` (altitude below target) and ``high`` (above) where
-    the altitude equals ``target``: Newton's method kept inside a shrinking bracket,
-    so grazing events (a nearly flat altitude curve) still converge."""
-    below, above = low, high  # altitude < target at `below`, > target at `above`
-    # First guess: the hour angle of the crossing with the transit's declination.
-    pos = _sun_position(high)
-    denominator = cos_lat * math.cos(pos.declination)
-    if denominator > 1e-9:
-        cos_h = (target - sin_lat * math.sin(pos.declination)) / denominator
-        ts = high + math.copysign(math.acos(max(-1.0, min(1.0, cos_h))), low - high) / _OMEGA
-    else:
-        ts = (low + high) / 2.0
-    for _ in range(100):
-        if not min(below, above) < ts < max(below, above):
-            ts = (below + above) / 2.0
-        value, slope = _sin_altitude(ts, sin_lat, cos_lat, lon)
-        value -= target
+def _solve_crossing(f: Callable[[int], float], below: int, above: int, f_below: float, f_above: float,
+                    guess: int) -> int:
+    """The whole second nearest to where ``f`` (elevation minus the target, along whole
+    seconds) crosses zero between ``below`` (f < 0) and ``above`` (f >= 0), either order.
+
+    Secant steps from ``guess`` kept inside a shrinking bracket, and bisection when a
+    step leaves it or the secant dawdles, so grazing events (where the elevation barely
+    crosses the target) still converge.
+    """
+    x, last = guess, None
+    for rounds in range(80):
+        if abs(above - below) <= 1:
+            break
+        if rounds >= 12 or not min(below, above) < x < max(below, above):
+            x = (below + above) // 2
+        value = f(x)
         if value < 0.0:
-            below = ts
+            below, f_below = x, value
         else:
-            above = ts
-        if abs(above - below) < 0.01:
-            break
-        step = value / slope if slope else math.inf
-        if abs(step) < 1e-3:
-            ts -= step
-            break
-        ts -= step
-    return ts
+            above, f_above = x, value
+        if last is not None and value != last[1]:
+            step = x - value * (x - last[0]) / (value - last[1])  # secant through the last two
+        else:
+            step = below + (above - below) * f_below / (f_below - f_above)  # false position
+        last = (x, value)
+        x = round(step)
+        if x in (below, above):
+            # The root lies within a second of that end: test the next second inwards.
+            x += 1 if (x == below) == (above > below) else -1
+    # Adjacent seconds on either side of the crossing: the nearer, by interpolation.
+    return above if f_below / (f_below - f_above) >= 0.5 else below
 
 
 def parse_solar_expr(text: str) -> tuple[str, float]:
@@ -302,10 +269,6 @@ def _aware_ts(instant: datetime, name: str) -> float:
 def _first_cycle(ts: float, longitude: float) -> int:
     """The cycle before the one around ``ts``: no earlier cycle has an event after ``ts``."""
     return math.floor((ts + longitude * 240.0) / _DAY_S) - 1
-
-
-def _utc(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 def next_solar(

@@ -1,0 +1,144 @@
+"""The monitor's composition root: settings, the parts wired together, uvicorn, a clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .auth import Auth
+from .hub import Hub
+from .ingest import Ingest
+from .link import Link
+from .store import MonitorStore
+
+__all__ = ["Monitor", "MonitorSettings", "default_db_path", "run_monitor"]
+
+log = logging.getLogger("edge_agent.monitor")
+
+
+def default_db_path() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/edge-agent/monitor.db"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "edge-agent" / "monitor.db")
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What ``edge-agent monitor`` runs with; ``mqtt`` and ``location`` come from the edge-agent config file."""
+
+    mqtt: Any
+    location: Any
+    host: str = "127.0.0.1"
+    port: int = 5555
+    db_path: str = ""
+    keep: float = 30 * 86400.0
+    max_tasks: int = 1_000_000
+    password_file: str | None = None
+    open_local: bool = True
+    log_level: str = "info"
+
+
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc
+
+
+def limit_malloc_arenas() -> None:
+    """Two malloc arenas, not one per thread: freed memory is less scattered and more of it goes back."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+class Monitor:
+    """Store, ingest, link, hub and auth; :meth:`app` is the web app over them."""
+
+    def __init__(self, settings: MonitorSettings):
+        self.settings = settings
+        self.store = MonitorStore(settings.db_path or default_db_path(), keep=settings.keep, max_tasks=settings.max_tasks,
+                                  max_events=settings.max_tasks * 5, max_gpio=settings.max_tasks)
+        salt = self.store.meta("session_salt")
+        if salt is None:
+            salt = secrets.token_hex(16)
+            self.store.set_meta("session_salt", salt)
+        self.auth = Auth.from_file(settings.password_file, salt, open_local=settings.open_local)
+        self.hub = Hub()
+        self.ingest = Ingest(self.store, self.hub)
+        self.ingest.release_memory = release_memory
+        self.link = Link(settings.mqtt, self.ingest, keep=settings.keep)
+        loc = settings.location
+        self.tz = loc.tz
+        self.latitude, self.longitude = loc.latitude, loc.longitude
+
+    def app(self) -> Any:
+        from .web import create_app
+
+        return create_app(self)
+
+    def start(self) -> None:
+        self.ingest.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        self.hub.close()
+        self.link.stop()
+        self.ingest.stop()
+        self.store.close()
+
+
+def run_monitor(settings: MonitorSettings) -> int:
+    """Run until SIGINT/SIGTERM (uvicorn's handlers); returns the exit status."""
+    import uvicorn
+
+    limit_malloc_arenas()  # before any thread starts
+    monitor = Monitor(settings)
+    config = uvicorn.Config(monitor.app(), host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=2, lifespan="off", server_header=False,
+                            log_config=None)
+    hub = monitor.hub
+
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises SIGTERM/SIGINT after its own stop, which would kill the process before
+        # the store is closed: our handlers only set the flag, and run_monitor returns normally.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            hub.close()  # ends the live streams first, else the graceful stop waits for them
+            await super().shutdown(sockets)
+
+    server = _Server(config)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    monitor.start()
+    log.info("monitor on http://%s:%s/ (store %s)", settings.host, settings.port, monitor.store.path)
+    try:
+        server.run()
+    finally:
+        monitor.stop()
+    return 0

@@ -1,0 +1,192 @@
+// Live updates for the monitor's pages. Everything from the server goes into the DOM with
+// textContent (never innerHTML), except the day picture, which is the server's own escaped SVG.
+"use strict";
+(function () {
+  const body = document.body;
+  const page = body.dataset.page;
+  const device = body.dataset.device || null;
+  const csrf = body.dataset.csrf;
+
+  function dur(s) {
+    if (typeof s !== "number") return "-";
+    s = Math.floor(s);
+    const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
+    const p = (n) => String(n).padStart(2, "0");
+    return d ? `${d}d ${p(h)}h` : h ? `${h}h ${p(m)}m` : `${m}m ${p(r)}s`;
+  }
+  // Times in the monitor's time zone, as the server renders them ("sv-SE" reads YYYY-MM-DD HH:MM:SS).
+  let clock;
+  try {
+    clock = new Intl.DateTimeFormat("sv-SE", { timeZone: body.dataset.tz || undefined, year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  } catch (e) {
+    clock = new Intl.DateTimeFormat("sv-SE", { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+      minute: "2-digit", second: "2-digit", hour12: false });
+  }
+  function when(ts) {
+    return typeof ts === "number" ? clock.format(new Date(ts * 1000)) : "-";
+  }
+  function cells(row) {
+    const nj = row.next_job;
+    return {
+      status: row.online ? "online" : "offline",
+      version: row.version || "-",
+      uptime: dur(row.uptime_s),
+      last_seen: when(row.last_seen),
+      queue: row.queue ?? "-",
+      outbox: row.outbox ?? "-",
+      clock: row.clock_synchronized === true ? "synced" : row.clock_synchronized === false ? "NOT synced" : "-",
+      failures: String(row.failures_24h ?? 0),
+      next_job: nj ? `${nj.job} ${nj.at}` : "-",
+    };
+  }
+  function fill(root, values) {
+    for (const [k, v] of Object.entries(values)) {
+      const el = root.querySelector(`[data-f="${k}"]`);
+      if (el) el.textContent = String(v);
+    }
+  }
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined) e.textContent = text;
+    if (cls) e.className = cls;
+    return e;
+  }
+
+  function fleetRow(msg) {
+    const tbody = document.querySelector("#fleet tbody");
+    let tr = [...tbody.rows].find((r) => r.dataset.device === msg.device);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.device = msg.device;
+      const a = el("a", msg.device);
+      a.href = "/device/" + encodeURIComponent(msg.device);
+      const first = el("td"); first.appendChild(a); tr.appendChild(first);
+      for (const f of ["status", "version", "uptime", "last_seen", "queue", "outbox", "clock", "failures", "next_job"]) {
+        const td = el("td"); td.dataset.f = f; tr.appendChild(td);
+      }
+      tbody.appendChild(tr);
+    }
+    const c = cells(msg.row);
+    fill(tr, c);
+    tr.querySelector('[data-f="status"]').className = c.status;
+    const rows = [...tbody.rows];
+    const online = rows.filter((r) => r.querySelector('[data-f="status"]').textContent === "online").length;
+    const count = document.getElementById("count");
+    if (count) count.textContent = `${online} of ${rows.length} online`;
+  }
+
+  function taskRow(t) {
+    const tbody = document.querySelector("#tasks tbody");
+    if (!tbody) return;
+    let tr = [...tbody.rows].find((r) => r.dataset.id === t.id && r.dataset.device === t.device);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.id = t.id; tr.dataset.device = t.device;
+      tr.appendChild(el("td", when(t.updated)));
+      const idcell = el("td"), a = el("a", t.id);
+      a.href = `/task/${encodeURIComponent(t.device)}/${t.id.split("/").map(encodeURIComponent).join("/")}`;
+      idcell.appendChild(a); tr.appendChild(idcell);
+      tr.appendChild(el("td", t.action || "-"));
+      for (const f of ["status", "attempt", "error"]) { const td = el("td"); td.dataset.f = f; tr.appendChild(td); }
+      tbody.insertBefore(tr, tbody.firstChild);
+      while (tbody.rows.length > 50) tbody.deleteRow(tbody.rows.length - 1);
+    }
+    fill(tr, { status: t.status, attempt: t.attempt ?? "-", error: t.error_type ? `${t.error_type}: ${t.error_message}` : "" });
+    tr.querySelector('[data-f="status"]').className = "st " + t.status;
+    tr.className = t.status;
+  }
+
+  let dayTimer = null;
+  function refreshDay() {
+    const box = document.getElementById("day");
+    if (!box || dayTimer) return;
+    dayTimer = setTimeout(async () => {
+      dayTimer = null;
+      const r = await fetch(`/device/${encodeURIComponent(device)}/day.svg?day=${box.dataset.day}`, { credentials: "same-origin" });
+      if (r.ok) box.innerHTML = await r.text(); // the server's own SVG, every text in it escaped
+    }, 300);
+  }
+
+  function reply(doc) {
+    const list = document.getElementById("replies");
+    if (!list) return;
+    const parts = [doc.status, doc.action, doc.id];
+    if (doc.result !== undefined && doc.result !== null) parts.push(JSON.stringify(doc.result));
+    if (doc.error) parts.push(`${doc.error.type}: ${doc.error.message}`);
+    const li = el("li", parts.join("  "), "reply " + doc.status);
+    li.dataset.id = doc.id;
+    li.dataset.status = doc.status;
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > 100) list.removeChild(list.lastChild);
+  }
+
+  let es = null;
+  function setTaskStatus(status) {
+    const st = document.getElementById("task-status");
+    if (st) { st.textContent = status; st.className = "st " + status; }
+  }
+  async function refreshTask() {
+    const path = location.pathname.replace(/^\/task\//, "/api/tasks/");
+    const r = await fetch(path, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    if (r.ok) {
+      const doc = await r.json();
+      if (doc.task) setTaskStatus(doc.task.status);
+    }
+  }
+
+  function connect() {
+    const url = device ? `/live?device=${encodeURIComponent(device)}` : "/live";
+    es = new EventSource(url);
+    const dot = document.getElementById("live");
+    es.onopen = () => {
+      if (dot) dot.classList.add("on");
+      if (page === "task") refreshTask(); // what changed between the page's render and the stream's start
+    };
+    es.onerror = () => dot && dot.classList.remove("on");
+    es.onmessage = (e) => {
+      const msg = JSON.parse(e.data);
+      if (msg.type === "device") {
+        if (page === "fleet") fleetRow(msg);
+        if (page === "device" && msg.device === device) {
+          const c = cells(msg.row);
+          fill(document.querySelector(".facts"), c);
+          const st = document.getElementById("dev-status");
+          st.textContent = c.status; st.className = c.status;
+        }
+      } else if (msg.type === "task") {
+        if (page === "device" || (page === "tasks" && !location.search)) taskRow(msg.task);
+        if (page === "device") refreshDay();
+        if (page === "task" && msg.task.id === body.dataset.task) setTaskStatus(msg.task.status);
+      } else if (msg.type === "reply") {
+        if (page === "device") { reply(msg.reply); refreshDay(); }
+      }
+    };
+  }
+
+  const form = document.getElementById("send");
+  if (form) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const out = document.getElementById("send-result");
+      out.textContent = "sending…";
+      const r = await fetch(form.getAttribute("action"), {  // (form.action is the input named "action")
+        method: "POST", credentials: "same-origin",
+        headers: { "Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf },
+        body: new URLSearchParams(new FormData(form)),
+      });
+      let doc = {};
+      try { doc = await r.json(); } catch (e) { doc = { error: `HTTP ${r.status}` }; }
+      out.textContent = r.ok ? `sent ${doc.id}` : (doc.error || `HTTP ${r.status}`);
+      out.className = r.ok ? "result sent" : "result error";
+      out.dataset.id = doc.id || "";
+    });
+  }
+  if (page === "fleet" || page === "device" || page === "tasks" || page === "task") {
+    connect();
+    // A page kept in the back-forward cache would hold its stream open (browsers allow six
+    // connections per host): close it on leaving, reload on coming back.
+    window.addEventListener("pagehide", () => { if (es) { es.close(); es = null; } });
+    window.addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
+  }
+})();

@@ -1,0 +1,89 @@
+"""Two bridged mosquitto brokers, the cheap stand-in for a clustered broker: the devices on one,
+the operator on the other. fleet ls and fleet send work across the bridge, a device that dies
+is seen offline there, and its command waits for it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.configs import LAMP, agent_config
+from tests.conftest import Broker, Daemon, fleet_cli, start_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bridged(tmp_path):
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "operator").mkdir()
+    near = Broker(tmp_path / "devices")
+    near.start()
+    prefix = f"br{uuid.uuid4().hex[:6]}"
+    far = Broker(tmp_path / "operator", extra=(
+        "connection to-devices\n"
+        f"address 127.0.0.1:{near.port}\n"
+        f"topic {prefix}/# both 1\n"
+        "cleansession false\n"
+        "restart_timeout 1 5\n"
+    ))
+    far.start()
+    daemons = {}
+    for name in ("b1", "b2", "b3"):
+        (tmp_path / name).mkdir()
+        daemons[name] = Daemon(agent_config(tmp_path / name, device=name, groups=["yard"], mqtt_port=near.port,
+                                            prefix=prefix, devices=LAMP))
+    try:
+        start_all(list(daemons.values()))
+        yield far, prefix, daemons
+    finally:
+        for d in daemons.values():
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait(10)
+        far.stop()
+        near.stop()
+
+
+def _ls(port, prefix, pred, timeout=60):
+    end = time.monotonic() + timeout
+    while True:
+        out = fleet_cli(port, prefix, "ls", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = {r["device"]: r for r in json.loads(out.stdout)["devices"]}
+        if pred(rows):
+            return rows
+        assert time.monotonic() < end, rows
+        time.sleep(0.3)
+
+
+def test_ls_and_send_across_a_bridge(bridged):
+    """From the operator's broker: ls shows the three devices and their state; a group send collects
+    three replies; a killed device is offline there, and a send reports it offline and waits in
+    its session: after a restart the command has run."""
+    far, prefix, daemons = bridged
+    rows = _ls(far.port, prefix, lambda r: len(r) == 3 and all(v["online"] and v["version"] for v in r.values()))
+    assert all(r["groups"] == ["yard"] for r in rows.values())
+    out = fleet_cli(far.port, prefix, "send", "gpio.set", "device=lamp", "value=on", "--group", "yard", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["counts"] == {"succeeded": 3}
+
+    daemons["b2"].kill()
+    _ls(far.port, prefix, lambda r: r["b2"]["status"] == "offline")
+    out = fleet_cli(far.port, prefix, "send", "agent.ping", "--all", "--id", "across", "--json")
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert doc["counts"] == {"succeeded": 2, "offline": 1} and doc["devices"]["b2"]["status"] == "offline"
+    daemons["b2"].start()
+    _ls(far.port, prefix, lambda r: r["b2"]["online"])
+    end = time.monotonic() + 60
+    while True:
+        hist = fleet_cli(far.port, prefix, "history", "b2", "--id", "across", "--json")
+        kinds = [e["event"] for e in json.loads(hist.stdout)["events"]] if hist.returncode == 0 else []
+        if kinds == ["received", "started", "succeeded"]:
+            break
+        assert time.monotonic() < end, (kinds, hist.stderr)
+        time.sleep(0.3)
