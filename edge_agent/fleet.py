@@ -164,6 +164,12 @@ class FleetClient:
         if rc != 0 or not done.wait(self.timeout):
             raise BrokerUnreachable(f"the broker did not confirm the subscription to {subs[0][0]} (rc {rc})")
 
+    def unsubscribe(self, topics: Iterable[str]) -> None:
+        """Drop subscriptions (not made again after a reconnect); does not wait for the broker."""
+        topics = [t for t in topics if self._subs.pop(t, None) is not None]
+        if topics:
+            self._client.unsubscribe(topics)
+
     def publish(self, topic: str, payload: Any, qos: int = 1, retain: bool = False) -> None:
         data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload, separators=(",", ":"))
         info = self._client.publish(topic, data, qos=qos, retain=retain)
@@ -217,7 +223,8 @@ class DeviceInfo:
 
 
 class _Snapshot:
-    """Collects retained status and state; keeps following them afterwards (live changes)."""
+    """Collects retained status and state; keeps following them afterwards (live changes)
+    until :meth:`close`."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
@@ -225,6 +232,14 @@ class _Snapshot:
         self.cond = threading.Condition()
         self.synced = False
         self.marker = f"{prefix}/_fleet/{uuid.uuid4().hex}/sync"
+        self._close: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        """Stop following: a long-lived client calling send() or ls() again and again must not
+        pile up handlers (each message would go through every one) or subscriptions."""
+        if self._close is not None:
+            self._close()
+            self._close = None
 
     def handle(self, msg: Any) -> None:
         if msg.topic == self.marker:
@@ -268,16 +283,27 @@ def snapshot(client: FleetClient, *, extra_topics: Iterable[str] = (), timeout: 
     """Subscribe to every device's retained status and state (plus ``extra_topics``, in the
     same subscription) and return once the retained messages have all arrived."""
     snap = _Snapshot(client.prefix)
-    client.on_message(snap.handle)
-    client.subscribe(snap.topics(), qos=0)
-    client.subscribe(list(extra_topics), qos=1)
-    snap.wait_synced(client, timeout)
+    remove = client.on_message(snap.handle)
+
+    def close() -> None:
+        remove()
+        client.unsubscribe([snap.marker])
+
+    snap._close = close
+    try:
+        client.subscribe(snap.topics(), qos=0)
+        client.subscribe(list(extra_topics), qos=1)
+        snap.wait_synced(client, timeout)
+    except BaseException:
+        snap.close()
+        raise
     return snap
 
 
 def ls(client: FleetClient, timeout: float = 10.0) -> list[dict[str, Any]]:
     """One row per device, sorted by name."""
     snap = snapshot(client, timeout=timeout)
+    snap.close()
     with snap.cond:
         return [snap.devices[d].row() for d in sorted(snap.devices)]
 
@@ -349,59 +375,65 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
                 replies.setdefault(device, doc)
             cond.notify_all()
 
-    client.on_message(on_reply)
-    reply_topics = [f"{prefix}/+/reply"] if group or everyone else [f"{prefix}/{d}/reply" for d in named]
-    snap = snapshot(client, extra_topics=reply_topics, timeout=client.timeout)
-    with snap.cond:
+    remove_reply = client.on_message(on_reply)
+    snap: _Snapshot | None = None
+    try:
+        reply_topics = [f"{prefix}/+/reply"] if group or everyone else [f"{prefix}/{d}/reply" for d in named]
+        snap = snapshot(client, extra_topics=reply_topics, timeout=client.timeout)
+        with snap.cond:
+            if group is not None:
+                expected = [d for d, info in snap.devices.items() if group in info.groups]
+            elif everyone:
+                expected = list(snap.devices)
+            else:
+                expected = named
+        payload: dict[str, Any] = {"id": cid, "args": args or {}}
+        if ttl is not None:
+            payload["ttl"] = ttl
         if group is not None:
-            expected = [d for d, info in snap.devices.items() if group in info.groups]
-        elif everyone:
-            expected = list(snap.devices)
+            client.publish(f"{prefix}/group/{group}/cmd/{action}", payload)
         else:
-            expected = named
-    payload: dict[str, Any] = {"id": cid, "args": args or {}}
-    if ttl is not None:
-        payload["ttl"] = ttl
-    if group is not None:
-        client.publish(f"{prefix}/group/{group}/cmd/{action}", payload)
-    else:
-        for d in expected:
-            client.publish(f"{prefix}/{d}/cmd/{action}", payload)
+            for d in expected:
+                client.publish(f"{prefix}/{d}/cmd/{action}", payload)
 
-    def waiting_for() -> list[str]:
+        def waiting_for() -> list[str]:
+            with snap.cond:
+                known = dict(snap.devices)
+            return [d for d in expected if d not in replies and (wait_offline or (d in known and known[d].online))]
+
+        end = began + timeout
+        # Both conditions are notified by paho's thread: wake on either (a reply, a status change).
+        while True:
+            with cond:
+                if not waiting_for():
+                    break
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                cond.wait(min(left, 0.05))
+        result = SendResult(cid, action, elapsed_s=time.monotonic() - began)
         with snap.cond:
             known = dict(snap.devices)
-        return [d for d in expected if d not in replies and (wait_offline or (d in known and known[d].online))]
-
-    end = began + timeout
-    # Both conditions are notified by paho's thread: wake on either (a reply, a status change).
-    while True:
         with cond:
-            if not waiting_for():
-                break
-            left = end - time.monotonic()
-            if left <= 0:
-                break
-            cond.wait(min(left, 0.05))
-    result = SendResult(cid, action, elapsed_s=time.monotonic() - began)
-    with snap.cond:
-        known = dict(snap.devices)
-    with cond:
-        for d in sorted(set(expected) | set(replies)):
-            info = known.get(d)
-            if d in replies:
-                doc = replies[d]
-                result.devices[d] = {"status": doc["status"], "reply": doc}
-            elif info is None or info.status is None:
-                result.devices[d] = {"status": "unknown", "reply": first.get(d),
-                                     "detail": "never seen on this broker (no retained status)"}
-            elif not info.online:
-                result.devices[d] = {"status": "offline", "reply": first.get(d),
-                                     "detail": "offline: the command waits in its broker session and runs when it is back"}
-            else:
-                detail = "accepted, no final reply" if d in first else "online, no answer"
-                result.devices[d] = {"status": "no_answer", "reply": first.get(d),
-                                     "detail": f"{detail} within {timeout:g}s"}
+            for d in sorted(set(expected) | set(replies)):
+                info = known.get(d)
+                if d in replies:
+                    doc = replies[d]
+                    result.devices[d] = {"status": doc["status"], "reply": doc}
+                elif info is None or info.status is None:
+                    result.devices[d] = {"status": "unknown", "reply": first.get(d),
+                                         "detail": "never seen on this broker (no retained status)"}
+                elif not info.online:
+                    result.devices[d] = {"status": "offline", "reply": first.get(d),
+                                         "detail": "offline: the command waits in its broker session and runs when it is back"}
+                else:
+                    detail = "accepted, no final reply" if d in first else "online, no answer"
+                    result.devices[d] = {"status": "no_answer", "reply": first.get(d),
+                                         "detail": f"{detail} within {timeout:g}s"}
+    finally:
+        remove_reply()
+        if snap is not None:
+            snap.close()
     return result
 
 

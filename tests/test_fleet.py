@@ -116,6 +116,26 @@ def test_group_send_collects_every_final_reply(fleet):
     assert {v["status"] for v in json.loads(bad.stdout)["devices"].values()} == {"rejected"}
 
 
+def test_a_long_lived_client_does_not_pile_up_handlers_or_subscriptions(fleet):
+    """One FleetClient used for many sends and listings (a script, the monitor): each call's
+    handlers and its sync-marker subscription go when it returns, so the tenth send costs what
+    the first did (before, every message went through every earlier call's handlers)."""
+    from edge_agent import fleet as fleetlib
+
+    fleet.wait_ls(_all_up)
+    mqtt = MqttSettings(host="127.0.0.1", port=fleet.broker.port, topic_prefix=fleet.prefix)
+    with FleetClient(mqtt) as client:
+        for i in range(6):
+            res = fleetlib.send(client, "agent.ping", group="all20", timeout=60)
+            assert res.counts() == {"succeeded": N}, res.counts()
+            assert len(fleetlib.ls(client)) == N
+            assert client._handlers == [], f"after call {i + 1}: {len(client._handlers)} handlers left"
+            assert not [t for t in client._subs if "/_fleet/" in t], client._subs
+        # one that fails (no device answers in time) cleans up as well
+        res = fleetlib.send(client, "agent.ping", devices=["nobody-here"], timeout=0.5)
+        assert res.devices["nobody-here"]["status"] == "unknown" and client._handlers == []
+
+
 def test_killed_agents_are_offline_and_run_their_session_command_when_back(fleet):
     """Three agents SIGKILLed: fleet send reports them offline (and the others succeeded) without
     waiting for them; a `send --wait-offline` still waiting gets their replies once they start

@@ -1,8 +1,8 @@
 """``edge-agent monitor`` end to end in a real headless browser: a real mosquitto, three real agents, the monitor process.
 
 One setup for the whole module (the agents, the monitor and one Chromium), shared by
-the tests in order; screenshots of each page land in the module's temporary folder
-(printed at the end). Needs Debian's ``chromium`` and ``chromium-driver`` and the
+the tests in order; screenshots of each page are kept as test artifacts in
+``tests/artifacts/monitor/`` (or ``$EDGE_AGENT_ARTIFACTS/monitor/``; printed at the end). Needs Debian's ``chromium`` and ``chromium-driver`` and the
 ``monitor`` extra; skipped without them.
 """
 
@@ -174,8 +174,10 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "cond
 class Setup:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.shots = folder / "screenshots"
-        self.shots.mkdir()
+        base = os.environ.get("EDGE_AGENT_ARTIFACTS") or Path(__file__).resolve().parent / "artifacts"
+        self.shots = Path(base) / "monitor"
+        shutil.rmtree(self.shots, ignore_errors=True)
+        self.shots.mkdir(parents=True)
         self.broker = Broker(folder)
         self.broker.start()
         self.agents = {d: Daemon(agent_config(folder / d, d, self.broker.port)) for d in DEVICES}
