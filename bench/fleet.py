@@ -114,10 +114,12 @@ def group_commands(ctx: Context, port: int, total: int, runs: int) -> dict[str, 
 
     out: dict[str, Any] = {}
     with fleet.FleetClient(_settings(port), timeout=30) as client:
-        rows = fleet.ls(client)
-        online = sum(1 for r in rows if r["online"])
-        if online != total:
-            raise BenchError(f"fleet ls sees {online} of {total} agents online")
+        # READY does not wait for the broker (an agent works offline): wait until all are connected.
+        end = time.monotonic() + 60
+        while (online := sum(1 for r in fleet.ls(client) if r["online"])) != total:
+            if time.monotonic() > end:
+                raise BenchError(f"fleet ls sees {online} of {total} agents online after 60 s")
+            time.sleep(0.5)
         time_sends(client, "agent.ping", lambda r: {}, 3, group=f"n{total}", expect=total)  # warm-up
         out["single_ping"] = time_sends(client, "agent.ping", lambda r: {}, runs, device="a000")
         out["single_gpio"] = time_sends(client, "gpio.set", lamp, runs, device="a000")
