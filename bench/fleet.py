@@ -24,17 +24,16 @@ Run alone: ``python -m bench.fleet [--quick]`` (or ``python -m bench --only flee
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from .harness import PY, ROOT, BenchError, Broker, Daemon, MqttClient, Row, median, percentile
+from .harness import PY, ROOT, BenchError, Broker, Daemon, MqttClient, Row, fleet_agent_config, median, percentile
 from .lab import Context, Lab
 
 FIGURES = ("group agent.ping, 100 devices, p99", "group gpio.set, 100 devices, p99", "fleet ls, 1,000 devices",
@@ -43,35 +42,6 @@ SECTION = "fleet"
 PREFIX = "fb"
 GOAL_COLLECT_S = 1.0
 GOAL_LS_S = 1.0
-
-
-def _agent_config(folder: Path, device: str, port: int, groups: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [device]
-        id = "{device}"
-        groups = {json.dumps(groups)}
-        [storage]
-        path = "{folder}/agent.db"
-        [clock]
-        trust = "always"
-        [mqtt]
-        host = "127.0.0.1"
-        port = {port}
-        topic_prefix = "{PREFIX}"
-        discovery = false
-        [gpio]
-        pin_factory = "mock"
-        [devices.lamp]
-        kind = "output"
-        pin = 17
-        [queue]
-        workers = 1
-        [log]
-        level = "warning"
-        """))
-    return path
 
 
 def _settings(port: int, prefix: str = PREFIX) -> Any:
@@ -251,7 +221,6 @@ def events_rate(ctx: Context, port: int, events: int) -> dict[str, Any]:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise BenchError(f"the {kind} events consumer did not start")
-            time.sleep(0.3)  # its subscription is in place before "ready"; let the SUBACK settle
             sim.collect = []
             for i in range(events):
                 sim.emit(f"e{i % 100:03d}", "succeeded", f"c{i}", "gpio.set", attempt=1, runtime=0.001)
@@ -322,8 +291,7 @@ def reconnects(ctx: Context, broker: Broker, devices: list[str], outage: float) 
         return {"outage_s": outage, "back": len(back), "replies": len(replies), "devices": len(devices),
                 "first_s": instants[0] if instants else None, "last_s": instants[-1] if instants else None,
                 "spread_s": instants[-1] - instants[0] if instants else None,
-                "per_second_max": max((sum(1 for t in instants if int(t) == s) for s in {int(t) for t in instants}),
-                                      default=0)}
+                "per_second_max": max(collections.Counter(int(t) for t in instants).values(), default=0)}
 
 
 # --------------------------------------------------------------------------- the section
@@ -335,7 +303,8 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
     work = ctx.workdir / "fleet"
     broker = Broker(work / "broker")
     broker.start()
-    agents = [Daemon(_agent_config(work / f"a{i:03d}", f"a{i:03d}", broker.port, _groups_of(i, total)))
+    agents = [Daemon(fleet_agent_config(work / f"a{i:03d}", f"a{i:03d}", broker.port, prefix=PREFIX,
+                                       groups=_groups_of(i, total), workers=1))
               for i in range(total)]
     try:
         t = time.monotonic()

@@ -265,6 +265,35 @@ def write_daemon_config(workdir: Path, *, mqtt_port: int | None, workers: int = 
     return path
 
 
+def fleet_agent_config(folder: Path, device: str, port: int, *, prefix: str = "edge", groups: Sequence[str] = (),
+                       workers: int | None = None) -> Path:
+    """A fleet member's config: its own id and database, one mock lamp, MQTT on ``port``, logging at warning."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [device]
+        id = "{device}"
+        groups = {json.dumps(list(groups))}
+        [storage]
+        path = "{folder}/agent.db"
+        [clock]
+        trust = "always"
+        [mqtt]
+        host = "127.0.0.1"
+        port = {port}
+        topic_prefix = "{prefix}"
+        discovery = false
+        [gpio]
+        pin_factory = "mock"
+        [devices.lamp]
+        kind = "output"
+        pin = 17
+        [log]
+        level = "warning"
+        """) + (f"[queue]\nworkers = {workers}\n" if workers else ""))
+    return path
+
+
 class Daemon:
     """``edge-agent run`` as a child process, READY detected through ``NOTIFY_SOCKET``."""
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .flower_baseline import flower_problem, measure_flower
-from .harness import PY, ROOT, Broker, Daemon, Row, free_port, percentile, proc_snapshot, wait_port
+from .harness import PY, ROOT, Broker, Daemon, Row, fleet_agent_config, free_port, percentile, proc_snapshot, wait_port
 from .lab import Context, Lab
 
 FIGURES = ("events ingested", "fleet page (100 devices), p99", "tasks page (filtered), p99", "RSS after the events",
@@ -119,32 +119,6 @@ class MonitorProcess:
         raise RuntimeError(f"the monitor stored {self.ingested()} of {count} events")
 
 
-def _agent_config(folder: Path, device: str, port: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [device]
-        id = "{device}"
-        [storage]
-        path = "{folder}/agent.db"
-        [clock]
-        trust = "always"
-        [mqtt]
-        host = "127.0.0.1"
-        port = {port}
-        topic_prefix = "edge"
-        discovery = false
-        [gpio]
-        pin_factory = "mock"
-        [devices.lamp]
-        kind = "output"
-        pin = 17
-        [log]
-        level = "warning"
-        """))
-    return path
-
-
 def timed_gets(mon: MonitorProcess, path: str, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", mon.port, timeout=30)
     out = []
@@ -194,7 +168,7 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
     fleet = None
     try:
         for i in range(REAL_AGENTS):
-            d = Daemon(_agent_config(work / f"agent{i}", f"agent{i}", broker.port))
+            d = Daemon(fleet_agent_config(work / f"agent{i}", f"agent{i}", broker.port))
             d.start()
             agents.append(d)
         mon.start()

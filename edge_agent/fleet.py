@@ -226,20 +226,22 @@ class _Snapshot:
     """Collects retained status and state; keeps following them afterwards (live changes)
     until :meth:`close`."""
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, client: FleetClient):
+        self.prefix = client.prefix
         self.devices: dict[str, DeviceInfo] = {}
         self.cond = threading.Condition()
         self.synced = False
-        self.marker = f"{prefix}/_fleet/{uuid.uuid4().hex}/sync"
-        self._close: Callable[[], None] | None = None
+        self.marker = f"{self.prefix}/_fleet/{uuid.uuid4().hex}/sync"
+        self._client = client
+        self._remove: Callable[[], None] | None = client.on_message(self.handle)
 
     def close(self) -> None:
         """Stop following: a long-lived client calling send() or ls() again and again must not
         pile up handlers (each message would go through every one) or subscriptions."""
-        if self._close is not None:
-            self._close()
-            self._close = None
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+            self._client.unsubscribe([self.marker])
 
     def handle(self, msg: Any) -> None:
         if msg.topic == self.marker:
@@ -282,14 +284,7 @@ class _Snapshot:
 def snapshot(client: FleetClient, *, extra_topics: Iterable[str] = (), timeout: float = 10.0) -> _Snapshot:
     """Subscribe to every device's retained status and state (plus ``extra_topics``, in the
     same subscription) and return once the retained messages have all arrived."""
-    snap = _Snapshot(client.prefix)
-    remove = client.on_message(snap.handle)
-
-    def close() -> None:
-        remove()
-        client.unsubscribe([snap.marker])
-
-    snap._close = close
+    snap = _Snapshot(client)
     try:
         client.subscribe(snap.topics(), qos=0)
         client.subscribe(list(extra_topics), qos=1)
