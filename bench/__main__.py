@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from . import fleet, footprint, latency, monitor, pickup, recovery, scale, solar, startup, throughput, wear
+from . import cron, fleet, footprint, latency, monitor, pickup, recovery, scale, solar, startup, throughput, wear
 from .harness import BENCH_DIR, Broker, Row
 from .lab import Context, Lab, make_workdir, remove_workdir
 from .report import document, machine, machine_line, table
@@ -35,6 +35,7 @@ BENCHMARKS: tuple[tuple[str, ModuleType], ...] = (
     ("scale", scale),
     ("recovery", recovery),
     ("solar", solar),
+    ("cron", cron),
     ("fleet", fleet),
     ("monitor", monitor),
 )

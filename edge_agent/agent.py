@@ -107,6 +107,11 @@ class Agent:
         check_jobs(s, self.registry)
         self._lock = InstanceLock(s.db_path)
         self.store = Store(s.db_path, sync=s.sync, background=True)
+        from .scheduler import claim_clock, scheduler_clock
+
+        self._schedule_clock = scheduler_clock()  # one clock: the one recorded is the one that runs
+        if s.jobs or s.windows:
+            claim_clock(self.store, self._schedule_clock)
         journal = Journal(self.store)
 
         self.link = self._make_link()
@@ -114,7 +119,8 @@ class Agent:
         reporter = self.reporter = EventReporter(self.events, self.link.reporter if self.link else None,
                                                  accepted=self.link.accepted if self.link else None)
         self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, cmd, when: queue.retry_at(cur, cmd, when),
-                             reporter=reporter, release_parked=lambda: queue.release_parked())
+                             reporter=reporter, release_parked=lambda: queue.release_parked(),
+                             stopping=lambda: queue.storage.stopping)
         queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
                                        network_workers=s.network_workers, is_network=self.registry.needs_network,
                                        on_submitted=reporter.received)
@@ -172,7 +178,8 @@ class Agent:
         from .scheduler import Scheduler
 
         assert self.store is not None and self.queue is not None
-        return Scheduler(self.settings, self.store, submit=self.queue.submit, on_fired=self.reporter.fired)
+        return Scheduler(self.settings, self.store, submit=self.queue.submit, on_fired=self.reporter.fired,
+                         clock=self._schedule_clock)
 
     def next_solar(self, event: str) -> str | None:
         """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""

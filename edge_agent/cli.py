@@ -15,6 +15,10 @@ from typing import Any
 
 __all__ = ["main"]
 
+#: read-only queries the fleet and the monitor ask all day, so `history` leaves them out unless --all
+#: (agent.ping and gpio.read stay: people send those by hand and schedules use them as heartbeats)
+QUERY_ACTIONS = ("agent.status", "agent.jobs", "agent.history")
+
 
 class _Formatter(argparse.HelpFormatter):
     """argparse's help formatter with the width found as ``shutil.get_terminal_size`` finds it, without
@@ -77,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     su.add_argument("--tz", help="IANA time zone, e.g. Europe/Istanbul")
     h = cmd("history", "recent commands and their outcomes")
     h.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    h.add_argument("--all", action="store_true",
+                   help=f"also the read-only queries ({', '.join(QUERY_ACTIONS)}), left out by default")
     cmd("check", "validate the config; exit 2 with a clear message when it is wrong", json_flag=False)
     _fleet_parser(sub)
     mo = cmd("monitor", "a web page for the fleet, live (needs edge-agent[monitor]); broker from the config's [mqtt]",
@@ -87,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--max-tasks", type=int, default=1_000_000, metavar="N", help="tasks kept at most (default 1000000)")
     mo.add_argument("--password-file", metavar="PATH", help="first line: the password or token that logs in")
     mo.add_argument("--login-always", action="store_true", help="ask for a login also from localhost (behind a proxy)")
+    mo.add_argument("--max-db-mb", type=int, default=1024, metavar="MB",
+                    help="the monitor's database at most (oldest rows go first; default 1024)")
+    mo.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="a host name the monitor is reached by (repeatable; localhost and addresses always; '*': any)")
     return p
 
 
@@ -101,7 +111,8 @@ def _fleet_parser(sub: Any) -> None:
         sp = fsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
         g = sp.add_argument_group("broker (default: the [mqtt] table of the config)")
         g.add_argument("--config", metavar="PATH", help="config file whose [mqtt] table to use")
-        g.add_argument("--host", help="broker host (without --config: no config file is read)")
+        g.add_argument("--host", help="broker host (without --config: no config file is read); "
+                                      "default 127.0.0.1 when there is no config file")
         g.add_argument("--port", type=int)
         g.add_argument("--prefix", metavar="P", help="topic prefix (default: edge)")
         g.add_argument("--username")
@@ -173,10 +184,13 @@ def _out(doc: Any) -> None:
     print(json.dumps(doc, indent=2, default=str))
 
 
-def _fmt_time(ts: float | None) -> str:
+def _fmt_time(ts: float | None, tz: Any) -> str:
+    """ISO-8601 to the second with its UTC offset, in ``tz`` (the config's time zone), as `jobs` prints."""
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).astimezone(tz).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- run
@@ -188,9 +202,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .actions import build_registry, check_jobs
 
-    # The whole config (task modules, job actions) is checked before anything is opened or
-    # created: a config error is one line and exit 2, as with `check`.
+    # The whole config (task modules, job actions, pins) is checked before anything is opened
+    # or created: a config error is one line and exit 2, as with `check`.
     check_jobs(settings, build_registry(settings))
+    from .config import check_tls_files
+    from .hardware import check_pins
+
+    note = check_pins(settings, strict=False)
+    check_tls_files(settings)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     setup_logging(settings.log_level)
     import logging
 
@@ -291,10 +312,12 @@ def _cmd_send(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {"action": args.action, "args": clean, "source": "cli"}
     if args.id is not None:
         fields["id"] = check_id(args.id)
-    if args.ttl is not None:
-        if args.ttl <= 0:
-            from .errors import InvalidCommand
+    from .errors import InvalidCommand
 
+    if args.wait is not None and not 0 <= args.wait < float("inf"):  # nan too: it would never end
+        raise InvalidCommand(f"--wait must be a number of seconds, got {args.wait}")
+    if args.ttl is not None:
+        if not 0 < args.ttl < float("inf"):
             raise InvalidCommand("--ttl must be a positive number of seconds")
         fields["deadline"] = time.time() + args.ttl
     client = LocalClient(settings)
@@ -320,9 +343,9 @@ def _cmd_send(args: argparse.Namespace) -> int:
             break
         if time.monotonic() >= end:
             if args.json:
-                _out({"id": cmd.id, "status": current.state if current else "unknown", "timeout": True})
+                _out({"id": cmd.id, "status": current.phase if current else "unknown", "timeout": True})
             else:
-                print(f"no outcome after {args.wait:g}s (state: {current.state if current else 'unknown'})", file=sys.stderr)
+                print(f"no outcome after {args.wait:g}s (state: {current.phase if current else 'unknown'})", file=sys.stderr)
             return 1
         time.sleep(delay)
         delay = min(delay * 1.5, 0.05)
@@ -363,20 +386,30 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     client = LocalClient(settings, create=False)
-    rows = client.journal.history(max(1, args.n))
+    rows = client.journal.history(max(1, args.n), exclude=() if args.all else QUERY_ACTIONS)
     if args.json:
         _out({"commands": [dict(c.outcome(), state=c.phase, created=c.created, source=c.source, args=c.args,
                                 parked=c.parked, next_attempt=c.next_attempt, max_attempts=c.max_attempts)
                            for c in rows]})
         return 0
     if not rows:
-        print("no commands yet")
+        print("no commands yet" if args.all else "no commands yet (--all shows the read-only queries too)")
+    tz, width = settings.location.tz, _columns()
     for c in rows:
-        err = f"  {c.error_type}: {c.error_message}" if c.error_type else ""
-        res = f"  {json.dumps(c.result)}" if c.result is not None and c.state == "succeeded" else ""
         tries = f"try {c.attempts}" + (f"/{c.max_attempts}" if c.max_attempts else "")
-        print(f"{_fmt_time(c.created)}  {c.phase:<9} {c.action:<14} {c.id[:32]:<32} {tries}{res}{err}")
+        line = f"{_fmt_time(c.created, tz)}  {c.phase:<9} {c.action:<14} {tries:<7} {c.id}"
+        tail = (f"{c.error_type}: {c.error_message}" if c.error_type else
+                json.dumps(c.result, ensure_ascii=False) if c.result is not None and c.state == "succeeded" else "")
+        print(f"{line}  {_clip(tail, width - len(line) - 2)}" if tail else line)
     return 0
+
+
+def _clip(text: str, room: int) -> str:
+    """``text`` cut to ``room`` characters (at least 30) with an ellipsis, control characters (newlines,
+    escapes from a task's error message) made spaces: a result of many kilobytes stays on its line."""
+    room = max(room, 30)
+    cut = text if len(text) <= room else text[:room - 1] + "…"
+    return "".join(ch if ch.isprintable() else " " for ch in cut)
 
 
 # --------------------------------------------------------------------------- check / jobs / sun
@@ -388,6 +421,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     registry = build_registry(settings)
     check_jobs(settings, registry)
+    from .config import check_tls_files
+    from .hardware import check_pins
+
+    note = check_pins(settings)
+    check_tls_files(settings)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    from datetime import UTC, datetime
+
+    from .schedule.conflicts import schedule_warnings
+    from .scheduler import scheduler_clock
+
+    for warning in schedule_warnings(settings, datetime.fromtimestamp(scheduler_clock()(), UTC)):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{settings.path}: OK: device {settings.device_id!r}, {len(settings.devices)} device(s), "
           f"{len(settings.jobs)} job(s), {len(settings.windows)} window(s), {len(registry.names())} action(s), "
           f"MQTT {'off' if settings.mqtt is None else f'{settings.mqtt.host}:{settings.mqtt.port}'}")
@@ -461,19 +508,47 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen must be HOST:PORT, got {args.listen!r}")
+    if args.max_db_mb < 8:
+        raise ConfigError(f"--max-db-mb must be at least 8, got {args.max_db_mb}")
     try:
         keep = parse_duration(args.keep)
-        from .monitor.service import MonitorSettings, run_monitor
     except ValueError as exc:
         raise ConfigError(f"--keep: {exc}") from None
+    try:  # the whole web stack now: the server and the pages import theirs only later
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from .monitor.service import MonitorSettings, run_monitor
     except ImportError as exc:
-        print(f"edge-agent: the monitor needs its web stack: pip install 'edge-agent[monitor]' ({exc})", file=sys.stderr)
-        return 2
+        raise ConfigError(f"the monitor needs its web stack ({exc}): pip install 'edge-agent[monitor]'") from None
+    if args.password_file:
+        _check_password_file(args.password_file)
     setup_logging(settings.log_level)
     return run_monitor(MonitorSettings(mqtt=settings.mqtt, location=settings.location, host=host.strip("[]") or "127.0.0.1",
                                        port=int(port), db_path=args.db or "", keep=keep, max_tasks=args.max_tasks,
                                        password_file=args.password_file, open_local=not args.login_always,
-                                       log_level=settings.log_level))
+                                       log_level=settings.log_level, max_db_bytes=args.max_db_mb << 20,
+                                       allowed_hosts=tuple(args.allowed_host)))
+
+
+def _check_password_file(path: str) -> None:
+    """The monitor's password is the first line of ``path``: a file that is missing, unreadable or
+    empty is a usage error, said with what to do, before anything starts."""
+    from .errors import ConfigError
+
+    create = f"create it with: (umask 077; openssl rand -base64 24 > {path})"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline().rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(f"--password-file {path}: no such file; {create}") from None
+    except PermissionError:
+        raise ConfigError(f"--password-file {path}: permission denied (the monitor must be able to read it)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--password-file {path}: cannot read it: {exc}") from None
+    if not first:
+        raise ConfigError(f"--password-file {path}: the first line is empty (it holds the password); {create}")
 
 
 # --------------------------------------------------------------------------- fleet

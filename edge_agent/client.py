@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from .commands import Command, NewCommand
+from .commands import Command, NewCommand, check_id
 from .config import Settings, config_path, load_settings
 from .journal import Journal
 from .poke import poke
@@ -29,6 +29,7 @@ class LocalClient:
 
     def submit(self, cmd: NewCommand) -> tuple[Command, bool]:
         """Write ``cmd`` (or find it by id) and wake the daemon."""
+        check_id(cmd.id)  # an id of the scheduler's (job:...) would turn a firing into a no-op
         with self.store.transaction() as cur:
             row, created = self.journal.add(cur, cmd, enqueued=False)
         if created:

@@ -33,6 +33,10 @@ __all__ = [
 TERMINAL = ("succeeded", "failed", "expired", "revoked")  # revoked: agent.revoke cancelled it before it ran
 _EMPTY = object()  # stands for inspect.Parameter.empty (hints default to Any, so it never reaches the checks)
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+#: id prefixes of the commands the daemon queues itself: a job's firing is ``job:<name>:<planned
+#: unix time>``, a window's ``window:<key>:<device>:<time>``. Ids are what makes a firing happen
+#: once, so a command from outside holding one would turn that firing into a no-op.
+RESERVED_ID_PREFIXES = ("job:", "window:")
 MAX_DEPTH = 32
 
 
@@ -112,9 +116,14 @@ class Command:
         return doc
 
 
-def check_id(value: Any) -> str:
+def check_id(value: Any, *, reserved_ok: bool = False) -> str:
+    """A command id from outside the daemon: 1 to 128 printable ASCII characters, not in the
+    scheduler's namespaces (``reserved_ok`` for ids that only name a command, as agent.revoke's)."""
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidCommand(f"id must be 1 to 128 printable characters without spaces, got {_short(value)}")
+    if not reserved_ok and value.startswith(RESERVED_ID_PREFIXES):
+        raise InvalidCommand(f"id {_short(value)} is reserved: ids starting with "
+                             f"{' or '.join(RESERVED_ID_PREFIXES)} are the scheduler's (job firings, windows)")
     return value
 
 
@@ -149,8 +158,10 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
         raise InvalidCommand(f"payload must be a JSON object like {{\"id\": ..., \"args\": {{...}}}}, got {type(doc).__name__}")
     command_id = None
     if "id" in doc:
-        command_id = check_id(doc["id"])
+        command_id = check_id(doc["id"], reserved_ok=True)
     try:
+        if command_id is not None:
+            check_id(command_id)  # a reserved id is refused with a reply naming it
         unknown = set(doc) - {"id", "args", "ttl"}
         if unknown:
             raise InvalidCommand(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; a command has id, args and ttl")

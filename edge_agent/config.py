@@ -6,7 +6,6 @@ unknown keys are errors with a did-you-mean, so a typo fails at start-up, not at
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .durations import parse_duration
+from .durations import format_duration, parse_duration
 from .errors import ConfigError
 
 __all__ = [
@@ -26,6 +25,7 @@ __all__ = [
     "MqttSettings",
     "Settings",
     "WindowSpec",
+    "check_tls_files",
     "config_path",
     "load_settings",
     "parse_settings",
@@ -36,6 +36,30 @@ DEFAULT_DB_PATH = "/var/lib/edge-agent/agent.db"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 TRIGGER_KINDS = ("solar", "cron", "every", "at")
+EVERY_RANGE = (1.0, 366 * 86400.0)
+OFFSET_RANGE = (-12 * 3600.0, 12 * 3600.0)  # a solar job's offset, as a window's
+
+#: The keys each table may hold (a key the parser reads must be listed here, or it is refused
+#: as unknown): unknown keys are reported first, with a did-you-mean.
+_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("device", "location", "storage", "clock", "mqtt", "gpio", "devices", "tasks", "queue", "log", "events",
+         "jobs", "windows"),
+    "device": ("id", "groups"),
+    "location": ("latitude", "longitude", "timezone"),
+    "storage": ("path", "sync", "keep"),
+    "clock": ("trust",),
+    "mqtt": ("host", "port", "topic_prefix", "username", "password_file", "tls", "keepalive", "protocol", "client_id",
+             "max_payload", "discovery", "discovery_prefix", "ha_status_topic", "state_interval", "session_expiry"),
+    "mqtt.tls": ("ca_file", "cert_file", "key_file", "insecure"),
+    "gpio": ("pin_factory",),
+    "devices.*": ("kind", "pin", "active_high", "initial", "frequency", "pull_up", "bounce_time"),
+    "tasks": ("modules", "paths"),
+    "queue": ("workers", "network_workers", "drain_timeout", "task_timeout"),
+    "log": ("level",),
+    "events": ("keep", "max_rows", "outbox_max", "enabled"),
+    "jobs": ("name", *TRIGGER_KINDS, "offset", "action", "args", "missed", "grace", "not_before", "not_after", "anchor"),
+    "windows": ("device", "from", "until", "value"),
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,7 @@ class MqttSettings:
     max_payload: int = 65536
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
+    ha_status_topic: str = "homeassistant/status"  # Home Assistant's birth topic
     state_interval: float = 300.0
     session_expiry: float = 86400.0
 
@@ -107,6 +132,9 @@ class JobSpec:
     missed: str  # skip | once | all
     grace: float
     key: str  # where it stands in the file, for messages: "jobs[0]"
+    not_before: str | None = None  # local wall time "HH:MM": firings earlier in the day are skipped
+    not_after: str | None = None  # local wall time "HH:MM": firings later in the day are skipped
+    anchor: str | None = None  # `every` only: the grid's origin, "HH:MM" or ISO-8601
 
 
 @dataclass(frozen=True)
@@ -189,6 +217,15 @@ class _Table:
         if not isinstance(raw, dict):
             raise ConfigError(f"expected a table, got {_show(raw)}", path=path, key=key)
         self.raw, self.key, self.path, self.used = raw, key, path, set()
+        self.schema: str | None = None
+
+    def expect(self, schema: str) -> None:
+        """Fail on a key that ``_KEYS[schema]`` does not list, before any other check: a typo is
+        named as a typo (``knd``), not as the key it hides (``kind: is required``)."""
+        self.schema = schema
+        for name in self.raw:
+            if name not in _KEYS[schema]:
+                raise self.error(name, f"unknown key{_suggestion(name, _KEYS[schema])}")
 
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, key=self._key(name))
@@ -206,7 +243,7 @@ class _Table:
             return conv(self.raw[name])
         except ConfigError:
             raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise self.error(name, str(exc)) from None
 
     def table(self, name: str) -> _Table | None:
@@ -217,11 +254,17 @@ class _Table:
 
     def finish(self, allowed_extra: tuple[str, ...] = ()) -> None:
         known = self.used | set(allowed_extra)
+        # A key read here but missing from _KEYS would be refused as unknown by expect().
+        assert self.schema is None or known <= set(_KEYS[self.schema]), (
+            f"config.py reads {sorted(known - set(_KEYS[self.schema]))} in a {self.schema!r} table: add them to _KEYS")
         for name in self.raw:
-            if name not in known:
-                hint = _close_matches(name, sorted(known), n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(sorted(known))})"
-                raise self.error(name, f"unknown key{suggestion}")
+            if name not in known:  # a key of another device kind (an input's `initial`)
+                raise self.error(name, f"unknown key{_suggestion(name, known)}")
+
+
+def _suggestion(name: str, known: Any) -> str:
+    hint = _close_matches(name, sorted(known), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(sorted(known))})"
 
 
 def _close_matches(word: str, options: Any, n: int = 1) -> list[str]:
@@ -258,7 +301,7 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected a whole number from {lo} to {hi}, got {_show(value)}")
         if not lo <= value <= hi:
-            raise ValueError(f"must be from {lo} to {hi}, got {value}")
+            raise ValueError(f"must be from {lo} to {hi}, got {_show(value)}")
         return value
 
     return conv
@@ -266,10 +309,10 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
 
 def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
     def conv(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number from {lo} to {hi}, got {_show(value)}")
-        if not lo <= value <= hi:
-            raise ValueError(f"must be from {lo} to {hi}, got {value}")
+        if not lo <= value <= hi:  # false for nan; an integer too large for a float compares as it is
+            raise ValueError(f"must be from {lo} to {hi}, got {_show(value)}")
         return float(value)
 
     return conv
@@ -286,12 +329,33 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return conv
 
 
-def _duration(value: Any) -> float:
-    return parse_duration(value)
+def _duration_range(lo: float, hi: float, why: str = "") -> Callable[[Any], float]:
+    """A duration (``"15m"``, or seconds as a number) from ``lo`` to ``hi`` seconds: never nan or infinite."""
+    def conv(value: Any) -> float:
+        # A number is compared before it becomes a float: an integer too large for one is out of range too.
+        seconds = value if isinstance(value, (int, float)) and not isinstance(value, bool) else parse_duration(value, signed=lo < 0)
+        if not lo <= seconds <= hi:  # false for nan
+            raise ValueError(f"must be from {format_duration(lo)} to {format_duration(hi)}{why}, got {_show(value)}")
+        return float(seconds)
+
+    return conv
 
 
-def _signed_duration(value: Any) -> float:
-    return parse_duration(value, signed=True)
+def _every(value: Any) -> str:
+    """An ``every`` interval: checked for its range here, parsed again by the trigger."""
+    _duration_range(*EVERY_RANGE)(value)
+    return _trigger_value(value)
+
+
+def _solar(value: Any) -> str:
+    """A solar event; an offset written into it (``"sunset-15m"``) is in the range of ``offset``."""
+    from .schedule.solar import parse_solar_expr
+
+    text = _nonempty_str(value)
+    _, offset = parse_solar_expr(text)
+    if not OFFSET_RANGE[0] <= offset <= OFFSET_RANGE[1]:
+        raise ValueError(f"the offset in {text!r} must be from -12h to 12h")
+    return text
 
 
 def _str_list(value: Any) -> tuple[str, ...]:
@@ -345,15 +409,18 @@ def _default_device_id() -> str:
 def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Settings:
     """Validate a decoded TOML document; raises :class:`ConfigError`."""
     top = _Table(dict(raw), "", path)
+    top.expect("")
 
     device_id, groups = _default_device_id(), ()
     if (t := top.table("device")) is not None:
+        t.expect("device")
         device_id = t.get("id", _ident("device id"), device_id)
         groups = t.get("groups", _ident_list, ())
         t.finish()
 
     location = LocationSettings(timezone=_system_timezone())
     if (t := top.table("location")) is not None:
+        t.expect("location")
         lat = t.get("latitude", _float_range(-90, 90))
         lon = t.get("longitude", _float_range(-180, 180))
         if (lat is None) != (lon is None):
@@ -363,11 +430,10 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
 
     db_path, sync, keep = DEFAULT_DB_PATH, "normal", 7 * 86400.0
     if (t := top.table("storage")) is not None:
+        t.expect("storage")
         db_path = t.get("path", _nonempty_str, db_path)
         sync = t.get("sync", _choice("normal", "full"), sync)
-        keep = t.get("keep", _duration, keep)
-        if keep < 86400:
-            raise t.error("keep", "must be at least 1d: command ids are remembered at least that long")
+        keep = t.get("keep", _duration_range(86400, 3650 * 86400, " (command ids are remembered at least 1d)"), keep)
         t.finish()
     db_path = os.path.expanduser(db_path)
     if not os.path.isabs(db_path) and path != "<config>":
@@ -375,15 +441,18 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
 
     clock_trust = "sync"
     if (t := top.table("clock")) is not None:
+        t.expect("clock")
         clock_trust = t.get("trust", _choice("sync", "always"), clock_trust)
         t.finish()
 
     mqtt = None
     if (t := top.table("mqtt")) is not None:
+        t.expect("mqtt")
         mqtt = _parse_mqtt(t)
 
     pin_factory = None
     if (t := top.table("gpio")) is not None:
+        t.expect("gpio")
         pin_factory = t.get("pin_factory", _choice("mock", "lgpio", "rpigpio", "pigpio", "native"))
         t.finish()
 
@@ -406,6 +475,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
     modules: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     if (t := top.table("tasks")) is not None:
+        t.expect("tasks")
         modules = t.get("modules", _str_list, ())
         paths = t.get("paths", _str_list, ())
         t.finish()
@@ -415,27 +485,26 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
 
     workers, network_workers, drain, task_timeout = 4, 2, 10.0, 3600.0
     if (t := top.table("queue")) is not None:
+        t.expect("queue")
         workers = t.get("workers", _int_range(1, 64), workers)
         network_workers = t.get("network_workers", _int_range(0, 64), network_workers)
-        drain = t.get("drain_timeout", _duration, drain)
-        task_timeout = t.get("task_timeout", _duration, task_timeout)
-        if task_timeout <= 0:
-            raise t.error("task_timeout", "must be more than 0s")
+        drain = t.get("drain_timeout", _duration_range(0, 3600), drain)
+        task_timeout = t.get("task_timeout", _duration_range(1, 7 * 86400), task_timeout)
         t.finish()
 
     log_level = "info"
     if (t := top.table("log")) is not None:
+        t.expect("log")
         log_level = t.get("level", _choice("debug", "info", "warning", "error"), log_level)
         t.finish()
 
     events = EventsSettings()
     if (t := top.table("events")) is not None:
-        events = EventsSettings(keep=t.get("keep", _duration, events.keep),
+        t.expect("events")
+        events = EventsSettings(keep=t.get("keep", _duration_range(3600, 3650 * 86400), events.keep),
                                 max_rows=t.get("max_rows", _int_range(1000, 100_000_000), events.max_rows),
                                 outbox_max=t.get("outbox_max", _int_range(10, 10_000_000), events.outbox_max),
                                 enabled=t.get("enabled", _bool, True))
-        if events.keep < 3600:
-            raise t.error("keep", "must be at least 1h")
         t.finish()
 
     jobs = tuple(_parse_jobs(top, devices))
@@ -470,6 +539,7 @@ def _parse_mqtt(t: _Table) -> MqttSettings:
     if "tls" in t.raw:
         sub = t.table("tls")
         assert sub is not None
+        sub.expect("mqtt.tls")
         tls = TLSSettings(
             ca_file=sub.get("ca_file", _readable_file),
             cert_file=sub.get("cert_file", _readable_file),
@@ -491,19 +561,42 @@ def _parse_mqtt(t: _Table) -> MqttSettings:
         username=username,
         password_file=password_file,
         tls=tls,
-        keepalive=t.get("keepalive", _duration, 30.0),
+        keepalive=t.get("keepalive", _duration_range(5, 65535, " (65535 s, MQTT's limit)"), 30.0),
         protocol=t.get("protocol", _choice("auto", "5", "3.1.1"), "auto"),
         client_id=t.get("client_id", _nonempty_str),
         max_payload=t.get("max_payload", _int_range(256, 16 * 1024 * 1024), 65536),
         discovery=t.get("discovery", _bool, True),
         discovery_prefix=t.get("discovery_prefix", _topic_part, "homeassistant"),
-        state_interval=t.get("state_interval", _duration, 300.0),
-        session_expiry=t.get("session_expiry", _duration, 86400.0),
+        ha_status_topic=t.get("ha_status_topic", _topic_part, "homeassistant/status"),
+        state_interval=t.get("state_interval", _duration_range(1, 86400), 300.0),
+        session_expiry=t.get("session_expiry", _duration_range(0, 0xFFFFFFFF, " (4294967295 s, MQTT's limit)"), 86400.0),
     )
-    if settings.keepalive < 5:
-        raise t.error("keepalive", "must be at least 5s")
     t.finish()
     return settings
+
+
+def check_tls_files(settings: Settings) -> None:
+    """``[mqtt] tls`` files load as the MQTT link will load them, so a file that is not a certificate
+    fails `check` and `run` at start, not the link's thread at its first connect. Not part of
+    :func:`parse_settings`: ``send`` would pay for loading a CA bundle on every command."""
+    tls = settings.mqtt.tls if settings.mqtt else None
+    if tls is None:
+        return
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file:
+        try:
+            context.load_verify_locations(tls.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{tls.ca_file} holds no usable certificate ({exc})", path=settings.path,
+                              key="mqtt.tls.ca_file") from None
+    if tls.cert_file and tls.key_file:
+        try:  # the callback answers a passphrase prompt: an encrypted key cannot be used unattended
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{tls.cert_file} with {tls.key_file} is not a certificate and its unencrypted "
+                              f"private key ({exc})", path=settings.path, key="mqtt.tls.cert_file") from None
 
 
 def _topic_part(value: Any) -> str:
@@ -543,6 +636,7 @@ def _pin_identity(pin: int | str) -> int | str:
 
 
 def _parse_device(name: str, t: _Table) -> DeviceSpec:
+    t.expect("devices.*")
     kind = t.get("kind", _choice("output", "pwm", "input"), required=True)
     pin = t.get("pin", _pin, required=True)
     active_high = t.get("active_high", _bool, True)
@@ -552,7 +646,7 @@ def _parse_device(name: str, t: _Table) -> DeviceSpec:
                                          "when low); leave out active_high, or set pull_up only for a floating input")
         spec = DeviceSpec(
             name, kind, pin, active_high, "off",
-            pull_up=t.get("pull_up", _bool), bounce_time=t.get("bounce_time", _duration),
+            pull_up=t.get("pull_up", _bool), bounce_time=t.get("bounce_time", _duration_range(0, 60)),
         )
     elif kind == "pwm":
         initial = t.get("initial", _level, 0.0)
@@ -574,7 +668,10 @@ def _array_of_tables(top: _Table, name: str) -> list[tuple[str, _Table]]:
     raw = top.raw.get(name, [])
     if not isinstance(raw, list):
         raise top.error(name, f"expected [[{name}]] tables, got {_show(raw)}")
-    return [(f"{name}[{i}]", _Table(item, f"{name}[{i}]", top.path)) for i, item in enumerate(raw)]
+    tables = [(f"{name}[{i}]", _Table(item, f"{name}[{i}]", top.path)) for i, item in enumerate(raw)]
+    for _, t in tables:
+        t.expect(name)
+    return tables
 
 
 def _parse_jobs(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[JobSpec]:
@@ -589,17 +686,21 @@ def _parse_jobs(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[JobSpec]
         if len(kinds) != 1:
             raise ConfigError(f"needs exactly one of {', '.join(TRIGGER_KINDS)}; found {len(kinds) or 'none'}", path=t.path, key=key)
         kind = kinds[0]
-        value = t.get(kind, _trigger_value)
-        offset = t.get("offset", _signed_duration, 0.0)
+        value = t.get(kind, {"every": _every, "solar": _solar}.get(kind, _trigger_value))
+        offset = t.get("offset", _duration_range(*OFFSET_RANGE), 0.0)
         if offset and kind != "solar":
             raise t.error("offset", "only solar jobs take an offset")
+        if "anchor" in t.raw and kind != "every":
+            raise t.error("anchor", "only every jobs take an anchor")
         args = t.get("args", _args_table, {})
         jobs.append(
             JobSpec(
                 name=name, kind=kind, value=value, offset=offset,
                 action=t.get("action", _nonempty_str, required=True), args=args,
                 missed=t.get("missed", _choice("skip", "once", "all"), "once"),
-                grace=t.get("grace", _duration, 7200.0), key=key,
+                grace=t.get("grace", _duration_range(0, 30 * 86400), 7200.0), key=key,
+                not_before=t.get("not_before", _nonempty_str, None), not_after=t.get("not_after", _nonempty_str, None),
+                anchor=t.get("anchor", _trigger_value, None),
             )
         )
         t.finish()
@@ -648,17 +749,15 @@ def _check_schedules(settings: Settings) -> None:
         raise ConfigError("solar jobs need [location] latitude and longitude", path=settings.path, key=f"{needs_location[0].key}.solar")
     if not settings.jobs and not settings.windows:
         return
-    from .schedule.triggers import build_trigger
+    from .schedule.triggers import job_trigger
     from .schedule.windows import parse_time_expr
 
     for job in settings.jobs:
         try:
-            build_trigger(
-                job.kind, job.value, offset_s=job.offset, latitude=loc.latitude, longitude=loc.longitude,
-                tz=loc.tz, anchor=None,
-            )
+            job_trigger(job, loc)
         except ValueError as exc:
-            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.{job.kind}") from None
+            field = next((k for k in ("not_before", "not_after", "anchor") if str(exc).startswith(k)), job.kind)
+            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.{field}") from None
     for window in settings.windows:
         for name, text in (("from", window.start), ("until", window.until)):
             try:

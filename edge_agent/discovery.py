@@ -10,10 +10,12 @@ One Home Assistant device per agent (``identifiers: ["edge-agent-<id>"]``) with:
 
 Every entity is available while P/D/status says ``online`` (the link's last will says
 ``offline``). Config messages are retained, go through the durable outbox, and are
-re-sent whenever Home Assistant announces itself on ``<discovery prefix>/status``.
-The topics announced are remembered in the database: a topic that is no longer
-announced (a device left the config, changed kind, or the prefix changed) is
-cleared with an empty retained message, which makes Home Assistant remove the entity.
+re-sent whenever Home Assistant announces itself on ``[mqtt] ha_status_topic``
+(``homeassistant/status``, whatever the discovery prefix). The topics announced, and
+the GPIO state topics of the configured devices, are remembered in the database: a
+topic no longer in use (a device left the config, changed kind, or a prefix changed)
+is cleared with an empty retained message, which makes Home Assistant remove the
+entity, and leaves no retained state of a device that is gone on the broker.
 
 Discovery topics: ``<discovery prefix>/<component>/edge-agent-<device id>/<object>/config``.
 """
@@ -34,7 +36,7 @@ __all__ = ["META_KEY", "announce", "discovery_messages", "discovery_payloads", "
 
 log = logging.getLogger(__name__)
 
-META_KEY = "discovery"  # meta row: JSON list of the discovery topics announced last time
+META_KEY = "discovery"  # meta row: JSON list of the discovery and GPIO state topics in use last time
 
 # Home Assistant renders these with Jinja2. ``value`` is the payload as text and
 # ``value_json`` the payload parsed as JSON (the state document, or a number for a level).
@@ -102,7 +104,7 @@ def discovery_payloads(settings: Settings) -> dict[str, dict[str, Any]]:
     mqtt = settings.mqtt
     if mqtt is None:
         return {}
-    topics = Topics(mqtt.topic_prefix, settings.device_id, settings.groups, mqtt.discovery_prefix)
+    topics = Topics(mqtt.topic_prefix, settings.device_id, settings.groups, mqtt.ha_status_topic)
     node = node_id(settings)
     device: dict[str, Any] = {
         "identifiers": [node],
@@ -193,7 +195,8 @@ def discovery_messages(settings: Settings) -> dict[str, str]:
 
 
 def announce(settings: Settings, store: Any, outbox: Any) -> bool:
-    """Queue every discovery message (retained, coalesced) and clear the topics no longer announced.
+    """Queue every discovery message (retained, coalesced) and clear the topics no longer in use
+    (discovery configs, and the retained GPIO states of devices no longer configured).
 
     One transaction: the new set of topics is remembered only together with the
     messages that announce it. Never raises (it runs on the MQTT network thread):
@@ -202,15 +205,16 @@ def announce(settings: Settings, store: Any, outbox: Any) -> bool:
     """
     try:
         messages = discovery_messages(settings) if settings.mqtt is not None and settings.mqtt.discovery else {}
+        in_use = set(messages) | set(_state_topics(settings))  # the link publishes the states itself
         with store.transaction() as cur:
             row = cur.execute("select value from meta where key = ?", (META_KEY,)).fetchone()
             before = _topic_list(row[0] if row else None)
-            gone = [t for t in before if t not in messages]
+            gone = [t for t in before if t not in in_use]
             for topic in gone:
                 outbox.put(cur, topic, b"", qos=1, retain=True, coalesce=True)
             for topic, payload in messages.items():
                 outbox.put(cur, topic, payload, qos=1, retain=True, coalesce=True)
-            store.set_meta(cur, META_KEY, json.dumps(sorted(messages)))
+            store.set_meta(cur, META_KEY, json.dumps(sorted(in_use)))
     except StorageError as exc:
         log.error("Home Assistant discovery: could not queue the announcements: %s", exc)
         return False
@@ -219,10 +223,21 @@ def announce(settings: Settings, store: Any, outbox: Any) -> bool:
         return False
     if gone:
         log.info("Home Assistant discovery: announced %d entities, removed %d (%s)", len(messages), len(gone),
-                 ", ".join(t.split("/")[-2] for t in gone)[:300])
+                 ", ".join(t.split("/")[-2] if t.endswith("/config") else t for t in gone)[:300])
     else:
         log.info("Home Assistant discovery: announced %d entities", len(messages))
     return True
+
+
+def _state_topics(settings: Settings) -> list[str]:
+    """The retained GPIO state topics of the configured devices (``P/D/gpio/<dev>``)."""
+    from .ingress import Topics
+
+    mqtt = settings.mqtt
+    if mqtt is None:
+        return []
+    topics = Topics(mqtt.topic_prefix, settings.device_id, settings.groups, mqtt.ha_status_topic)
+    return [topics.gpio(name) for name in settings.devices]
 
 
 def _topic_list(text: str | None) -> list[str]:

@@ -15,12 +15,20 @@ messages, their replies and their event streams (``P/D/events``).
   with ``agent.history``.
 - :class:`EventStream`: the live events of the fleet in ``seq`` order per device, each
   exactly once; a jump in ``seq`` is filled with ``agent.history``.
+
+A device is not trusted: what it publishes (status, state, replies, events, history pages)
+is checked and bounded here, at the boundary, with the monitor's rules
+(:mod:`edge_agent.monitor.validate`), before anything else reads it. A malformed message
+is dropped or reported as that device's problem; it cannot break the listing or the
+sending for the others, and paging a device's history is bounded in pages and in events.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import math
 import os
 import queue
 import socket
@@ -32,15 +40,82 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BrokerUnreachable
+from .errors import BrokerUnreachable, EdgeAgentError, InvalidCommand
+from .monitor.validate import ERROR_MAX, TS_MAX, Rejected, clean_event, clean_state, text
+from .monitor.validate import show as _show
 
-__all__ = ["FINAL", "DeviceInfo", "EventStream", "FleetClient", "SendResult", "connection_settings", "history", "ls",
-           "request", "send", "snapshot"]
+__all__ = ["FINAL", "DeviceError", "DeviceInfo", "EventStream", "FleetClient", "SendResult", "connection_settings",
+           "history", "ls", "request", "send", "snapshot"]
 
 log = logging.getLogger(__name__)
 
 #: reply statuses that end a command (``accepted`` is only the first of two replies)
 FINAL = frozenset({"succeeded", "failed", "rejected", "expired", "revoked"})
+
+STATE_BYTES = 256 * 1024  # a status/state message longer than this is not parsed (a real state is ~1 KB)
+REPLY_BYTES = 16 * 1024 * 1024  # nor a reply: an agent.history page of 1,000 events with their args and results
+HISTORY_COUNT = 100_000  # events fleet.history() returns (and keeps in memory) at most
+HISTORY_PAGES = 1000  # agent.history pages it asks one device for, at most (1,000,000 events)
+STREAM_BUFFER = 10_000  # events EventStream holds per device beyond a gap while it is being filled
+
+
+class DeviceError(EdgeAgentError, RuntimeError):
+    """A device answered with something the fleet tools cannot use (it breaks the protocol)."""
+
+    kind = "device"
+
+
+def _json(payload: bytes, limit: int) -> Any:
+    """A message's JSON document; :class:`Rejected` when it is too long or not JSON."""
+    if len(payload) > limit:
+        raise Rejected(f"{len(payload)} bytes (at most {limit})")
+    try:  # NaN, Infinity and 1e999 become null: what we print as JSON stays JSON
+        return json.loads(payload, parse_constant=lambda _: None, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested beyond Python's stack
+        raise Rejected(f"not JSON: {text(str(exc), 100)}") from None
+
+
+def _finite_float(literal: str) -> float | None:
+    value = float(literal)
+    return value if math.isfinite(value) else None
+
+
+def _checked_reply(doc: Any) -> dict[str, Any]:
+    """A reply: a JSON object whose id, action and status are short text and whose error is
+    ``{type, message}``; its result is kept whole (the message's size bounds it)."""
+    if not isinstance(doc, dict):
+        raise Rejected(f"a reply is a JSON object, not {type(doc).__name__}")
+    out = dict(doc)
+    for key, limit in (("id", 200), ("action", 200), ("status", 50)):
+        if out.get(key) is not None:
+            out[key] = text(out[key], limit)
+    err = out.get("error")
+    if isinstance(err, dict):
+        out["error"] = {"type": text(err.get("type"), 200), "message": text(err.get("message"), ERROR_MAX)}
+    elif err is not None:
+        out["error"] = {"type": "?", "message": text(err, ERROR_MAX)}
+    return out
+
+
+def _checked_state(doc: Any) -> dict[str, Any]:
+    """A retained ``state`` as :func:`ls` and :func:`send` read it; :class:`Rejected` (with the
+    reason) when a field they use has the wrong type."""
+    state = clean_state(doc)
+    groups = state.get("groups")
+    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        raise Rejected(f"groups is {_show(groups)}, not a list of names")
+    if state.get("clock_synchronized") not in (True, False, None):
+        raise Rejected(f"clock_synchronized is {_show(state['clock_synchronized'])}, not true/false")
+    ts = state.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts <= TS_MAX):
+        raise Rejected(f"ts is {_show(ts)}, not a unix time")
+    nxt = state.get("next_jobs")
+    if nxt is not None and not (isinstance(nxt, list) and all(
+            isinstance(j, dict) and isinstance(j.get("job"), str) and isinstance(j.get("at"), str) for j in nxt)):
+        raise Rejected(f"next_jobs is {_show(nxt)}, not a list of {{job, at}}")
+    if state.get("last_error") is not None and not isinstance(state["last_error"], dict):
+        raise Rejected(f"last_error is {_show(state['last_error'])}, not an object")
+    return state
 
 
 class FleetClient:
@@ -203,6 +278,12 @@ class DeviceInfo:
     device: str
     status: str | None = None  # "online" / "offline" (retained, the last will) or None
     state: dict[str, Any] | None = None
+    problems: dict[str, str] = field(default_factory=dict)  # "status"/"state": why it was ignored
+
+    @property
+    def problem(self) -> str | None:
+        """What was wrong with its retained status or state (then ignored), in words."""
+        return "; ".join(self.problems[k] for k in sorted(self.problems)) or None
 
     @property
     def online(self) -> bool:
@@ -219,7 +300,8 @@ class DeviceInfo:
                 "version": s.get("version"), "uptime_s": s.get("uptime_s"), "queue": s.get("queue"),
                 "outbox": s.get("outbox"), "clock_synchronized": s.get("clock_synchronized"),
                 "last_seen": s.get("ts"), "failures_24h": s.get("failures_24h"), "last_seq": s.get("last_seq"),
-                "groups": self.groups, "next_job": nxt[0] if nxt else None, "last_error": s.get("last_error")}
+                "groups": self.groups, "next_job": nxt[0] if nxt else None, "last_error": s.get("last_error"),
+                "problem": self.problem}
 
 
 class _Snapshot:
@@ -255,14 +337,19 @@ class _Snapshot:
                 continue
             with self.cond:
                 info = self.devices.setdefault(device, DeviceInfo(device))
+                info.problems.pop(leaf, None)
                 if leaf == "status":
-                    info.status = msg.payload.decode("utf-8", "replace").strip() or None
+                    word = msg.payload[:STATE_BYTES].decode("utf-8", "replace").strip()
+                    info.status = word if word in ("online", "offline") else None
+                    if word and info.status is None:
+                        info.problems["status"] = f"status {_show(word)} ignored: not online/offline"
                 else:
-                    try:
-                        doc = json.loads(msg.payload) if msg.payload else None
-                        info.state = doc if isinstance(doc, dict) else None
-                    except ValueError:
-                        info.state = None
+                    info.state = None
+                    if msg.payload:  # an empty retained message clears it
+                        try:
+                            info.state = _checked_state(_json(msg.payload, STATE_BYTES))
+                        except Rejected as exc:
+                            info.problems["state"] = f"state ignored: {exc}"
                 self.cond.notify_all()
             return
 
@@ -319,6 +406,10 @@ class SendResult:
     def ok(self) -> bool:
         return bool(self.devices) and all(d["status"] == "succeeded" for d in self.devices.values())
 
+    def not_succeeded(self) -> dict[str, str]:
+        """{device: status} of every device that did not succeed (why the exit code is 1)."""
+        return {d: v["status"] for d, v in sorted(self.devices.items()) if v["status"] != "succeeded"}
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for d in self.devices.values():
@@ -345,6 +436,12 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
     ``wait_offline``: only when each has a final reply), or after ``timeout`` seconds. A
     device that goes offline while we wait stops being waited for; one that comes back is
     waited for again. A group member we did not expect that answers is listed too.
+
+    Each device ends with its final reply's status (succeeded, failed, rejected, expired,
+    revoked) or one of: ``offline`` (its retained status says so: the command waits in its
+    broker session), ``no_answer`` (no final reply within ``timeout``: online and silent, or
+    without an online/offline status; the detail says which) and ``no_such_device`` (a named
+    device with no retained status or state under this prefix: nothing will run it).
     """
     prefix = client.prefix
     cid = command_id or new_id()
@@ -359,10 +456,11 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
         if device is None:
             return
         try:
-            doc = json.loads(msg.payload)
-        except ValueError:
+            doc = _checked_reply(_json(msg.payload, REPLY_BYTES))
+        except Rejected as exc:
+            log.debug("fleet: a reply on %s ignored: %s", msg.topic[:200], exc)
             return
-        if not isinstance(doc, dict) or doc.get("id") != cid:
+        if doc.get("id") != cid:
             return
         with cond:
             first.setdefault(device, doc)
@@ -415,16 +513,23 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
                 if d in replies:
                     doc = replies[d]
                     result.devices[d] = {"status": doc["status"], "reply": doc}
-                elif info is None or info.status is None:
-                    result.devices[d] = {"status": "unknown", "reply": first.get(d),
-                                         "detail": "never seen on this broker (no retained status)"}
-                elif not info.online:
+                elif info is None and d not in first:
+                    result.devices[d] = {"status": "no_such_device", "reply": None,
+                                         "detail": "no device of this name on this broker (no retained status or state "
+                                                   "under this prefix): nothing will run the command"}
+                elif info is not None and info.status == "offline":
                     result.devices[d] = {"status": "offline", "reply": first.get(d),
                                          "detail": "offline: the command waits in its broker session and runs when it is back"}
                 else:
-                    detail = "accepted, no final reply" if d in first else "online, no answer"
-                    result.devices[d] = {"status": "no_answer", "reply": first.get(d),
-                                         "detail": f"{detail} within {timeout:g}s"}
+                    if d in first:
+                        detail = f"accepted, but no final reply within {timeout:g}s"
+                    elif info is not None and info.online:
+                        detail = f"online, but no reply at all within {timeout:g}s"
+                    else:
+                        detail = "no reply, and no online/offline status to wait for"
+                    if info is not None and info.problem:
+                        detail += f" ({info.problem})"
+                    result.devices[d] = {"status": "no_answer", "reply": first.get(d), "detail": detail}
     finally:
         remove_reply()
         if snap is not None:
@@ -444,13 +549,14 @@ def request(client: FleetClient, device: str, action: str, args: dict[str, Any] 
     topic = f"{prefix}/{device}/reply"
 
     def on_reply(msg: Any) -> None:
-        if msg.topic != topic:
+        if msg.topic != topic or not box.empty():  # the first final reply is the answer; repeats are not kept
             return
         try:
-            doc = json.loads(msg.payload)
-        except ValueError:
+            doc = _checked_reply(_json(msg.payload, REPLY_BYTES))
+        except Rejected as exc:
+            log.debug("fleet: a reply on %s ignored: %s", topic[:200], exc)
             return
-        if isinstance(doc, dict) and doc.get("id") == cid and doc.get("status") in FINAL:
+        if doc.get("id") == cid and doc.get("status") in FINAL:
             box.put(doc)
 
     remove = client.on_message(on_reply)
@@ -469,21 +575,38 @@ def request(client: FleetClient, device: str, action: str, args: dict[str, Any] 
 def history(client: FleetClient, device: str, *, after: int | None = None, count: int = 100,
             filters: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
     """``device``'s events, through ``agent.history``: after ``after`` (paged until ``count``
-    events), or, without ``after``, the latest ``count`` (of those matching ``filters``)."""
+    events), or, without ``after``, the latest ``count`` (of those matching ``filters``).
+
+    Bounded whatever the device answers: at most ``count`` (<= HISTORY_COUNT) events are kept,
+    at most HISTORY_PAGES pages are asked for, and a page that breaks the protocol (a ``more``
+    that does not move on, events out of order) ends it with :class:`DeviceError`. Events
+    that fail the checks are left out and counted in ``invalid``.
+    """
+    if not 1 <= count <= HISTORY_COUNT:
+        raise InvalidCommand(f"the number of events must be 1 to {HISTORY_COUNT}, got {count}")
     client.subscribe([f"{client.prefix}/{device}/reply"])
     filters = {k: v for k, v in (filters or {}).items() if v is not None}
+    pages = 0
+    invalid = 0
 
     def page(start: int, limit: int) -> dict[str, Any]:
+        nonlocal pages, invalid
+        if pages >= HISTORY_PAGES:
+            raise DeviceError(f"{device}: stopped after {HISTORY_PAGES} pages of agent.history "
+                              f"({HISTORY_PAGES * 1000} events); narrow it with --after, --since or --until")
+        pages += 1
         doc = request(client, device, "agent.history", {"after": start, "limit": limit, **filters},
                       timeout=timeout, subscribed=True)
         if doc is None:
             raise BrokerUnreachable(f"{device} did not answer agent.history within {timeout:g}s (is it online?)")
         if doc["status"] != "succeeded":
             err = doc.get("error") or {}
-            raise BrokerUnreachable(f"{device}: agent.history {doc['status']}: {err.get('type')}: {err.get('message')}")
-        return doc["result"]  # type: ignore[no-any-return]
+            raise DeviceError(f"{device}: agent.history {doc['status']}: {err.get('type')}: {err.get('message')}")
+        result, bad = _history_page(device, doc.get("result"), start, limit)
+        invalid += bad
+        return result
 
-    events: list[dict[str, Any]] = []
+    kept: collections.deque[dict[str, Any]] = collections.deque(maxlen=count)
     if after is None and not filters:
         head = page(0, 1)
         start = max(0, head["last"] - count)
@@ -491,14 +614,46 @@ def history(client: FleetClient, device: str, *, after: int | None = None, count
         start = after or 0
     last_doc: dict[str, Any] = {}
     while True:
-        last_doc = page(start, 1000 if after is None else min(1000, max(1, count - len(events))))
-        events.extend(last_doc["events"])
+        last_doc = page(start, 1000 if after is None else min(1000, max(1, count - len(kept))))
+        kept.extend(last_doc["events"])
         start = last_doc["next"]
-        if not last_doc["more"] or (after is not None and len(events) >= count):
+        if not last_doc["more"] or (after is not None and len(kept) >= count):
             break
-    if after is None:
-        events = events[-count:]
-    return {"device": device, "events": events, "oldest": last_doc.get("oldest"), "last": last_doc.get("last")}
+    return {"device": device, "events": list(kept), "oldest": last_doc.get("oldest"), "last": last_doc.get("last"),
+            "invalid": invalid}
+
+
+def _history_page(device: str, result: Any, start: int, limit: int) -> tuple[dict[str, Any], int]:
+    """One ``agent.history`` result checked against the protocol: (the page with its events
+    checked, how many events were left out as malformed). Raises :class:`DeviceError`."""
+    def broken(why: str) -> DeviceError:
+        return DeviceError(f"{device}: agent.history answered a page that breaks the protocol: {why}")
+
+    if not isinstance(result, dict) or not isinstance(result.get("events"), list):
+        raise broken("no list of events")
+    more, nxt, last = result.get("more"), result.get("next"), result.get("last")
+    if not isinstance(more, bool) or not _is_seq(nxt) or not _is_seq(last) or \
+            not (result.get("oldest") is None or _is_seq(result["oldest"])):
+        raise broken(f"more, next, last, oldest are {_show([more, nxt, last, result.get('oldest')])}")
+    raw = result["events"]
+    if len(raw) > limit or (more and (len(raw) < limit or nxt <= start)):
+        raise broken(f"{len(raw)} events for a limit of {limit}, more {more}, next {nxt} after {start}")
+    events, bad, previous = [], 0, start
+    for ev in raw:
+        try:
+            ev = clean_event(ev)
+        except Rejected:
+            bad += 1
+            continue
+        if not previous < ev["seq"] <= nxt:
+            raise broken(f"event seq {ev['seq']} is not in ({previous}, {nxt}]")
+        previous = ev["seq"]
+        events.append(ev)
+    return {"events": events, "next": nxt, "more": more, "last": last, "oldest": result.get("oldest")}, bad
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 # --------------------------------------------------------------------------- events
@@ -565,11 +720,12 @@ class EventStream:
             device = _device_of(self.prefix, msg.topic, leaf)
             if device is not None and (not self.devices or device in self.devices):
                 try:
-                    doc = json.loads(msg.payload)
-                except ValueError:
+                    doc = _json(msg.payload, REPLY_BYTES)
+                    doc = clean_event(doc) if leaf == "events" else _checked_reply(doc)
+                except Rejected as exc:
+                    log.debug("fleet events: a message on %s ignored: %s", msg.topic[:200], exc)
                     return
-                if isinstance(doc, dict):
-                    self._inbox.put((leaf, device, doc))
+                self._inbox.put((leaf, device, doc))
                 return
 
     def _loop(self) -> None:
@@ -598,7 +754,12 @@ class EventStream:
             self.last[device] = seq - 1  # the first event seen of a device: the stream starts here
         if seq <= self.last[device]:
             return  # seen already (an outbox resend after a crash, or it came with a fill)
-        self._buffer.setdefault(device, {}).setdefault(seq, doc)
+        buf = self._buffer.setdefault(device, {})
+        buf.setdefault(seq, doc)
+        if len(buf) > STREAM_BUFFER:
+            # A gap that is not being filled while events keep coming (a device that jumps
+            # seq on purpose, or cannot answer agent.history): memory stays bounded; the gap is lost.
+            self._lose(device, min(buf) - 1)
         self._drain(device)
 
     def _drain(self, device: str) -> None:
@@ -624,18 +785,28 @@ class EventStream:
         if doc["status"] != "succeeded":
             log.warning("fleet events: %s answered agent.history with %s: %s", device, doc["status"], doc.get("error"))
             return
-        result = doc.get("result") or {}
+        result = doc.get("result")
+        raw = result.get("events") if isinstance(result, dict) else None
+        if not isinstance(raw, list):
+            log.warning("fleet events: %s answered agent.history without a list of events", device)
+            return
         buf = self._buffer.setdefault(device, {})
         last = self.last.setdefault(device, 0)
-        page = [ev for ev in result.get("events", []) if isinstance(ev.get("seq"), int)]
+        page = []
+        for ev in raw[:1000]:
+            try:
+                page.append(clean_event(ev))
+            except Rejected:
+                continue
+        page.sort(key=lambda ev: ev["seq"])
         # The page holds every kept event after our last, ascending: below its first one the
         # device keeps nothing any more (pruned by age or beyond max_rows).
         if page and page[0]["seq"] > last + 1:
             self._lose(device, page[0]["seq"] - 1)
         for ev in page:
-            if ev["seq"] > self.last[device]:
+            if ev["seq"] > self.last[device] and len(buf) < STREAM_BUFFER:
                 buf.setdefault(ev["seq"], ev)
-        if result.get("more"):
+        if result.get("more") is True and page and page[-1]["seq"] > last:  # "more" only counts when it moves on
             self._drain(device)  # asks for the next page when a gap is left
             if device not in self._filling:
                 self._fill(device)
@@ -666,15 +837,19 @@ def connection_settings(*, config: str | None = None, host: str | None = None, p
                         ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
                         insecure: bool = False) -> Any:
     """The broker to use: the ``[mqtt]`` table of a config (``config``, ``$EDGE_AGENT_CONFIG``
-    or the default file) with the flags given laid over it; with ``host`` and no ``config``,
-    the flags alone."""
+    or the default file) with the flags given laid over it; the flags alone (host 127.0.0.1
+    unless given) with ``host`` and no ``config``, or when there is no config file to read
+    (no ``config``, no ``$EDGE_AGENT_CONFIG``, no default file) and some flag is given."""
     import dataclasses
 
     from .config import MqttSettings, TLSSettings, config_path, load_settings
     from .errors import ConfigError
 
-    if host is not None and config is None:
-        base = MqttSettings(host=host)
+    flags = insecure or any(v is not None for v in (host, port, prefix, username, password_file, ca_file, cert_file,
+                                                   key_file))
+    no_file = config is None and not os.environ.get("EDGE_AGENT_CONFIG") and not os.path.exists(config_path(None))
+    if config is None and (host is not None or (flags and no_file)):
+        base = MqttSettings()
     else:
         settings = load_settings(config_path(config))
         if settings.mqtt is None:

@@ -1,6 +1,8 @@
 """``edge-agent fleet ...``: the subcommands' arguments turned into :mod:`edge_agent.fleet` calls, and
 their results into text (or JSON). Exit codes as elsewhere: 0 success, 1 the thing asked for
-failed (a device did not succeed, the broker is unreachable), 2 usage or config error."""
+failed (a device did not succeed, the broker is unreachable), 2 usage or config error.
+What devices publish is printed through :func:`_safe`: a device name or value cannot move
+the terminal's cursor or hide a line."""
 
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ def _client(args: argparse.Namespace) -> fleet.FleetClient:
                                      username=args.username, password_file=args.password_file, ca_file=args.ca_file,
                                      cert_file=args.cert_file, key_file=args.key_file, insecure=args.insecure)
     return fleet.FleetClient(mqtt)  # connected by `with`
+
+
+def _safe(value: Any) -> str:
+    """``value`` as text with control characters (escape sequences, newlines) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
 
 
 def _ago(ts: Any) -> str:
@@ -62,11 +69,14 @@ def fleet_ls(args: argparse.Namespace) -> int:
         clock = {True: "ok", False: "NO", None: "-"}[r["clock_synchronized"]]
         nxt = r["next_job"]
         job = f"{nxt['job']} {nxt['at']}" if isinstance(nxt, dict) else "-"
-        print(f"{r['device'][:16]:<16} {r['status'][:8]:<8} {_num(r['version'])[:9]:<9} {_uptime(r['uptime_s']):>7} "
-              f"{_num(r['queue']):>5} {_num(r['outbox']):>6} {clock:<5} {_ago(r['last_seen']):>8} "
-              f"{_num(r['failures_24h']):>7}  {job}")
+        print(f"{_safe(r['device'])[:16]:<16} {r['status'][:8]:<8} {_safe(_num(r['version']))[:9]:<9} "
+              f"{_uptime(r['uptime_s']):>7} {_num(r['queue']):>5} {_num(r['outbox']):>6} {clock:<5} "
+              f"{_ago(r['last_seen']):>8} {_num(r['failures_24h']):>7}  {_safe(job)[:60]}")
     online = sum(1 for r in rows if r["online"])
     print(f"{len(rows)} device(s), {online} online")
+    for r in rows:
+        if r["problem"]:
+            print(f"edge-agent: {_safe(r['device'])[:60]}: {_safe(r['problem'])}", file=sys.stderr)
     return 0
 
 
@@ -87,7 +97,7 @@ def fleet_send(args: argparse.Namespace) -> int:
                             command_id=command_id, ttl=args.ttl)
     if args.json:
         print(json.dumps(result.document(), indent=2, default=str))
-        return 0 if result.ok else 1
+        return _send_exit(result)
     if not result.devices:
         who = f"group {args.group!r}" if args.group else "this broker"
         print(f"no devices in {who} (from their retained state)", file=sys.stderr)
@@ -101,10 +111,22 @@ def fleet_send(args: argparse.Namespace) -> int:
             text = f"{err.get('type')}: {err.get('message')}"
         else:
             text = d.get("detail", "")
-        print(f"{device[:20]:<20} {d['status']:<10} {text[:200]}")
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts().items()))
+        print(f"{_safe(device)[:20]:<20} {_safe(d['status']):<14} {_safe(text)[:200]}")
+    counts = ", ".join(f"{n} {_safe(status)}" for status, n in sorted(result.counts().items()))
     print(f"{result.action} {result.id}: {counts} in {result.elapsed_s:.2f}s")
-    return 0 if result.ok else 1
+    return _send_exit(result)
+
+
+def _send_exit(result: fleet.SendResult) -> int:
+    """0 when every device succeeded; else 1, with one line on stderr saying who did not and why."""
+    if result.ok:
+        return 0
+    bad = result.not_succeeded()
+    if bad:
+        names = ", ".join(f"{_safe(d)[:40]} {_safe(status)}" for d, status in list(bad.items())[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        print(f"edge-agent: not every device succeeded: {names}{more}", file=sys.stderr)
+    return 1
 
 
 def _print_event(doc: dict[str, Any], as_json: bool) -> None:
@@ -118,7 +140,7 @@ def _print_event(doc: dict[str, Any], as_json: bool) -> None:
         extra = f" attempt {doc.get('attempt')}"
     if kind == "succeeded" and doc.get("runtime") is not None:
         extra += f" in {doc['runtime'] * 1000:.1f} ms"
-    if doc.get("error"):
+    if isinstance(doc.get("error"), dict):
         extra += f" {doc['error'].get('type')}: {doc['error'].get('message')}"
     if kind == "retried" and doc.get("next_try"):
         extra += f"; next try {time.strftime('%H:%M:%S', time.localtime(doc['next_try']))}"
@@ -126,11 +148,15 @@ def _print_event(doc: dict[str, Any], as_json: bool) -> None:
         extra = f" job {doc.get('job')}"
     if kind == "received":
         extra = f" from {doc.get('source')}"
-    print(f"{when} {str(doc.get('device'))[:16]:<16} #{doc.get('seq'):<7} {kind!s:<9} {str(doc.get('action'))[:20]:<20} "
-          f"{str(doc.get('id'))[:40]}{extra}", flush=True)
+    print(f"{when} {_safe(doc.get('device'))[:16]:<16} #{_safe(doc.get('seq')):<7} {_safe(kind)[:9]:<9} "
+          f"{_safe(doc.get('action'))[:20]:<20} {_safe(doc.get('id'))[:40]}{_safe(extra)[:300]}", flush=True)
 
 
 def fleet_events(args: argparse.Namespace) -> int:
+    from .errors import InvalidCommand
+
+    if not 0 <= args.n <= fleet.HISTORY_COUNT:
+        raise InvalidCommand(f"-n must be 0 to {fleet.HISTORY_COUNT}")
     positions: dict[str, int] = {}
     if args.resume:
         try:
@@ -155,7 +181,7 @@ def fleet_events(args: argparse.Namespace) -> int:
                 try:
                     got = fleet.history(client, device, count=args.n, timeout=5.0)
                 except Exception as exc:  # an offline device: say so, go on with the others
-                    print(f"{device}: {exc}", file=sys.stderr)
+                    print(f"{_safe(device)}: {_safe(exc)}", file=sys.stderr)
                     continue
                 latest.extend(got["events"])
                 if got["events"]:
@@ -216,8 +242,8 @@ def fleet_history(args: argparse.Namespace) -> int:
     from .errors import InvalidCommand
     from .events import KINDS
 
-    if args.n < 1:
-        raise InvalidCommand("-n must be 1 or more")
+    if not 1 <= args.n <= fleet.HISTORY_COUNT:
+        raise InvalidCommand(f"-n must be 1 to {fleet.HISTORY_COUNT}")
     if args.event is not None and args.event not in KINDS:
         raise InvalidCommand(f"--event must be one of {', '.join(KINDS)}; got {args.event!r}")
     if args.after is not None and args.after < 0:
@@ -228,9 +254,11 @@ def fleet_history(args: argparse.Namespace) -> int:
         doc = fleet.history(client, args.device, after=args.after, count=args.n, filters=filters, timeout=args.timeout)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
-        return 0
-    if not doc["events"]:
-        print(f"{args.device}: no events" + (" matching" if any(v is not None for v in filters.values()) else ""))
-    for ev in doc["events"]:
-        _print_event(ev, False)
+    else:
+        if not doc["events"]:
+            print(f"{args.device}: no events" + (" matching" if any(v is not None for v in filters.values()) else ""))
+        for ev in doc["events"]:
+            _print_event(ev, False)
+    if doc["invalid"]:
+        print(f"edge-agent: {_safe(args.device)}: {doc['invalid']} malformed event(s) left out", file=sys.stderr)
     return 0

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import DeviceSpec
-from .errors import HardwareError
+from .errors import ConfigError, HardwareError
 
-__all__ = ["Hardware", "choose_pin_factory"]
+__all__ = ["Hardware", "check_pins", "choose_pin_factory"]
 
 log = logging.getLogger(__name__)
 Value = str | float
@@ -42,6 +42,58 @@ def choose_pin_factory(configured: str | None) -> str | None:
     if os.environ.get("GPIOZERO_PIN_FACTORY"):
         return None
     return None if _is_raspberry_pi() else "mock"
+
+
+def check_pins(settings: Any, *, strict: bool = True) -> str | None:
+    """Every device's pin is a GPIO of the board its pins will be on, and no two devices share one.
+
+    The names are read as gpiozero reads them (``17``, ``"GPIO17"``, ``"BCM17"``, ``"BOARD11"``,
+    ``"J8:11"``), so ``17`` and ``"BOARD11"`` are found to be the same pin. The board is the mock
+    factory's with mock pins, else this machine's; no pin is opened. Raises :class:`ConfigError`
+    naming the device's key; returns a note when the board could not be known (not a Pi here).
+    ``strict=False`` (``run``): on a board that could only be guessed, a pin it does not have
+    is a note too (the pins may be a remote Pi's, through pigpio), not an error.
+    """
+    if not settings.devices:
+        return None  # gpiozero is slow to import on a Pi: not without devices
+    from gpiozero import PinInvalidPin, PinUnknownPi
+    from gpiozero.pins.local import get_pi_revision
+    from gpiozero.pins.mock import MockFactory
+    from gpiozero.pins.pi import PiBoardInfo
+
+    note = None
+    if (choose_pin_factory(settings.pin_factory) or os.environ.get("GPIOZERO_PIN_FACTORY")) == "mock":
+        board = _mock_board(MockFactory)
+    else:
+        try:
+            board = PiBoardInfo.from_revision(get_pi_revision())
+        except (PinUnknownPi, OSError, ValueError):  # not a Pi: a device's config checked on a laptop
+            board = _mock_board(MockFactory)
+            note = f"no Raspberry Pi board found here: pins were checked as a Pi {board.model}'s"
+    used: dict[str, str] = {}
+    for spec in settings.devices.values():
+        try:
+            gpio = board.to_gpio(spec.pin)
+        except PinInvalidPin as exc:
+            if note is not None and not strict:
+                note += f"; {exc} there"
+                continue
+            raise ConfigError(f"{exc} on a Raspberry Pi {board.model} (a GPIO number like 17, or a name like "
+                              f"'GPIO17', 'BOARD11' or 'J8:11')", path=settings.path, key=f"devices.{spec.name}.pin") from None
+        if gpio in used:
+            raise ConfigError(f"pin {spec.pin} is {gpio}, already used by device {used[gpio]!r}",
+                              path=settings.path, key=f"devices.{spec.name}.pin")
+        used[gpio] = spec.name
+    return note
+
+
+def _mock_board(factory_class: Any) -> Any:
+    """The board gpiozero's mock pins pretend to be ($GPIOZERO_MOCK_REVISION, else a Pi 3B)."""
+    factory = factory_class()
+    try:
+        return factory.board_info
+    finally:
+        factory.close()
 
 
 def _make_factory(name: str | None) -> Any:
@@ -67,8 +119,18 @@ def _make_factory(name: str | None) -> Any:
         from gpiozero.pins.native import NativeFactory
 
         return NativeFactory()
+    except ImportError as exc:  # an optional part that is not installed: say what to install
+        deb, pip = _FACTORY_PACKAGES.get(name, ("", ""))
+        raise ConfigError(f"[gpio] pin_factory = {name!r} needs the {exc.name or name} module, which is not installed "
+                          f"(Raspberry Pi OS: sudo apt install {deb}; a venv without system packages: pip install {pip})"
+                          ) from exc
     except Exception as exc:
         raise HardwareError(f"pin factory {name!r} cannot start: {exc}") from exc
+
+
+#: the Debian and PyPI packages of each pin factory's library
+_FACTORY_PACKAGES = {"lgpio": ("python3-lgpio", "lgpio"), "rpigpio": ("python3-rpi.gpio", "RPi.GPIO"),
+                     "pigpio": ("python3-pigpio", "pigpio")}
 
 
 class Hardware:
@@ -98,6 +160,9 @@ class Hardware:
             except HardwareError:
                 self.close()
                 raise
+            except gpiozero.PinInvalidPin as exc:  # check_pins() missed it (another board than the one checked)
+                self.close()
+                raise ConfigError(f"{exc}", key=f"devices.{spec.name}.pin") from exc
             except Exception as exc:
                 self.close()
                 raise HardwareError(f"device {spec.name!r} (pin {spec.pin}): {type(exc).__name__}: {exc}") from exc

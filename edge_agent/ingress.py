@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class Topics:
     """The topic names of one device."""
 
-    def __init__(self, prefix: str, device_id: str, groups: tuple[str, ...] = (), discovery_prefix: str = "homeassistant"):
+    def __init__(self, prefix: str, device_id: str, groups: tuple[str, ...] = (), ha_status: str = "homeassistant/status"):
         self.prefix, self.device = prefix, device_id
         base = f"{prefix}/{device_id}"
         self.base = base
@@ -42,7 +42,7 @@ class Topics:
         self.state = f"{base}/state"
         self.events = f"{base}/events"
         self.groups = groups
-        self.ha_status = f"{discovery_prefix}/status"
+        self.ha_status = ha_status  # Home Assistant's birth topic ([mqtt] ha_status_topic), not under discovery_prefix
         self.subscriptions = [f"{base}/cmd/+", f"{base}/gpio/+/set", *(f"{prefix}/group/{g}/cmd/+" for g in groups)]
 
     def gpio(self, device: str) -> str:

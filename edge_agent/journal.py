@@ -163,8 +163,10 @@ class Journal:
         rows = self.store.query(f"select {_COLUMNS} from commands where id = ?", (command_id,))
         return _row(rows[0]) if rows else None
 
-    def history(self, limit: int = 20) -> list[Command]:
-        rows = self.store.query(f"select {_COLUMNS} from commands order by seq desc limit ?", (limit,))
+    def history(self, limit: int = 20, *, exclude: tuple[str, ...] = ()) -> list[Command]:
+        """The latest ``limit`` commands, newest first, leaving out the actions in ``exclude``."""
+        skip = f"where action not in ({', '.join('?' * len(exclude))}) " if exclude else ""
+        rows = self.store.query(f"select {_COLUMNS} from commands {skip}order by seq desc limit ?", (*exclude, limit))
         return [_row(r) for r in rows]
 
     def open_commands(self, limit: int = 50) -> list[Command]:

@@ -8,7 +8,13 @@
 - Subscriptions are made in ``on_connect``: paho reconnects but does not resubscribe.
 - Our own reconnect loop: capped exponential backoff with full jitter (:func:`reconnect_delay`:
   up to 1 s, 2 s, 4 s ... 60 s), so a fleet does not come back in lockstep after a broker restart.
-- Last will ``offline`` (retained), ``online`` on connect, ``offline`` on a clean stop.
+- Last will ``offline`` (retained), ``offline`` on a clean stop. On connect, ``online`` goes
+  out only after the current states (the GPIO states waiting in the outbox, then ``state``):
+  Home Assistant marks the entities available with what the broker holds at that moment,
+  so after a crash it must not be the pre-crash state.
+- ``state`` is republished when the queue depth, the outbox depth or the last failure
+  change (looked at 0.25 s after a change, at most once a second; nothing when idle), and
+  every ``state_interval``.
 - MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 ("auto").
 - Everything published goes through :class:`Outbox` (SQLite), except the link's own
   ``online`` marker and the periodic refresh of ``state`` (both are remade on connect).
@@ -42,11 +48,13 @@ BACKOFF_BASE = 1.0  # seconds: the ceiling of the first reconnect delay
 MAX_BACKOFF = 60.0  # seconds: the ceiling never grows beyond this
 STABLE_AFTER = 10.0  # seconds a connection must last before the backoff starts again from the base
 STATE_MIN_INTERVAL = 1.0  # seconds between two `state` messages caused by changes
+STATE_SETTLE = 0.25  # seconds after a change before `state` is looked at (a toggle's outbox row is gone by then)
 # Acknowledged outbox rows are deleted together, without an fsync of their own, once REMOVE_BATCH
 # of them are waiting or REMOVE_EVERY seconds after the last deletion: what a crash can publish
 # again is the messages in flight (the window) plus fewer than REMOVE_BATCH acknowledged ones.
 REMOVE_EVERY = 0.05
 REMOVE_BATCH = 64
+HOLD_LOOK = 0.25  # seconds between looks at the store while commands wait for disk space
 
 
 def reconnect_delay(failures: int, rng: random.Random) -> float:
@@ -65,10 +73,10 @@ class MqttLink:
         self.store = store
         self.agent = agent
         self.outbox = Outbox(store)
-        self.topics = Topics(self.cfg.topic_prefix, settings.device_id, settings.groups, self.cfg.discovery_prefix)
+        self.topics = Topics(self.cfg.topic_prefix, settings.device_id, settings.groups, self.cfg.ha_status_topic)
         self.ingress = Ingress(store, self.outbox, self.topics, max_payload=self.cfg.max_payload,
                                registry=lambda: agent.registry, submit=lambda new, cur: agent.queue.submit(new, cur))
-        self.reporter = self.ingress
+        self.reporter = self  # finished() below: the replies, and `state` to look at again
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._acked: collections.deque[tuple[int, str | None]] = collections.deque()  # (mid, refused because)
@@ -80,6 +88,7 @@ class MqttLink:
         self._delivered_upto = 0  # every outbox row up to this seq is acknowledged (publisher thread)
         self._session_up = False
         self._batch: list[Any] = []
+        self._held = False  # the disk is full: _batch waits, unacknowledged, until the store has space
         # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
         # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
@@ -87,14 +96,26 @@ class MqttLink:
         self._connected_at: float | None = None
         self._window = WINDOW
         self._last_error: str | None = None
-        self._state_dirty = threading.Event()
+        self._state_dirty = threading.Event()  # the queue or the last failure may have changed
+        self._online_due = False  # connected: `online` goes out after the current states (publisher)
+        self._offline_said = False
+        self._status_lock = threading.Lock()  # `online` (publisher) never after `offline` (stop)
         self.rng = random.Random()
+        store.on_full.append(lambda full: (self._state_dirty.set(), self.outbox.wake()))
+        self._unqueued_states: dict[str, Any] = {}  # GPIO states a full disk kept out of the outbox
+        store.on_full.append(self._queue_held_states)
 
     # ----------------------------------------------------------------- hooks for the agent
 
     def accepted(self, cur: Any, cmd: Any) -> None:
         self.ingress.accepted(cur, cmd)
         self._state_dirty.set()
+        self.outbox.wake()
+
+    def finished(self, cur: Any, cmd: Any) -> None:
+        self.ingress.finished(cur, cmd)
+        self._state_dirty.set()
+        self.outbox.wake()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message in the outbox (the ``mqtt.publish`` action)."""
@@ -107,7 +128,16 @@ class MqttLink:
             with self.store.transaction() as cur:
                 self.outbox.put(cur, self.topics.gpio(device), payload, retain=True, coalesce=True)
         except StorageError as exc:
+            # Kept and queued when the disk has space again (Home Assistant would show the old state).
+            self._unqueued_states[device] = value
             log.error("could not queue the state of %s: %s", device, exc)
+
+    def _queue_held_states(self, full: bool) -> None:
+        """Told by the store when a full disk has space again: queue the states that could not be."""
+        if not full:
+            held, self._unqueued_states = self._unqueued_states, {}
+            for device, value in held.items():
+                self.gpio_changed(device, value)
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
@@ -145,12 +175,19 @@ class MqttLink:
         while self.connected.is_set() and time.monotonic() < deliver_by and (
                 self._delivered_upto < target or (events is not None and events.acked_upto < events_target)):
             time.sleep(0.01)
-        if client is not None and self.connected.is_set():
-            try:
-                info = client.publish(self.topics.status, "offline", qos=1, retain=True)
+        with self._status_lock:
+            self._offline_said = True
+            info = None
+            if client is not None and self.connected.is_set():
+                try:
+                    info = client.publish(self.topics.status, "offline", qos=1, retain=True)
+                except Exception as exc:
+                    log.debug("could not say offline: %s", exc)
+        try:
+            if info is not None:
                 info.wait_for_publish(timeout=max(0.1, offline_by - time.monotonic()))
-            except Exception as exc:
-                log.debug("could not say offline: %s", exc)
+        except Exception as exc:
+            log.debug("could not say offline: %s", exc)
         self._stop.set()
         self.outbox.wake()
         self._write_link_meta(False)
@@ -234,9 +271,10 @@ class MqttLink:
                 self._wait_backoff()
                 continue
             self._ingress_broken = False
+            self._batch = []  # the broker sends again what was not acknowledged
             while not self._stop.is_set():
                 try:
-                    rc = client.loop(timeout=self._loop_timeout)
+                    rc = client.loop(timeout=HOLD_LOOK if self._held else self._loop_timeout)
                     client.flush()
                     self._store_batch(client)
                     if self._session_up and not self.connected.is_set():
@@ -310,9 +348,8 @@ class MqttLink:
         if self.cfg.discovery:
             subs.append((self.topics.ha_status, 1))
         client.subscribe(subs)
-        client.publish(self.topics.status, "online", qos=1, retain=True)
+        self._online_due = True  # the publisher says it, after the current states
         self._session_up = True
-        self._state_dirty.set()
         self._write_link_meta(True)
         log.info("MQTT: connected to %s:%s (MQTT %s, session %s)", self.cfg.host, self.cfg.port,
                  "5" if self._protocol == 5 else "3.1.1", "resumed" if flags.session_present else "new")
@@ -332,11 +369,16 @@ class MqttLink:
         # Collected here, stored after this pass of the network loop: one transaction (and one
         # lock round) for everything that arrived together, then the acks, in arrival order.
         if not self._ingress_broken and not self._ingress_paused:
+            if self._held and msg.qos == 0:
+                return  # a full disk: QoS 0 has no redelivery to wait for and no in-flight bound
             self._batch.append(msg)
 
     def _store_batch(self, client: Any) -> None:
+        if self._held and self.store.full:
+            return  # what arrives waits unacknowledged; the broker sends no more than its in-flight limit
         batch, self._batch = self._batch, []
         if not batch:
+            self._held = False
             return
         # Parsed and checked first, outside the database lock; then stored in one transaction.
         checked = []
@@ -362,12 +404,22 @@ class MqttLink:
                             cur.execute("rollback to message")
                         cur.execute("release message")
             except StorageError as exc:
+                if self.store.full:  # kept, and stored as soon as the store has space again
+                    if not self._held:
+                        log.warning("MQTT: the disk is full: taking no commands until there is space (%d wait "
+                                    "unacknowledged, the broker keeps the rest)", len(batch))
+                    self._held = True
+                    self._batch = batch + self._batch
+                    return
                 log.error("MQTT: could not store %d command(s) (%s); they are not acknowledged and will come again",
                           len(batch), exc)
                 self._ingress_broken = True
                 client.disconnect()
                 return
             self.store.flush_soon()
+        if self._held:
+            self._held = False
+            log.warning("MQTT: taking commands again (%d stored)", len(batch))
         for msg in batch:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
@@ -407,7 +459,10 @@ class MqttLink:
     def _publish_loop(self) -> None:
         inflight: dict[int, tuple[int, str]] = {}
         last_seq = 0
+        early: set[int] = set()  # outbox rows sent ahead of their turn: the GPIO states before `online`
         last_state = 0.0
+        shown: Any = None  # what the last `state` said of the queue, the outbox and the failures
+        changed_at: float | None = None  # when those may have changed, not looked at since
         events = self._event_publisher()  # task events go out from their own table, beside the outbox
         done: list[int] = []
         last_remove = 0.0
@@ -425,30 +480,57 @@ class MqttLink:
                     log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
                               (sent[1] if sent else "?")[:200], refused)
             self._delivered_upto = min(seq for seq, _ in inflight.values()) - 1 if inflight else last_seq
+            if self._state_dirty.is_set():
+                self._state_dirty.clear()
+                changed_at = changed_at or time.monotonic()
             try:
                 # Acknowledged rows are deleted in batches (REMOVE_BATCH, REMOVE_EVERY): a command's
                 # `accepted` and final replies then leave the WAL in one commit, not two.
-                if done and (len(done) >= REMOVE_BATCH or time.monotonic() - last_remove >= REMOVE_EVERY):
+                leftover = self.outbox.unremoved and not self.store.full  # delivered while the disk was full
+                if (done or leftover) and (len(done) >= REMOVE_BATCH or time.monotonic() - last_remove >= REMOVE_EVERY):
                     self.outbox.remove(done)
                     done = []
                     last_remove = time.monotonic()
-                if events is not None:
+                    changed_at = changed_at or last_remove
+                if events is not None and not self.store.full:  # nothing can be written meanwhile
                     events.save(now=time.monotonic())
-                since = time.monotonic() - last_state
-                if (self._state_dirty.is_set() and since >= STATE_MIN_INTERVAL) or since > self.cfg.state_interval:
-                    if self.connected.is_set():
-                        self._state_dirty.clear()
-                        last_state = time.monotonic()
-                        self._publish_state()
                 client = self._client
                 window = self._window
                 busy = len(inflight) + (events.inflight if events is not None else 0)
-                if client is not None and self.connected.is_set() and busy < window:
-                    for m in self.outbox.pending(last_seq, window - busy):
+                up = client is not None and self.connected.is_set()
+                if up and self._online_due and self._states_first(client, inflight, early, last_seq, window - busy):
+                    last_state, changed_at = time.monotonic(), None
+                    shown = self._publish_state()
+                    with self._status_lock:
+                        if self._online_due and not self._offline_said:
+                            client.publish(self.topics.status, "online", qos=1, retain=True)
+                        self._online_due = False
+                now = time.monotonic()
+                if up and not self._online_due:
+                    if now - last_state >= self.cfg.state_interval:
+                        last_state, changed_at = now, None
+                        shown = self._publish_state()
+                    elif changed_at is not None and now >= max(last_state + STATE_MIN_INTERVAL, changed_at + STATE_SETTLE):
+                        changed_at = None
+                        if self._state_key() != shown:
+                            last_state = now
+                            shown = self._publish_state()
+                busy = len(inflight) + (events.inflight if events is not None else 0)
+                if up and busy < window:
+                    rows = self.outbox.pending(last_seq, window - busy)
+                    for m in rows:
+                        last_seq = m.seq
+                        if m.seq in early:
+                            early.discard(m.seq)
+                            continue
                         info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
                                               properties=self._props(m.props))
                         inflight[info.mid] = (m.seq, m.topic)
-                        last_seq = m.seq
+                        changed_at = changed_at or now
+                    if early and len(rows) < window - busy:
+                        # Every row left was returned: the early ones not among them are delivered.
+                        last_seq = max(last_seq, *early)
+                        early.clear()
                     if events is not None:
                         events.publish(client, window - len(inflight) - events.inflight)
 
@@ -459,14 +541,35 @@ class MqttLink:
                 log.exception("outbox: unexpected error")
                 self._stop.wait(1.0)
             # While disconnected, paho keeps the unacknowledged messages and resends them itself.
-            timeout = STATE_MIN_INTERVAL if self._state_dirty.is_set() and self.connected.is_set() else self.cfg.state_interval
-            if done or (events is not None and events.dirty):
+            timeout = self.cfg.state_interval
+            if self.connected.is_set():
+                timeout = max(0.05, last_state + self.cfg.state_interval - time.monotonic())
+            if changed_at is not None and self.connected.is_set():
+                check = max(last_state + STATE_MIN_INTERVAL, changed_at + STATE_SETTLE)
+                timeout = min(timeout, max(0.0, check - time.monotonic()))
+            if done or (events is not None and events.dirty and not self.store.full):
                 timeout = min(timeout, REMOVE_EVERY)
             with self.outbox.cond:
                 # An ack that came in while this pass ran may not have woken anyone (see
                 # _on_publish): look at the deque under the lock before sleeping.
                 if generation == self.outbox.generation and not self._acked and not self._stop.is_set():
                     self.outbox.cond.wait(timeout=timeout)
+
+    def _states_first(self, client: Any, inflight: dict[int, tuple[int, str]], early: set[int], last_seq: int,
+                      room: int) -> bool:
+        """Send the GPIO states waiting in the outbox ahead of their turn (the rows are skipped
+        when their turn comes); True once all of them are sent, within ``room`` unacknowledged."""
+        topics = [self.topics.gpio(name) for name in self.settings.devices]
+        if not topics:
+            return True
+        rows = self.store.query(f"select seq, topic, payload, qos, retain from outbox where seq > ? and topic in "
+                                f"({','.join('?' * len(topics))}) order by seq", (last_seq, *topics))
+        rows = [r for r in rows if r[0] not in early]
+        for seq, topic, payload, qos, retain in rows[:max(0, room)]:
+            info = client.publish(topic, bytes(payload), qos=qos, retain=bool(retain))
+            inflight[info.mid] = (seq, topic)
+            early.add(seq)
+        return len(rows) <= max(0, room)
 
     def _event_publisher(self) -> Any:
         log_ = getattr(self.agent, "events", None)
@@ -492,32 +595,30 @@ class MqttLink:
             p.CorrelationData = bytes.fromhex(props["correlation"])
         return p
 
-    def _publish_state(self) -> None:
+    def _publish_state(self) -> Any:
+        """Publish ``state``; returns its :meth:`_state_key`."""
         doc = self.state_document()
         client = self._client
         if client is not None:
             client.publish(self.topics.state, json.dumps(doc, separators=(",", ":"), default=str), qos=1, retain=True)
+        return _key_of(doc)
 
-    def state_document(self) -> dict[str, Any]:
+    def _state_key(self) -> Any:
+        """What a change republishes ``state`` for: queue depth, outbox depth, failures (cheap to read)."""
+        return _key_of(self._changing())
+
+    def _changing(self) -> dict[str, Any]:
         agent = self.agent
         depth, oldest = self.outbox.depth()
         doc: dict[str, Any] = {
-            "device": self.settings.device_id,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - agent.started_monotonic, 1),
             "queue": agent.queue.depth() if agent.queue else 0,
             "outbox": depth,
             "outbox_oldest_s": round(oldest, 1) if oldest is not None else None,
-            "clock_synchronized": agent.clock_trusted() if hasattr(agent, "clock_trusted") else None,
-            "next_jobs": agent.scheduler.next_firings(5) if getattr(agent, "scheduler", None) else [],
-            "next_sunset": agent.next_solar("sunset") if hasattr(agent, "next_solar") else None,
             "last_error": None,
-            "groups": list(self.settings.groups),
+            "disk_full": self.store.full,
             "failures_24h": int(self.store.query(
                 "select count(*) from commands where state in ('failed', 'expired') and finished > ?",
                 (time.time() - 86400,))[0][0]),
-            "last_seq": agent.events.last_seq() if getattr(agent, "events", None) is not None else 0,
-            "ts": round(time.time(), 3),
         }
         rows = self.store.query("select action, error_type, error_message, finished from commands "
                                 "where state in ('failed', 'expired') order by finished desc limit 1")
@@ -525,3 +626,29 @@ class MqttLink:
             action, kind, message, finished = rows[0]
             doc["last_error"] = {"action": action, "type": kind, "message": message, "at": finished}
         return doc
+
+    def state_document(self) -> dict[str, Any]:
+        agent = self.agent
+        changing = self._changing()
+        return {
+            "device": self.settings.device_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - agent.started_monotonic, 1),
+            "queue": changing["queue"],
+            "outbox": changing["outbox"],
+            "outbox_oldest_s": changing["outbox_oldest_s"],
+            "clock_synchronized": agent.clock_trusted() if hasattr(agent, "clock_trusted") else None,
+            "next_jobs": agent.scheduler.next_firings(5) if getattr(agent, "scheduler", None) else [],
+            "next_sunset": agent.next_solar("sunset") if hasattr(agent, "next_solar") else None,
+            "last_error": changing["last_error"],
+            "groups": list(self.settings.groups),
+            "failures_24h": changing["failures_24h"],
+            "disk_full": changing["disk_full"],
+            "last_seq": agent.events.last_seq() if getattr(agent, "events", None) is not None else 0,
+            "ts": round(time.time(), 3),
+        }
+
+
+def _key_of(doc: dict[str, Any]) -> Any:
+    return (doc["queue"], doc["outbox"], doc["failures_24h"], json.dumps(doc["last_error"], sort_keys=True, default=str),
+            doc["disk_full"])

@@ -14,6 +14,11 @@ target, and commands that do not need the network are never held up. A half-open
 link (connects, then times out) is not "down": timeouts are retried under the
 command's retry policy and use up attempts, so nothing stays parked forever;
 parked commands also end at their deadline (or after a day without one).
+
+Only the probe's outcome marks a target that is down up again. A command that began
+before the target was marked down and ends well afterwards (a long request finishing
+while the daemon drains at a stop) says nothing about the target now: its outcome does
+not release the parked work, nor log that the target is back.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class NetworkGate:
         self._lock = threading.Lock()
         self._down: dict[str, float] = {}  # target -> since (monotonic)
         self._probing: dict[str, float] = {}  # target -> when the probe in flight started
+        self._prober: dict[str, int] = {}  # target -> the thread running that probe
         self._last_probe: dict[str, float] = {}
 
     def may_try(self, target: str) -> float | None:
@@ -64,6 +70,7 @@ class NetworkGate:
             if wait > 0:
                 return wait
             self._probing[target] = now
+            self._prober[target] = threading.get_ident()  # a command runs in the thread that began it
             self._last_probe[target] = now
             return None
 
@@ -74,7 +81,13 @@ class NetworkGate:
             self._last_probe[target] = self.clock()
 
     def succeeded(self, target: str) -> bool:
-        """Mark ``target`` up; True if it was down (the caller then releases parked work)."""
+        """A command for ``target`` got an answer (called in the thread that ran it). Marks the
+        target up and returns True if it was down, the caller then releasing parked work; but
+        while it is down only the probe's answer counts: any other command began before the
+        target was marked down, so its answer is older news (False, nothing changes)."""
         with self._lock:
+            if target in self._down and self._prober.get(target) != threading.get_ident():
+                return False
             self._probing.pop(target, None)
+            self._prober.pop(target, None)
             return self._down.pop(target, None) is not None

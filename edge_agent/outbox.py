@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .store import Store
+from .store import DiskFull, Store
 
 __all__ = ["Outbox", "OutMessage"]
 
@@ -37,6 +37,7 @@ class Outbox:
         self.store = store
         self.cond = threading.Condition()
         self.generation = 0
+        self._unremoved: list[tuple[int]] = []  # delivered rows a full disk kept us from deleting
 
     def put(self, cur: sqlite3.Cursor, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
             coalesce: bool = False, props: dict[str, Any] | None = None) -> None:
@@ -63,11 +64,25 @@ class Outbox:
         )
         return [OutMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), json.loads(r[5]) if r[5] else None) for r in rows]
 
+    @property
+    def unremoved(self) -> bool:
+        """Whether delivered rows wait to be deleted (a full disk kept :meth:`remove` from it)."""
+        return bool(self._unremoved)
+
     def remove(self, seqs: Iterable[int]) -> None:
+        """Delete delivered rows. On a full disk they are deleted with the next call that can
+        (the publisher goes on meanwhile; only a restart before then would send them again)."""
         batch = [(s,) for s in seqs]
+        if self._unremoved:
+            batch = self._unremoved + batch
         if batch:
-            with self.store.transaction() as cur:
-                cur.executemany("delete from outbox where seq = ?", batch)
+            try:
+                with self.store.transaction() as cur:
+                    cur.executemany("delete from outbox where seq = ?", batch)
+            except DiskFull:
+                self._unremoved = batch
+                return
+            self._unremoved = []
 
     def depth(self) -> tuple[int, float | None]:
         """(messages waiting, age in seconds of the oldest)."""

@@ -4,6 +4,10 @@ An outcome is one of: ``succeeded``; ``failed`` (a permanent error, or retries u
 up); ``expired`` (its deadline passed before it could start); or back to ``queued``
 for a later attempt (a retryable error with attempts left, or the network is down:
 then the attempt is given back and the command is "parked").
+
+An outcome that cannot be recorded because the disk is full is kept by its worker and
+recorded as soon as the store has space again: left ``running``, the command would run
+a second time after the next restart.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .errors import EdgeAgentError, RetryableError, StorageError
 from .journal import Journal
 from .network import PROBE_INTERVAL, NetworkGate, target_of
 from .retry import classify
-from .store import Store
+from .store import DiskFull, Store
 from .tasks import running
 
 __all__ = ["Finish", "Reporter", "Runner", "Started"]
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 #: how long a command may stay parked when it has no deadline of its own
 MAX_PARK = 86400.0
 MAX_ERROR_TEXT = 1000
+RECORD_RETRY_MAX = 2.0  # seconds between tries to record an outcome on a full disk (without a probe)
 
 
 class Reporter(Protocol):
@@ -69,8 +74,10 @@ class Runner:
     def __init__(self, store: Store, journal: Journal, registry: Registry, *,
                  retry_at: Callable[[sqlite3.Cursor, Command, float], None],
                  reporter: Reporter | None = None, release_parked: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 stopping: Callable[[], bool] = lambda: False):
         self.store = store
+        self.stopping = stopping  # true once the daemon stops: an outcome held for a full disk is given up
         self.journal = journal
         self.registry = registry
         self.retry_at = retry_at
@@ -154,9 +161,38 @@ class Runner:
         finish = Finish(self, cmd, _jsonable(result), target, time.monotonic() - started)
         if defer:
             return finish
-        with self.store.transaction() as cur:
-            done = finish.record(cur)
+        done = self.record(cmd, finish.record)
         finish.after()
+        return done
+
+    def record(self, cmd: Command, write: Callable[[sqlite3.Cursor], Command]) -> Command:
+        """``write(cur)`` the outcome of ``cmd``, whose action ran, in a transaction of its own. On
+        a full disk the outcome is kept (this worker waits with it) and written once the store
+        has space again; other storage errors are raised."""
+        delay, said = 0.1, False
+        while True:
+            try:
+                with self.store.transaction() as cur:
+                    done = write(cur)
+                break
+            except DiskFull as exc:
+                if not said:
+                    log.error("command %s (%s) ran, and its outcome cannot be recorded: %s; kept until there "
+                              "is space", cmd.id, cmd.action, exc)
+                    said = True
+                if self.stopping():
+                    # Not recorded: the command stays `running` and the next start runs it again
+                    # (or reports it interrupted), as after a kill. A stop must not wait for space.
+                    log.error("command %s (%s): stopping with the disk still full; its outcome is not recorded",
+                              cmd.id, cmd.action)
+                    raise
+                if self.store.full:
+                    self.store.wait_space(1.0)  # the store's probe says when space is back
+                else:  # a store without a probe (not the daemon's)
+                    time.sleep(delay)
+                    delay = min(delay * 2, RECORD_RETRY_MAX)
+        if said:
+            log.warning("command %s (%s): outcome recorded (%s) now that there is space", cmd.id, cmd.action, done.state)
         return done
 
     def _park(self, cur: sqlite3.Cursor, cmd: Command, action: Any, why: str, *, wait: float = PROBE_INTERVAL) -> Command:
@@ -185,9 +221,12 @@ class Runner:
         error = (_error_type(exc), _error_text(exc))
         policy = action.retry
         now = self.clock()
-        with self.store.transaction() as cur:
-            if kind == "network" and action.needs_network:
-                log.info("command %s (%s) waits for the network: %s", cmd.id, cmd.action, error[1])
+        parks = kind == "network" and action.needs_network
+        if parks:
+            log.info("command %s (%s) waits for the network: %s", cmd.id, cmd.action, error[1])
+
+        def write(cur: sqlite3.Cursor) -> Command:
+            if parks:
                 return self._park(cur, cmd, action, error[1])
             if kind != "permanent" and cmd.attempts <= policy.retries:
                 delay = policy.delay_before(cmd.attempts, self.rng)
@@ -196,20 +235,30 @@ class Runner:
                 when = now + delay
                 deadline = _deadline(cmd, action)
                 if deadline is None or when < deadline:
-                    log.warning("command %s (%s) attempt %d of %d failed: %s; next attempt in %.1fs", cmd.id,
-                                cmd.action, cmd.attempts, policy.retries + 1, error[1], delay)
                     retried = self.journal.retry_later(cur, cmd.seq, when, error, max_attempts=policy.retries + 1)
                     self.retry_at(cur, cmd, when)
                     self.reporter.retried(cur, cmd, retried)
                     return retried
             done = self.journal.finish(cur, cmd.seq, "failed", error=error)
             self.reporter.finished(cur, done)
-        log.error("command %s (%s) failed after %d attempt(s): %s: %s", cmd.id, cmd.action, cmd.attempts, error[0], error[1])
+            return done
+
+        done = self.record(cmd, write)
+        if parks:
+            return done
+        if done.state == "queued":
+            log.warning("command %s (%s) attempt %d of %d failed: %s; next attempt in %.1fs", cmd.id, cmd.action,
+                        cmd.attempts, policy.retries + 1, error[1], (done.next_attempt or now) - now)
+        else:
+            log.error("command %s (%s) failed after %d attempt(s): %s: %s", cmd.id, cmd.action, cmd.attempts,
+                      error[0], error[1])
         return done
 
 
 class Finish:
     """A success to record: :meth:`record` inside a transaction, :meth:`after` once it committed."""
+
+    said_full = False  # the worker logged that the disk is full while it holds this outcome
 
     def __init__(self, runner: Runner, cmd: Command, result: Any, target: str | None, took: float):
         self.runner, self.cmd, self.result, self.target, self.took = runner, cmd, result, target, took
@@ -225,6 +274,9 @@ class Finish:
             log.info("%s is reachable again: releasing parked commands", self.target)
             runner.release_parked()
         log.debug("command %s (%s) succeeded in %.1f ms", self.cmd.id, self.cmd.action, self.took * 1000)
+        if self.said_full:
+            log.warning("command %s (%s): outcome recorded (succeeded) now that there is space", self.cmd.id,
+                        self.cmd.action)
 
 
 def _deadline(cmd: Command, action: Any) -> float | None:

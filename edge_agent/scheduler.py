@@ -13,53 +13,108 @@ boundary, each window's device is put in the state the window says for *now*
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from . import systemd
 from .commands import NewCommand
+from .errors import ConfigError
 from .schedule.planner import Job, Planner
-from .schedule.triggers import Trigger, build_trigger
+from .schedule.triggers import job_trigger
 from .schedule.windows import Window, window_state
-from .store import Store
+from .store import DiskFull, Store
 
-__all__ = ["Scheduler", "scheduler_clock"]
+__all__ = ["FAKE_TIME", "Scheduler", "claim_clock", "fake_start", "reading_clock", "scheduler_clock"]
 
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 60.0  # seconds: how long a clock step can go unnoticed
 CLOCK_STEP = 30.0  # seconds of disagreement between wall and monotonic time that count as a step
 ON_TIME = 60.0
+WARN_AFTER = 5.0  # seconds after start-up: when the schedule warnings are looked for
 
 
-def scheduler_clock(environ: dict[str, str] | None = None) -> Callable[[], float]:
-    """The wall clock for schedules. Tests (only) set ``EDGE_AGENT_FAKE_TIME`` (ISO-8601)
-    to start the daemon's schedule clock at that instant; it then runs at real speed."""
+FAKE_TIME = "EDGE_AGENT_FAKE_TIME"
+_FAKE_META = "fake_clock"  # {"start": fake unix time, "real": unix time it was at} while a fake run is the db's
+
+
+def fake_start(environ: Mapping[str, str] | None = None) -> float | None:
+    """The instant ``EDGE_AGENT_FAKE_TIME`` starts the schedule clock at, or None (real time).
+
+    Raises ConfigError when it is not ISO-8601 with a UTC offset."""
     env = os.environ if environ is None else environ
-    fake = env.get("EDGE_AGENT_FAKE_TIME")
+    fake = env.get(FAKE_TIME)
     if not fake:
-        return time.time
-    start = datetime.fromisoformat(fake)
+        return None
+    try:
+        start = datetime.fromisoformat(fake)
+    except ValueError:
+        raise ConfigError(f"{FAKE_TIME}={fake!r} is not ISO-8601 (like 2026-06-01T20:00:00+03:00)") from None
     if start.tzinfo is None:
-        raise ValueError("EDGE_AGENT_FAKE_TIME needs a UTC offset")
-    base, mono = start.timestamp(), time.monotonic()
-    log.warning("schedule clock is FAKE (EDGE_AGENT_FAKE_TIME=%s): for tests only", fake)
-    return lambda: base + (time.monotonic() - mono)
+        raise ConfigError(f"{FAKE_TIME} needs a UTC offset, like 2026-06-01T20:00:00+03:00")
+    return start.timestamp()
+
+
+def scheduler_clock(environ: Mapping[str, str] | None = None) -> Callable[[], float]:
+    """The wall clock for schedules. Tests and demos set ``EDGE_AGENT_FAKE_TIME`` (ISO-8601
+    with an offset) to start the daemon's schedule clock at that instant; it then runs at
+    real speed, and counts as synchronised (it is the clock the user asked for)."""
+    start = fake_start(environ)
+    if start is None:
+        return time.time
+    mono = time.monotonic()
+    return lambda: start + (time.monotonic() - mono)
+
+
+def reading_clock(store: Any, environ: Mapping[str, str] | None = None) -> Callable[[], float]:
+    """The schedule clock that ``jobs``, ``status`` and ``agent.jobs`` read: the fake clock of
+    the latest fake-clock daemon on ``store`` if there was one, else ``EDGE_AGENT_FAKE_TIME``
+    if set, else real time."""
+    meta = None
+    if store is not None:
+        try:
+            meta = store.get_meta(_FAKE_META)
+        except Exception:  # an older or unreadable database: as if none
+            meta = None
+    if not meta:
+        return scheduler_clock(environ)
+    doc = json.loads(meta)
+    return lambda: float(doc["start"]) + (time.time() - float(doc["real"]))
+
+
+def claim_clock(store: Store, clock: Callable[[], float], environ: Mapping[str, str] | None = None) -> None:
+    """Keep fake-clock and real runs on separate databases (called at daemon start).
+
+    A fake run records firings at fake instants: a real run on the same file would skip
+    real firings the fake one already "fired", or hold every job until the fake time. So a
+    database is a fake-clock one from its first fake run on, and a real run refuses it
+    (ConfigError: exit 2, saying what to do); a fake run refuses a database whose
+    schedule a real run has used."""
+    fake = fake_start(environ) is not None
+    marked = store.get_meta(_FAKE_META) is not None
+    if not fake:
+        if marked:
+            raise ConfigError(f"{store.path} was written by a run with {FAKE_TIME} set: its firings are at fake "
+                              f"times and would hold or skip real ones. Delete it (and its -wal and -shm files) "
+                              f"or set another [storage] path")
+        return
+    if not marked and store.query("select 1 from firings limit 1"):
+        raise ConfigError(f"{FAKE_TIME} is set, but {store.path} holds a real run's schedule: fake firings "
+                          f"would be recorded there. Use another [storage] path for fake-clock runs")
+    log.warning("schedule clock is FAKE (%s=%s): jobs and windows run on it, as if synchronised",
+                FAKE_TIME, os.environ.get(FAKE_TIME) if environ is None else environ.get(FAKE_TIME))
+    with store.transaction() as cur:
+        store.set_meta(cur, _FAKE_META, json.dumps({"start": clock(), "real": time.time()}))
 
 
 def build_jobs(settings: Any) -> list[tuple[Any, Job]]:
-    loc = settings.location
-    out = []
-    for spec in settings.jobs:
-        trigger: Trigger = build_trigger(spec.kind, spec.value, tz=loc.tz, offset_s=spec.offset,
-                                         latitude=loc.latitude, longitude=loc.longitude)
-        out.append((spec, Job(spec.name, trigger, spec.missed, spec.grace)))
-    return out
+    return [(spec, Job(spec.name, job_trigger(spec, settings.location), spec.missed, spec.grace)) for spec in settings.jobs]
 
 
 def build_windows(settings: Any) -> list[tuple[Any, Window]]:
@@ -75,6 +130,7 @@ class Scheduler:
         # (cur, job name, planned unix time, command) in the transaction that queued a firing
         self.on_fired = on_fired
         self.clock = clock or scheduler_clock()
+        self.fake = fake_start() is not None
         self._trusted_fn = trusted
         self.planner = Planner(on_time_s=ON_TIME)
         self._stop = threading.Event()
@@ -82,7 +138,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._window_boundary: dict[int, float | None] = {}
-        self.last_beat = time.monotonic()
+        self.last_beat = self._started = time.monotonic()
         self.trusted = False
         self._configure(settings)
 
@@ -93,10 +149,13 @@ class Scheduler:
             self.windows = build_windows(settings)
             self._window_boundary = {}
             self._windows_applied = False
+            self._orders_checked = False
+            self._broken: set[str] = set()  # jobs whose trigger raised (logged once)
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -116,7 +175,7 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive() and fresh
 
     def clock_trusted(self) -> bool:
-        if self.settings.clock_trust == "always":
+        if self.settings.clock_trust == "always" or self.fake:
             return True
         if self._trusted_fn is not None:
             return self._trusted_fn()
@@ -147,11 +206,35 @@ class Scheduler:
             offset = new_offset
             try:
                 next_ts = self.tick(now_ts)
+            except DiskFull:
+                # The store logs the full disk once; firings wait (their planned instants are
+                # kept, so the missed policy decides when space returns).
+                self.store.wait_space(1.0)
+                next_ts = now_ts + 1.0
             except Exception:
                 log.exception("scheduler: unexpected error; trying again in 10s")
                 next_ts = now_ts + 10.0
             delay = MAX_SLEEP if next_ts is None else min(MAX_SLEEP, max(0.0, next_ts - self.clock()))
+            if not self._orders_checked:
+                # A year of firings is walked once, a little after start-up (READY and the
+                # first windows come first: on a Pi this costs a second of CPU).
+                wait = WARN_AFTER - (time.monotonic() - self._started)
+                if wait <= 0:
+                    self._orders_checked = True
+                    self._warn_schedule(now_ts)
+                else:
+                    delay = min(delay, wait)
             self._wait(delay)
+
+    def _warn_schedule(self, now_ts: float) -> None:
+        """Log what `edge-agent check` warns about (on/off jobs whose order changes, empty windows)."""
+        from .schedule.conflicts import schedule_warnings
+
+        try:
+            for warning in schedule_warnings(self.settings, datetime.fromtimestamp(now_ts, UTC)):
+                log.warning("%s", warning)
+        except Exception:
+            log.exception("scheduler: could not check the order of on/off jobs")
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -166,14 +249,20 @@ class Scheduler:
         next_ts: float | None = None
         for spec, job in jobs:
             since, last = state[spec.name]
-            decision = self.planner.due(job, last_planned=last, now=now, since=since)
-            if decision.fire or decision.changed:
-                self._fire(spec, decision.fire, decision.last_planned, now_ts)
-                if decision.missed:
-                    log.info("job %s: %d firing(s) missed while down or by a clock step (policy %s)",
-                             spec.name, decision.missed, job.missed)
-                last = decision.last_planned
-            nxt = job.trigger.next_after(max(now, last) if last else now)
+            try:
+                decision = self.planner.due(job, last_planned=last, now=now, since=since)
+                if decision.fire or decision.changed:
+                    self._fire(spec, decision.fire, decision.last_planned, now_ts)
+                    if decision.missed:
+                        log.info("job %s: %d firing(s) missed while down or by a clock step (policy %s)",
+                                 spec.name, decision.missed, job.missed)
+                    last = decision.last_planned
+                nxt = job.trigger.next_after(max(now, last) if last else now)
+            except (ValueError, OverflowError) as exc:  # a trigger that cannot answer stops only its own job
+                if spec.name not in self._broken:
+                    self._broken.add(spec.name)
+                    log.error("job %s stopped: %s", spec.name, exc)
+                continue
             if nxt is not None:
                 next_ts = nxt.timestamp() if next_ts is None else min(next_ts, nxt.timestamp())
         for i, (spec, window) in enumerate(windows):

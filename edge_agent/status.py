@@ -16,6 +16,7 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
     from .client import LocalClient
     from .lock import daemon_running
     from .outbox import Outbox
+    from .store import disk_report
 
     pid = daemon_running(settings.db_path)
     doc: dict[str, Any] = {"device": settings.device_id, "version": __version__, "config": settings.path,
@@ -31,7 +32,15 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
             doc["error"] = str(exc)
             return doc
     from .journal import Journal
+    from .scheduler import FAKE_TIME, fake_start, reading_clock
 
+    if fake_start() is not None or store.get_meta("fake_clock"):
+        # a fake schedule clock counts as synchronised: say so, and what time it says
+        from datetime import UTC, datetime
+
+        fake_now = datetime.fromtimestamp(reading_clock(store)(), UTC).astimezone(settings.location.tz)
+        doc["clock"].update(synchronized=True, holding_jobs=False,
+                            fake=f"{fake_now.isoformat(timespec='seconds')} ({FAKE_TIME})")
     journal = Journal(store)
     meta = store.get_meta("daemon")
     if meta and pid is not None:
@@ -47,6 +56,7 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
     doc["queue"] = journal.counts()
     depth, oldest = Outbox(store).depth()
     doc["outbox"] = {"depth": depth, "oldest_s": round(oldest, 1) if oldest is not None else None}
+    doc["disk"] = disk_report(store)
     doc["waiting"] = [{"id": c.id, "action": c.action, "state": c.phase, "attempt": c.attempts,
                        "max_attempts": c.max_attempts, "parked": c.parked, "next_attempt": c.next_attempt,
                        "last_error": c.error_message} for c in journal.waiting(10)]
@@ -90,11 +100,19 @@ def render_status(doc: dict[str, Any]) -> str:
         lines.append(f"  mqtt       {state} ({_ago(m['since'])}){err}")
     c = doc["clock"]
     lines.append(f"  clock      {'synchronized' if c['synchronized'] else 'NOT synchronized'}"
-                 f"{' (time-based jobs held)' if c['holding_jobs'] else ''}")
+                 f"{' (time-based jobs held)' if c['holding_jobs'] else ''}"
+                 f"{'; FAKE schedule clock at ' + c['fake'] if c.get('fake') else ''}")
     q = doc["queue"]
     lines.append(f"  queue      {q['queued']} queued, {q['running']} running, {q['parked']} parked, {q['retrying']} retrying")
     o = doc["outbox"]
     lines.append(f"  outbox     {o['depth']} waiting" + (f", oldest {o['oldest_s']:.0f}s" if o["oldest_s"] is not None else ""))
+    disk = doc["disk"]
+    if disk["full"]:
+        lines.append(f"  disk       FULL ({disk['free_bytes'] // 1024} KiB free): commands from MQTT wait with the broker")
+    else:
+        last = disk["last_full"]
+        lines.append(f"  disk       {disk['free_bytes'] / 2**20:.1f} MiB free"
+                     + (f"; last full {_ago(last['until'])} for {last['until'] - last['since']:.0f}s" if last else ""))
     for w in doc["waiting"]:
         when = time.strftime("%H:%M:%S", time.localtime(w["next_attempt"])) if w["next_attempt"] else "-"
         of = f" of {w['max_attempts']}" if w["max_attempts"] else ""

@@ -13,22 +13,30 @@ commit that crosses 1,000 WAL pages, with our lock held and two fsyncs in it: ev
 ~60th command waited ~1 ms more for it (the p99 of the MQTT latency benchmark). Here
 a second connection checkpoints (PASSIVE: writers go on meanwhile) every
 ``CHECKPOINT_EVERY`` commits.
+
+A full disk (SQLITE_FULL) raises :class:`DiskFull` and makes the store *full*
+(:attr:`Store.full`) until a probe in ``store-sync``, run only while it is full, finds
+``RESUME_FREE`` bytes free again and a small write succeeds; writers that must not lose
+what they hold wait with :meth:`Store.wait_space`. While little space is left (below
+``LOW_SPACE``, or after the disk was full) the WAL is kept small: every ``TIGHT_EVERY``
+commits, the committing thread checkpoints and truncates it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import StorageError
 
-__all__ = ["SCHEMA_VERSION", "Store", "translate_sqlite_error"]
+__all__ = ["RESUME_FREE", "SCHEMA_VERSION", "DiskFull", "Store", "disk_report", "free_space", "translate_sqlite_error"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,16 @@ SCHEMA_VERSION = 3
 CHECKPOINT_EVERY = 256  # commits (~4 WAL pages each) between background checkpoints: about SQLite's 1,000 pages
 WAL_RESTART_FRAMES = 4000  # a WAL this long is checkpointed to the end, holding the writers briefly
 AUTOCHECKPOINT_BACKSTOP = 20000  # pages: SQLite checkpoints in a commit only if the daemon's fall far behind
+# A full disk. The probe runs only while the store is full; it writes only once the file
+# system has RESUME_FREE bytes free, so a nearly full disk is not written to twice a second.
+PROBE_EVERY = 0.5  # seconds between two looks while full
+RESUME_FREE = 256 * 1024  # bytes free before writes are tried again (status says "full" below it)
+# Below LOW_SPACE free (looked at with each checkpoint) or after the disk was full, the WAL, which
+# never shrinks by itself and may reach ~4 MB between checkpoints, is truncated every TIGHT_EVERY
+# commits: a redelivered backlog then cannot fill the disk again with WAL.
+LOW_SPACE = 16 * 1024 * 1024
+TIGHT_EVERY = 16
+FULL_LOG_EVERY = 60.0  # seconds: a disk full again within this is logged at debug level
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
@@ -98,13 +116,42 @@ _SCHEMA = (
 )
 
 
+class DiskFull(StorageError):
+    """SQLITE_FULL: the transaction was rolled back for want of disk space."""
+
+
+def free_space(path: str) -> int:
+    """Bytes that may still be written on the file system holding ``path`` (root may use the reserve)."""
+    st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    return st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
+
+
+def _short_of_space(path: str) -> bool:
+    try:
+        return free_space(path) < RESUME_FREE
+    except OSError:
+        return False
+
+
+def disk_report(store: Store) -> dict[str, Any]:
+    """What ``status`` says of the disk holding ``store``: bytes free; full (fewer than RESUME_FREE
+    free, the point below which the daemon writes nothing, or ``store`` is the daemon's and full);
+    and the last full disk the daemon got over (``since``/``until``, unix time)."""
+    free = store._free()
+    last = store.get_meta("disk_full")
+    return {"full": store.full or free < RESUME_FREE, "free_bytes": free, "last_full": json.loads(last) if last else None}
+
+
 def translate_sqlite_error(exc: sqlite3.Error, path: str) -> StorageError:
     """A :class:`StorageError` that says what is wrong with the database at ``path``, in words."""
     text = str(exc)
     if "readonly" in text or "read-only" in text:
         msg = f"{path}: the database is read-only (check its permissions and those of its folder)"
-    elif "disk is full" in text or "database or disk is full" in text:
-        msg = f"{path}: the disk is full; nothing was written"
+    elif getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return DiskFull(f"{path}: the disk is full; nothing was written")
+    elif "disk I/O error" in text and _short_of_space(path):
+        # Making the -shm file (opening a database no process has open) fails this way on a full disk.
+        return DiskFull(f"{path}: the disk is full ({text}); nothing was written")
     elif "not a database" in text or "malformed" in text or "file is encrypted" in text:
         msg = f"{path}: not an edge-agent database ({text})"
     elif "unable to open" in text:
@@ -140,6 +187,15 @@ class Store:
         self._syncer: threading.Thread | None = None
         self.checkpoints = 0  # background checkpoints done (and of those, finished holding the writers)
         self.checkpoints_held = 0
+        self._checkpoint_every = CHECKPOINT_EVERY  # TIGHT_EVERY while space is low
+        # A full disk: since when (time.time()), and the probe's next look (monotonic).
+        self.full_since: float | None = None
+        self._probe_at: float | None = None  # guarded by _sync_cond
+        self._first_probe = False
+        self._said_full_at = -FULL_LOG_EVERY  # monotonic: a disk that keeps filling up is logged once a minute
+        self._loud = True  # whether this full disk was logged (then so is its end)
+        self._space = threading.Condition()  # guards full_since; notified when space returns
+        self.on_full: list[Callable[[bool], None]] = []  # told when the store becomes full (True) and not (False)
         try:
             if create:
                 folder = os.path.dirname(os.path.abspath(path))
@@ -202,7 +258,7 @@ class Store:
             try:
                 self._begin(cur)
             except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
+                raise self._translate(exc) from exc
             self._depth = 1
             try:
                 yield cur
@@ -211,7 +267,7 @@ class Store:
                     self._count_commit()
             except sqlite3.Error as exc:
                 self._rollback()
-                raise translate_sqlite_error(exc, self.path) from exc
+                raise self._translate(exc) from exc
             except BaseException:
                 self._rollback()
                 raise
@@ -226,8 +282,118 @@ class Store:
         if changes != self._changes:
             self._changes = changes
             self._commits += 1
-            if self._commits % CHECKPOINT_EVERY == 0:
-                self._request(checkpoint=True)
+            if self._commits % self._checkpoint_every == 0:
+                if self._checkpoint_every == TIGHT_EVERY:
+                    self._truncate_wal()
+                else:
+                    self._request(checkpoint=True)
+
+    def _truncate_wal(self) -> None:
+        """Space is short: the WAL copied and cut to nothing now, in the commit that asked (under
+        steady writes the store-sync thread lags behind), and whether space is still short."""
+        try:
+            self.conn.execute("pragma busy_timeout = 200")  # other processes' readers: not for long
+            self.conn.execute("pragma wal_checkpoint(truncate)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error as exc:
+            if not isinstance(translate_sqlite_error(exc, self.path), DiskFull):
+                log.warning("%s: checkpoint failed: %s", self.path, exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute(f"pragma busy_timeout = {int(self.timeout * 1000)}")
+        self._low_on_space()
+
+    def _translate(self, exc: sqlite3.Error) -> StorageError:
+        error = translate_sqlite_error(exc, self.path)
+        if isinstance(error, DiskFull) and self._background:
+            self._note_full()
+        return error
+
+    # ----------------------------------------------------------------- a full disk
+
+    @property
+    def full(self) -> bool:
+        """Whether a write failed for want of space and the probe has not found space since."""
+        return self.full_since is not None
+
+    def _note_full(self) -> None:
+        with self._space:
+            if self.full_since is not None or self._closing:
+                return
+            self.full_since = time.time()
+            self._checkpoint_every = TIGHT_EVERY
+        with self._sync_cond:
+            self._probe_at = time.monotonic()  # the first look at once: truncating the WAL may free enough
+            self._first_probe = True
+        loud = self._loud = time.monotonic() - self._said_full_at >= FULL_LOG_EVERY
+        if loud:
+            self._said_full_at = time.monotonic()
+        log.log(logging.ERROR if loud else logging.DEBUG, "%s: the disk is full: writes wait (commands from MQTT "
+                "stay with the broker, outcomes are kept) until %d KiB are free again", self.path, RESUME_FREE // 1024)
+        self._request()
+        self._tell(True)
+
+    def _tell(self, full: bool) -> None:
+        for listener in self.on_full:
+            try:
+                listener(full)
+            except Exception:
+                log.exception("telling of a %s disk", "full" if full else "writable")
+
+    def wait_space(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s while the store is full; whether it is not full (at once, normally)."""
+        with self._space:
+            if self.full_since is not None:
+                self._space.wait(timeout)
+            return self.full_since is None
+
+    def _free(self) -> int:
+        try:
+            return free_space(self.path)
+        except OSError:
+            return 0
+
+    def _probe(self, side: sqlite3.Connection | None, first: bool) -> sqlite3.Connection | None:
+        """One look while full. Writes only at the first look or once RESUME_FREE bytes are free:
+        the WAL copied and truncated (it may hold much of the disk), then a small write; if that
+        commits, the store is not full any more and every waiter goes on."""
+        free = self._free()
+        if first or free >= RESUME_FREE:
+            side = self._checkpoint(side, truncate=True)
+            free = self._free()
+        if free >= RESUME_FREE:
+            since = self.full_since or time.time()
+            try:
+                with self.transaction() as cur:  # what status shows as the last full disk
+                    self.set_meta(cur, "disk_full", json.dumps({"since": since, "until": time.time()}))
+            except StorageError:
+                pass
+            else:
+                with self._sync_cond:
+                    self._probe_at = None
+                with self._space:
+                    self.full_since = None
+                log.log(logging.WARNING if self._loud else logging.DEBUG, "%s: %d KiB free again after %.0fs of a "
+                        "full disk: writes go on", self.path, free // 1024, time.time() - since)
+                self._tell(False)
+                with self._space:  # the waiters last: the listeners (MQTT intake) know first
+                    self._space.notify_all()
+                return side
+        with self._sync_cond:
+            self._probe_at = time.monotonic() + PROBE_EVERY
+        return side
+
+    def _low_on_space(self) -> None:
+        """Keep the WAL small while space is low (looked at with each background checkpoint)."""
+        try:
+            free = free_space(self.path)
+        except OSError:
+            return
+        every = TIGHT_EVERY if free < LOW_SPACE or self.full_since is not None else CHECKPOINT_EVERY
+        if every != self._checkpoint_every:
+            log.info("%s: %.1f MiB free: the WAL is now checkpointed every %d commits%s", self.path, free / 2**20,
+                     every, " and truncated" if every == TIGHT_EVERY else "")
+            self._checkpoint_every = every
 
     def _begin(self, cur: sqlite3.Cursor) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write with short sleeps: SQLite's own
@@ -313,27 +479,45 @@ class Store:
             while True:
                 with self._sync_cond:
                     while not self._closing and not self._checkpoint_due and (
-                            self._flush_due is None or self._flush_due > time.monotonic()):
-                        wait = None if self._flush_due is None else self._flush_due - time.monotonic()
-                        self._sync_cond.wait(wait)
+                            self._flush_due is None or self._flush_due > time.monotonic()) and (
+                            self._probe_at is None or self._probe_at > time.monotonic()):
+                        dues = [d - time.monotonic() for d in (self._flush_due, self._probe_at) if d is not None]
+                        self._sync_cond.wait(min(dues) if dues else None)
                     if self._closing:
                         return
                     checkpoint, self._checkpoint_due = self._checkpoint_due, False
                     flush = self._take_flush(due_only=True)
+                    probe = self._probe_at is not None and self._probe_at <= time.monotonic()
+                    first = probe and self._first_probe
+                    if probe:
+                        self._first_probe = False
                 if flush:  # first: an fsync that is due never waits behind a checkpoint
                     self._flush_logged()
-                if checkpoint:
-                    side = self._checkpoint(side)
+                if probe:
+                    side = self._probe(side, first)
+                elif checkpoint:
+                    self._low_on_space()
+                    side = self._checkpoint(side, truncate=self._checkpoint_every == TIGHT_EVERY)
         finally:
             if side is not None:
                 with contextlib.suppress(sqlite3.Error):
                     side.close()
 
-    def _checkpoint(self, side: sqlite3.Connection | None) -> sqlite3.Connection | None:
+    def _checkpoint(self, side: sqlite3.Connection | None, *, truncate: bool = False) -> sqlite3.Connection | None:
         try:
             if side is None:
-                side = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                # A short busy timeout: only a truncating checkpoint waits, for other processes'
+                # readers, and it does so holding our writers.
+                side = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=False)
                 side.execute(f"pragma synchronous={self.sync}")
+            if truncate:
+                # Space is short: the WAL is copied and cut to nothing, with our writers held
+                # (a passive checkpoint under steady writes never lets it start over).
+                with self.lock:
+                    side.execute("pragma wal_checkpoint(truncate)").fetchall()
+                self.checkpoints_held += 1
+                self.checkpoints += 1
+                return side
             # Also fsyncs the WAL before it copies (synchronous NORMAL or FULL).
             frames = side.execute("pragma wal_checkpoint(passive)").fetchone()[1]
             if frames >= WAL_RESTART_FRAMES:
@@ -350,8 +534,10 @@ class Store:
                     side.execute("pragma wal_checkpoint(passive)").fetchall()
             self.checkpoints += 1
         except sqlite3.Error as exc:
-            # Not fatal: the next request, or SQLite's own backstop, checkpoints again.
-            log.warning("%s: background checkpoint failed: %s", self.path, exc)
+            # Not fatal: the next request, or SQLite's own backstop, checkpoints again. On a full
+            # disk (the database file cannot grow) it fails until space returns: said once.
+            if not (self.full_since is not None and isinstance(translate_sqlite_error(exc, self.path), DiskFull)):
+                log.warning("%s: background checkpoint failed: %s", self.path, exc)
         return side
 
     def _flush_logged(self) -> None:

@@ -5,7 +5,7 @@ carry one small message per command: ``run_command(seq)``, pickled by Huey but m
 only here, from journal rows (never from network data). Commands enter the journal
 and the queue in one transaction.
 
-Two Huey defaults are replaced because they break promises (DESIGN.md):
+Two Huey defaults are replaced because they break promises (README, Design):
 - the idle worker polls with up to 10 s of delay: :class:`QueueStorage` blocks on a
   condition that in-process enqueues signal, and other processes poke it awake
   (:mod:`edge_agent.poke`), so pickup takes milliseconds and idle costs nothing;
@@ -34,7 +34,7 @@ from .commands import Command, NewCommand
 from .errors import StorageError
 from .journal import MAX_INTERRUPTS, Journal
 from .poke import PokeListener
-from .store import Store
+from .store import DiskFull, Store
 
 __all__ = ["Executor", "QueueStorage", "TaskQueue"]
 
@@ -392,6 +392,12 @@ class TaskQueue:
             try:
                 self.adopt()
                 look = False
+            except DiskFull:  # the store said so; the commands wait in the journal
+                look = True
+                if self.store.full:
+                    self.store.wait_space(5.0)
+                else:
+                    time.sleep(1.0)  # a store without a probe (not the daemon's)
             except Exception:
                 log.exception("could not take commands queued by another process; trying again in 1s")
                 look = True
@@ -463,6 +469,19 @@ class TaskQueue:
 
                 try:
                     got = storage.take(self._claim, first if pending is not None else None)
+                except DiskFull as exc:
+                    # Rolled back, the pending outcome too: it is kept, and tried again once the
+                    # store has space (the store said the disk is full; this says which command waits).
+                    if pending is not None and not pending.said_full:
+                        pending.said_full = True
+                        log.error("command %s (%s) ran, and its outcome cannot be recorded: %s; kept until there "
+                                  "is space", pending.cmd.id, pending.cmd.action, exc)
+                    if self.store.full:
+                        while not storage.stopping and not self.store.wait_space(1.0):
+                            pass
+                    else:
+                        time.sleep(1.0)  # a store without a probe (not the daemon's)
+                    continue
                 except StorageError as exc:  # rolled back, the pending outcome too: it is tried again
                     log.error("reading the queue failed (%s); trying again in 1s", exc)
                     time.sleep(1.0)
@@ -484,7 +503,8 @@ class TaskQueue:
                     pending = outcome if hasattr(outcome, "record") else None
                 except StorageError as exc:
                     # The command stays `running` in the journal: settled at the next start.
-                    log.error("could not record the outcome of a command: %s", exc)
+                    cmd = getattr(got[1], "cmd", None)
+                    log.error("could not record the outcome of command %s: %s", getattr(cmd, "id", "?"), exc)
                 except Exception:
                     log.exception("worker %s: unexpected error", name)
                 finally:
@@ -499,7 +519,8 @@ class TaskQueue:
                         pending.record(cur)
                     self._after(pending)
                 except StorageError as exc:
-                    log.error("could not record the outcome of a command: %s", exc)
+                    log.error("could not record the outcome of command %s (it runs again at the next start): %s",
+                              pending.cmd.id, exc)
 
     @staticmethod
     def _after(outcome: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.configs import LAMP, agent_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -160,6 +161,8 @@ BAD_SENDS = {
     "--args nested too deep": (("agent.ping", "--args", '{"a":' * 5000 + "1" + "}" * 5000), "nested too deeply"),
     "bad id": (("agent.ping", "--id", "has space"), "id must be 1 to 128 printable characters"),
     "bad ttl": (("agent.ping", "--ttl", "-1"), "--ttl must be a positive number"),
+    "endless ttl": (("agent.ping", "--ttl", "inf"), "--ttl must be a positive number"),
+    "wait of nan": (("agent.ping", "--wait", "nan"), "--wait must be a number of seconds, got nan"),
 }
 
 
@@ -410,3 +413,91 @@ def test_the_cli_starts_without_modules_it_does_not_need():
     assert not help_modules & {"astral", "paho", "huey", "gpiozero", "shutil", "sqlite3"}, help_modules
     sun = _imported("sun", "--lat", "41", "--lon", "29", "--tz", "Europe/Istanbul", "--date", "2026-06-21")
     assert "astral" in sun and not sun & {"shutil", "paho", "huey", "gpiozero"}, sun
+
+
+# --------------------------------------------------------------------------- pins, history, --wait, monitor
+
+
+def test_check_and_run_refuse_what_the_daemon_could_not_use(tmp_path: Path):
+    """`pin = "banana"`, two devices on one pin, a TLS ca_file that holds no certificate: `check` and `run` alike
+    exit 2 with one line naming the key, and `run` opens nothing (before, check said OK and run failed later:
+    exit 1 for the pin, an MQTT thread dead with a traceback for the CA)."""
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    for tables, words in (
+            ({"devices": {"lamp": {"kind": "output", "pin": "banana"}}}, ("devices.lamp.pin", "banana is not a valid pin")),
+            ({"devices": {"lamp": {"kind": "output", "pin": 17}, "door": {"kind": "input", "pin": "BOARD11"}}},
+             ("devices.door.pin", "already used by device 'lamp'")),
+            ({"mqtt_port": free_port(), "mqtt": {"tls": {"ca_file": str(junk)}}}, ("mqtt.tls.ca_file", "no usable certificate"))):
+        config = agent_config(tmp_path, **tables)
+        for command in ("check", "run"):
+            r = run_cli(command, "--config", str(config))
+            assert_one_line_error(r, 2, str(config), *words)
+            assert r.stdout == ""
+        assert not (tmp_path / "agent.db").exists()
+
+
+def test_history_leaves_out_queries_and_keeps_each_command_on_one_line(daemon_factory, tmp_path: Path):
+    """`history` leaves out the fleet's and the monitor's queries (agent.status, agent.jobs, agent.history) unless
+    --all; each command is one line
+    however long its result or error, with its whole id and its time with the UTC offset, as `jobs` prints."""
+    from tests.configs import ISTANBUL
+
+    d = daemon_factory(agent_config(tmp_path, device="qa", devices=LAMP, tasks="qa_tasks", location=ISTANBUL),
+                       env={"EDGE_AGENT_TEST_FILE": str(tmp_path / "lines.txt"), "COLUMNS": "140"})
+    d.start()
+    long_id = "order-" + "x" * 100
+    assert d.cli("send", "qa_append", "line=" + "y" * 5000, "--id", long_id, "--wait", "10").returncode == 0
+    assert d.cli("send", "qa_fail", "reason=first line\nsecond line\x1b[2J " + "z" * 3000, "--wait", "10").returncode == 1
+    for query in [("agent.history",), ("agent.jobs",), ("agent.status",), ("agent.ping",), ("gpio.read", "device=lamp")]:
+        assert d.cli("send", *query, "--wait", "10").returncode == 0
+    r = d.cli("history")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["gpio.read", "agent.ping", "qa_fail", "qa_append"], r.stdout
+    failed, done = lines[2:]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+03:00  failed +qa_fail +try 1 ", failed), failed
+    assert "permanent: first line second line" in failed and "\x1b" not in failed and len(failed) <= 140
+    assert f" {long_id}  " in done and done.endswith("…") and len(done) <= 140 + len(long_id)
+    everything = d.cli("history", "--all").stdout.splitlines()
+    assert [line.split()[2] for line in everything] == ["gpio.read", "agent.ping", "agent.status", "agent.jobs",
+                                                        "agent.history", "qa_fail", "qa_append"]
+    assert all(len(line) <= 140 for line in everything[:-1]), everything
+    doc = json.loads(d.cli("history", "--json").stdout)
+    assert [c["action"] for c in doc["commands"]] == ["gpio.read", "agent.ping", "qa_fail", "qa_append"]
+    assert len(json.loads(d.cli("history", "--json", "--all").stdout)["commands"]) == 7
+
+
+def test_send_wait_says_parked_for_a_parked_command(agent):
+    """`send --wait` that ends before a command parked for the network names its state `parked`, as status does."""
+    agent.start()
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens: connection refused, so the command parks
+    r = agent.cli("send", "http.request", f"url={url}", "--wait", "1.5")
+    assert r.returncode == 1 and "no outcome after 1.5s (state: parked)" in r.stderr, r.stderr
+    doc = json.loads(agent.cli("send", "http.request", f"url={url}", "--wait", "1", "--json").stdout)
+    assert (doc["status"], doc["timeout"]) == ("parked", True)
+
+
+def _monitor_config(tmp_path: Path) -> Path:
+    return agent_config(tmp_path, mqtt_port=free_port())
+
+
+def test_monitor_without_its_extra_says_what_to_install(tmp_path: Path):
+    """Without the [monitor] extra (uvicorn missing), `monitor` is one line saying what to install, exit 2."""
+    shadow = tmp_path / "shadow" / "uvicorn"
+    shadow.mkdir(parents=True)  # an installed package that is not there: how a missing extra looks to Python
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'uvicorn'\", name='uvicorn')\n")
+    r = run_cli("monitor", "--config", str(_monitor_config(tmp_path)), env={"PYTHONPATH": str(shadow.parent)})
+    assert_one_line_error(r, 2, "No module named 'uvicorn'", "pip install 'edge-agent[monitor]'")
+
+
+def test_monitor_password_file_missing_or_empty_says_how_to_make_it(tmp_path: Path):
+    """A --password-file that is missing or empty is one line saying how to create it, exit 2, before anything starts."""
+    config, secret = _monitor_config(tmp_path), tmp_path / "monitor.secret"
+    db = tmp_path / "monitor.db"
+    r = run_cli("monitor", "--config", str(config), "--db", str(db), "--password-file", str(secret))
+    assert_one_line_error(r, 2, f"--password-file {secret}: no such file", f"openssl rand -base64 24 > {secret}")
+    secret.write_text("\n")
+    r = run_cli("monitor", "--config", str(config), "--db", str(db), "--password-file", str(secret))
+    assert_one_line_error(r, 2, f"--password-file {secret}: the first line is empty")
+    assert not db.exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import DEFAULT_DB_PATH, config_path, load_settings, parse_settings
+from edge_agent.config import DEFAULT_DB_PATH, check_tls_files, config_path, load_settings, parse_settings
 from edge_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,9 +84,8 @@ def test_the_example_config_is_valid():
     assert s.devices["porch_light"].kind == "output"
     assert s.devices["fountain"].kind == "pwm"
     assert s.devices["gate_sensor"].pull_up is True
-    assert [j.name for j in s.jobs] == ["porch-on", "porch-off", "heartbeat"]
-    assert s.jobs[0].offset == -15 * 60
-    assert s.windows[0].device == "porch_light"
+    assert "heartbeat" in [j.name for j in s.jobs]
+    assert s.windows[0].device == "porch_light" and s.windows[0].start == "sunset-15m"
 
 
 # --------------------------------------------------------------------------- device, groups
@@ -223,3 +222,139 @@ def test_unreadable_config_files(tmp_path: Path):
     binary.write_bytes(b"\xff\xfe[device]\n")
     with pytest.raises(ConfigError, match=r"not UTF-8|not valid TOML"):
         load_settings(str(binary))
+
+
+# --------------------------------------------------------------------------- typos, numbers
+
+
+LAMP_TABLE = {"lamp": {"kind": "output", "pin": 17}}
+PLACE = {"latitude": 41.0, "longitude": 29.0, "timezone": "Europe/Istanbul"}
+
+
+@pytest.mark.parametrize(("raw", "key", "hint"), [
+    ({"devices": {"a": {"knd": "output", "pin": 17}}}, "devices.a.knd", "kind"),
+    ({"devices": {"a": {"kind": "output", "pn": 17}}}, "devices.a.pn", "pin"),
+    ({"location": {"latitud": 41.0, "longitude": 29.0}}, "location.latitud", "latitude"),
+    ({"jobs": [{"nme": "a", "every": "1h", "action": "agent.ping"}]}, "jobs[0].nme", "name"),
+    ({"jobs": [{"name": "a", "evrey": "1h", "action": "agent.ping"}]}, "jobs[0].evrey", "every"),
+    ({"jobs": [{"name": "a", "every": "1h", "actoin": "agent.ping"}]}, "jobs[0].actoin", "action"),
+    ({"devices": LAMP_TABLE, "windows": [{"devise": "lamp", "from": "18:00", "until": "23:00"}]}, "windows[0].devise",
+     "device"),
+    ({"devices": LAMP_TABLE, "windows": [{"device": "lamp", "form": "18:00", "until": "23:00"}]}, "windows[0].form", "from"),
+    ({"mqtt": {"hots": "broker"}}, "mqtt.hots", "host"),
+    ({"mqtt": {"tls": {"ca_fiel": "/x"}}}, "mqtt.tls.ca_fiel", "ca_file"),
+    ({"mqtt": {"username": "u", "pasword_file": "/x"}}, "mqtt.pasword_file", "password_file"),
+    ({"queue": {"worker": 2}}, "queue.worker", "workers"),
+    ({"events": {"max_row": 2000}}, "events.max_row", "max_rows"),
+    ({"storage": {"pth": "a.db"}}, "storage.pth", "path"),
+    ({"mqt": {"host": "x"}}, "mqt", "mqtt"),
+])
+def test_a_typo_is_named_before_what_it_hides(raw, key, hint):
+    """A misspelt key is reported as unknown, with a did-you-mean, not as the key it leaves missing
+    (`knd` is not "kind: is required", `latitud` is not "latitude and longitude go together")."""
+    assert _error(raw) == f"/etc/edge-agent/config.toml: {key}: unknown key (did you mean {hint!r}?)"
+
+
+def _job(**keys) -> dict:
+    return {"jobs": [{"name": "j", "action": "agent.ping", **keys}], "location": PLACE}
+
+
+NAN, INF = float("nan"), float("inf")
+OUT_OF_RANGE = [
+    (_job(solar="sunset", offset=NAN), "jobs[0].offset", "from -12h to 12h, got nan"),
+    (_job(solar="sunset", offset="13h"), "jobs[0].offset", "from -12h to 12h"),
+    (_job(solar="sunset+13h"), "jobs[0].solar", "from -12h to 12h"),
+    (_job(every=2**63), "jobs[0].every", "from 1s to 366d, got 9223372036854775808"),
+    (_job(every=INF), "jobs[0].every", "got inf"),
+    (_job(every=NAN), "jobs[0].every", "got nan"),
+    (_job(every="0.5s"), "jobs[0].every", "from 1s"),
+    (_job(every="9" * 400 + "d"), "jobs[0].every", "to 366d"),
+    (_job(every="1h", grace=INF), "jobs[0].grace", "from 0s to 30d"),
+    ({"mqtt": {"keepalive": 70000}}, "mqtt.keepalive", "from 5s to 18h12m15s (65535 s"),
+    ({"mqtt": {"keepalive": "4s"}}, "mqtt.keepalive", "from 5s"),
+    ({"mqtt": {"keepalive": NAN}}, "mqtt.keepalive", "got nan"),
+    ({"mqtt": {"session_expiry": "50000d"}}, "mqtt.session_expiry", "(4294967295 s, MQTT's limit)"),
+    ({"mqtt": {"session_expiry": INF}}, "mqtt.session_expiry", "got inf"),
+    ({"mqtt": {"state_interval": 0}}, "mqtt.state_interval", "from 1s to 1d"),
+    ({"mqtt": {"max_payload": 10**30}}, "mqtt.max_payload", "from 256 to 16777216"),
+    ({"queue": {"drain_timeout": INF}}, "queue.drain_timeout", "from 0s to 1h, got inf"),
+    ({"queue": {"task_timeout": 0}}, "queue.task_timeout", "from 1s to 7d"),
+    ({"storage": {"keep": NAN}}, "storage.keep", "got nan"),
+    ({"events": {"keep": "99999d"}}, "events.keep", "from 1h to 3650d"),
+    ({"events": {"outbox_max": -1}}, "events.outbox_max", "from 10"),
+    ({"location": {"latitude": NAN, "longitude": 0}}, "location.latitude", "got nan"),
+    ({"location": {"latitude": 0, "longitude": 10**400}}, "location.longitude", "from -180 to 180"),
+    ({"devices": {"d": {"kind": "pwm", "pin": 18, "frequency": INF}}}, "devices.d.frequency", "got inf"),
+    ({"devices": {"d": {"kind": "pwm", "pin": 18, "initial": NAN}}}, "devices.d.initial", "got nan"),
+    ({"devices": {"d": {"kind": "input", "pin": 27, "bounce_time": INF}}}, "devices.d.bounce_time", "from 0s to 1m"),
+    ({"devices": {"d": {"kind": "pwm", "pin": 18}}, "windows": [{"device": "d", "from": "18:00", "until": "19:00",
+                                                                  "value": NAN}]}, "windows[0].value", "got nan"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key", "words"), OUT_OF_RANGE)
+def test_every_number_is_finite_and_in_its_documented_range(raw, key, words):
+    """nan, infinities and numbers past a key's range (every = 2**63, keepalive beyond MQTT's 16 bits,
+    drain_timeout = inf) are config errors naming the key and the range, not a daemon that breaks later."""
+    message = _error(raw)
+    assert message.startswith(f"/etc/edge-agent/config.toml: {key}: "), message
+    assert words in message, message
+
+
+def test_the_ends_of_each_range_are_accepted():
+    """The documented bounds themselves are valid."""
+    s = parse_settings({"location": PLACE, "mqtt": {"keepalive": 65535, "session_expiry": 0xFFFFFFFF, "state_interval": "1d"},
+                        "queue": {"drain_timeout": 0, "task_timeout": "7d"}, "storage": {"keep": "3650d"},
+                        "events": {"keep": "1h"},
+                        "jobs": [{"name": "a", "action": "agent.ping", "solar": "sunset", "offset": "-12h", "grace": "30d"},
+                                 {"name": "b", "action": "agent.ping", "every": "366d"},
+                                 {"name": "c", "action": "agent.ping", "every": 1, "grace": 0}]})
+    assert (s.mqtt.keepalive, s.mqtt.session_expiry, s.drain_timeout) == (65535.0, 4294967295.0, 0.0)
+    assert s.jobs[0].offset == -12 * 3600 and s.jobs[0].grace == 30 * 86400 and s.jobs[2].value == "1s"
+
+
+def test_the_monitor_sample_config_is_valid():
+    """config/monitor.toml, as shipped, is a config the monitor can run with: a broker and a place."""
+    s = load_settings(str(ROOT / "config" / "monitor.toml"))
+    assert s.mqtt is not None and (s.mqtt.host, s.mqtt.port, s.mqtt.topic_prefix) == ("127.0.0.1", 1883, "edge")
+    assert s.location.latitude is not None and s.location.timezone == "Europe/Istanbul"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _tls_error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_tls_files(parse_settings(raw, path="/etc/edge-agent/config.toml"))
+    return str(info.value)
+
+
+def test_tls_files_are_loaded_as_the_link_loads_them(tmp_path: Path):
+    """A ca_file that holds no certificate, and a cert_file whose key does not match (or is encrypted), fail
+    `check` and `run` at their key: before, the config passed and the daemon's MQTT thread died at its first connect."""
+    import shutil
+
+    check_tls_files(parse_settings({"mqtt": {}}))
+    junk = tmp_path / "junk.pem"
+    junk.write_text("garbage\n")
+    message = _tls_error({"mqtt": {"tls": {"ca_file": str(junk)}}})
+    assert message.startswith("/etc/edge-agent/config.toml: mqtt.tls.ca_file: ") and "holds no usable certificate" in message
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("a", "b"):
+        _openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
+                 cwd=tmp_path)
+    _openssl("ec", "-in", "a.key", "-aes256", "-passout", "pass:secret", "-out", "a-encrypted.key", cwd=tmp_path)
+
+    def tls(key: str) -> dict:
+        return {"mqtt": {"tls": {"ca_file": str(tmp_path / "b.pem"), "cert_file": str(tmp_path / "a.pem"),
+                                 "key_file": str(tmp_path / key)}}}
+
+    check_tls_files(parse_settings(tls("a.key")))
+    for key in ("b.key", "a-encrypted.key"):
+        message = _tls_error(tls(key))
+        assert "mqtt.tls.cert_file: " in message and "is not a certificate and its unencrypted private key" in message

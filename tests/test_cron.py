@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import itertools
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -229,3 +230,119 @@ def test_next_after_is_the_first_matching_minute(fields: tuple[str, ...], offset
 def test_exported_names() -> None:
     """The module exports exactly its public API."""
     assert set(cron.__all__) == {"CronExpr", "wall_to_instant"}
+
+
+# --------------------------------------------------------------------------- L, W and # forms
+
+
+def _month_last(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def _independent_day(dom: str, dow: str, day: date) -> bool:
+    """The L/LW/nW/dL/d#n rules restated with the calendar module (and the Vixie OR rule)."""
+    last = _month_last(day.year, day.month)
+    weekday = day.isoweekday() % 7
+
+    def dom_item(item: str) -> bool:
+        if item == "*":
+            return True
+        if item == "L":
+            return day.day == last
+        if item == "LW":
+            return day.day == max(d for d in range(1, last + 1) if calendar.weekday(day.year, day.month, d) < 5)
+        if item.endswith("W"):
+            n = int(item[:-1])
+            if n > last:
+                return False
+            weekdays = [d for d in range(1, last + 1) if calendar.weekday(day.year, day.month, d) < 5]
+            return day.day == min(weekdays, key=lambda d: abs(d - n))
+        return day.day == int(item)
+
+    def dow_item(item: str) -> bool:
+        if item == "*":
+            return True
+        if item.endswith("L"):
+            return weekday == int(item[:-1]) % 7 and day.day + 7 > last
+        if "#" in item:
+            d, nth = (int(x) for x in item.split("#"))
+            same = [x for x in range(1, day.day + 1) if calendar.weekday(day.year, day.month, x) == (d % 7 - 1) % 7]
+            return weekday == d % 7 and len(same) == nth
+        return weekday == int(item) % 7
+
+    in_month = any(dom_item(i) for i in dom.split(","))
+    in_week = any(dow_item(i) for i in dow.split(","))
+    if dom.startswith("*") or dow.startswith("*"):
+        return in_month and in_week
+    return in_month or in_week
+
+
+_DOM_CHOICES = ["*", "L", "LW", "15W", "1W", "31W", "1,L", "13W", "30W"]
+_DOW_CHOICES = ["*", "5L", "0L", "7L", "5#3", "1#1", "0#5", "6#4", "1-5"]
+_DST_ZONES = ["America/New_York", "Europe/Oslo", "Australia/Lord_Howe", "Pacific/Chatham", "America/Sao_Paulo",
+              "Asia/Kathmandu"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dom=st.sampled_from(_DOM_CHOICES),
+    dow=st.sampled_from(_DOW_CHOICES),
+    clock=st.sampled_from([(0, 2), (30, 2), (0, 9), (59, 23), (0, 0)]),
+    offset_s=st.integers(0, 365 * 86400 * 2),
+    zone=st.sampled_from(_DST_ZONES),
+)
+def test_last_nearest_weekday_and_nth_forms_match_an_independent_enumerator(
+        dom: str, dow: str, clock: tuple[int, int], offset_s: int, zone: str) -> None:
+    """Next instants of L, LW, 15W, 5L, 5#3... at fixed times (02:00 and 02:30 fall in DST
+    gaps and repeats) equal the first matching local date's wall time by the DST rules."""
+    minute, hour = clock
+    if dom == "*" and dow == "*":
+        dom = "L"
+    tz = ZoneInfo(zone)
+    expr = CronExpr.parse(f"{minute} {hour} {dom} * {dow.replace('1-5', 'MON-FRI')}")
+    after = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=offset_s)
+    got = expr.next_after(after, tz)
+    day = after.astimezone(tz).date() - timedelta(days=1)
+    while True:
+        if _independent_day(dom, dow.replace("1-5", "1,2,3,4,5"), day):
+            instant = wall_to_instant(datetime.combine(day, time(hour, minute)), tz)
+            if instant > after:
+                break
+        day += timedelta(days=1)
+    assert got == instant, (expr.text, zone, after, got, instant)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0 9 * * 5#6", "#1 to #5"),
+    ("0 9 32W * *", "out of range"),
+    ("0 9 LX * *", "'LX' is not a number"),
+    ("0 9 * * 8L", "out of range"),
+    ("0 9 30W 2 *", "no such day in the months given"),
+])
+def test_bad_special_forms_are_refused_with_the_field(text: str, message: str) -> None:
+    """A bad L/W/# item names its field and the problem."""
+    with pytest.raises(ValueError, match=message):
+        CronExpr.parse(text)
+
+
+def test_the_issue_examples_across_a_dst_change() -> None:
+    """Last day, last Friday, third Friday, weekday nearest the 13th in New York around
+    the March 2026 change (fixed hours follow the wall clock)."""
+    tz = ZoneInfo("America/New_York")
+    after = datetime(2026, 2, 27, 12, tzinfo=tz)
+    firsts = {text: CronExpr.parse(text).next_after(after, tz).astimezone(tz) for text in
+              ("30 2 L * *", "0 9 * * 5L", "0 9 * * 5#3", "0 9 13W * *", "0 9 * * 0L")}
+    assert firsts["30 2 L * *"] == datetime(2026, 2, 28, 2, 30, tzinfo=tz)
+    assert firsts["0 9 * * 5L"] == datetime(2026, 3, 27, 9, tzinfo=tz)
+    assert firsts["0 9 * * 5#3"] == datetime(2026, 3, 20, 9, tzinfo=tz)
+    assert firsts["0 9 13W * *"] == datetime(2026, 3, 13, 9, tzinfo=tz)  # a Friday
+    assert firsts["0 9 * * 0L"] == datetime(2026, 3, 29, 9, tzinfo=tz)
+
+
+def test_rare_days_are_found_years_ahead() -> None:
+    """A fifth Tuesday, Wednesday or Thursday in February exists only on a 29 February: found
+    (2028-02-29, a Tuesday), with the Vixie OR rule for '29 February or a fifth Monday'."""
+    expr = CronExpr.parse("0 0 29 2 1#5")
+    assert expr.next_after(datetime(2026, 1, 1, tzinfo=UTC), UTC) == datetime(2028, 2, 29, tzinfo=UTC)
+    rare = CronExpr.parse("0 0 * 2 2#5,3#5,4#5")
+    assert rare.next_after(datetime(2026, 1, 1, tzinfo=UTC), UTC) == datetime(2028, 2, 29, tzinfo=UTC)

@@ -254,7 +254,7 @@ def test_the_checker_catches_what_home_assistant_rejects():
 def test_topics_are_the_ones_the_agent_publishes_and_obeys():
     """Command topics route to what the agent obeys; state topics are what it publishes."""
     s = _settings()
-    topics = Topics(s.mqtt.topic_prefix, s.device_id, s.groups, s.mqtt.discovery_prefix)
+    topics = Topics(s.mqtt.topic_prefix, s.device_id, s.groups, s.mqtt.ha_status_topic)
     published = {topics.state, topics.status, *(topics.gpio(name) for name in s.devices)}
     for topic, doc in discovery_payloads(s).items():
         component, obj = topic.split("/")[-4], topic.split("/")[-2]
@@ -361,7 +361,14 @@ def _pending(store: Store) -> list[tuple[str, bytes, bool]]:
     return [(m.topic, m.payload, m.retain) for m in Outbox(store).pending(0, 10000)]
 
 
+def _states(settings: Any) -> set[str]:
+    topics = Topics(settings.mqtt.topic_prefix, settings.device_id, settings.groups, settings.mqtt.ha_status_topic)
+    return {topics.gpio(name) for name in settings.devices}
+
+
 def test_announce_queues_retained_and_clears_what_left_the_config(tmp_path: Path):
+    """Discovery configs no longer announced, and the retained GPIO states of devices no longer
+    configured, are cleared (empty retained); the configured devices' states are left to the link."""
     store = Store(str(tmp_path / "agent.db"))
     outbox = Outbox(store)
     s1 = _settings()
@@ -371,7 +378,7 @@ def test_announce_queues_retained_and_clears_what_left_the_config(tmp_path: Path
     # announcing again replaces the unsent rows instead of piling up (coalesce)
     assert announce(s1, store, outbox)
     assert len(_pending(store)) == len(first)
-    assert json.loads(store.get_meta(META_KEY)) == sorted(discovery_messages(s1))
+    assert json.loads(store.get_meta(META_KEY)) == sorted(set(discovery_messages(s1)) | _states(s1))
     # the door leaves, the dimmer becomes a plain output: both old topics are cleared
     devices = {"porch_light": {"kind": "output", "pin": 17}, "dimmer": {"kind": "output", "pin": 18}}
     s2 = _settings(devices=devices)
@@ -381,13 +388,22 @@ def test_announce_queues_retained_and_clears_what_left_the_config(tmp_path: Path
     assert gone == {"hass/binary_sensor/edge-agent-porch/gpio_door/config", "hass/light/edge-agent-porch/gpio_dimmer/config"}
     assert all(rows[t] == b"" for t in gone)
     assert "hass/switch/edge-agent-porch/gpio_dimmer/config" in rows
-    assert json.loads(store.get_meta(META_KEY)) == sorted(discovery_messages(s2))
+    assert rows["site/edge/porch/gpio/door"] == b""  # the door's retained state goes too
+    assert not {"site/edge/porch/gpio/porch_light", "site/edge/porch/gpio/dimmer"} & rows.keys()
+    assert json.loads(store.get_meta(META_KEY)) == sorted(set(discovery_messages(s2)) | _states(s2))
     # a changed discovery prefix moves everything: the old topics are all cleared
     s3 = _settings(mqtt={"topic_prefix": "site/edge", "discovery_prefix": "ha2"}, devices=devices)
     assert announce(s3, store, outbox)
     rows = {t: p for t, p, r in _pending(store)}
     assert all(rows[t] == b"" for t in discovery_messages(s2))
     assert all(rows[t] for t in discovery_messages(s3))
+    # with discovery off the configs are cleared, and a device that leaves still loses its state
+    s4 = _settings(mqtt={"topic_prefix": "site/edge", "discovery": False}, devices={"dimmer": devices["dimmer"]})
+    assert announce(s4, store, outbox)
+    rows = {t: p for t, p, r in _pending(store)}
+    assert all(rows[t] == b"" for t in discovery_messages(s3))
+    assert rows["site/edge/porch/gpio/porch_light"] == b"" and "site/edge/porch/gpio/dimmer" not in rows
+    assert json.loads(store.get_meta(META_KEY)) == ["site/edge/porch/gpio/dimmer"]
     store.close()
 
 
@@ -403,10 +419,11 @@ def test_announce_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 # --------------------------------------------------------------------------- against a real broker and daemon
 
 def _config(folder: Path, port: int, tag: str, *, door: bool = True) -> Path:
-    """The daemon's config: an output, a PWM output and (unless told) an input, discovery under ha<tag>."""
+    """The daemon's config: an output, a PWM output and (unless told) an input, discovery under ha<tag>,
+    Home Assistant's birth on hb<tag>/status."""
     devices = {name: spec for name, spec in LAMP_DIM_DOOR.items() if door or name != "door"}
     return agent_config(folder, device="ha1", mqtt_port=port, prefix=f"t{tag}", devices=devices, location=ISTANBUL,
-                        mqtt={"discovery": True, "discovery_prefix": f"ha{tag}"})
+                        mqtt={"discovery": True, "discovery_prefix": f"ha{tag}", "ha_status_topic": f"hb{tag}/status"})
 
 
 def _retained_configs(listener_factory: Any, port: int, dp: str, count: int) -> dict[str, Any]:
@@ -496,7 +513,7 @@ def test_discovery_against_a_real_broker(broker, daemon_factory, listener_factor
             return sum(1 for m in listener.messages if m.topic.startswith(f"{dp}/") and m.topic.endswith("/config"))
 
     before = config_msgs()
-    listener.publish(f"{dp}/status", "online")
+    listener.publish(f"hb{tag}/status", "online")
     listener.wait_for(lambda m: m.topic.startswith(f"{dp}/") and m.topic.endswith("/config"), count=before + 8)
 
     # the door leaves the config: after a restart its entity is removed (empty retained payload)

@@ -133,7 +133,7 @@ def test_a_long_lived_client_does_not_pile_up_handlers_or_subscriptions(fleet):
             assert not [t for t in client._subs if "/_fleet/" in t], client._subs
         # one that fails (no device answers in time) cleans up as well
         res = fleetlib.send(client, "agent.ping", devices=["nobody-here"], timeout=0.5)
-        assert res.devices["nobody-here"]["status"] == "unknown" and client._handlers == []
+        assert res.devices["nobody-here"]["status"] == "no_such_device" and client._handlers == []
 
 
 def test_killed_agents_are_offline_and_run_their_session_command_when_back(fleet):

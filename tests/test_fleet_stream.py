@@ -104,3 +104,48 @@ def test_pages_are_followed_and_what_is_no_longer_kept_is_lost():
     finally:
         stream.stop()
     assert stream.lost == {"porch": 3} and stream.last == {"porch": 17}
+
+
+def test_a_gap_never_filled_keeps_the_buffer_bounded(monkeypatch):
+    """Issue 22, 18: a device that jumps seq and never answers agent.history cannot make the
+    stream hold its events without bound: beyond STREAM_BUFFER the gap is counted lost and the
+    held events are given. Malformed events (a seq that is not a number, a ts that is not a
+    time) are dropped at the boundary."""
+    from edge_agent import fleet
+
+    monkeypatch.setattr(fleet, "STREAM_BUFFER", 50)
+    client = FakeClient()
+    got: list[int] = []
+    stream = EventStream(client, lambda d: got.append(d["seq"]))
+    stream.start()
+    try:
+        client.deliver("edge/porch/events", ev(1))
+        client.deliver("edge/porch/events", {**ev(2), "seq": "2"})
+        client.deliver("edge/porch/events", {**ev(2), "ts": "yesterday"})
+        for seq in range(3, 103):
+            client.deliver("edge/porch/events", ev(seq))
+        _wait(lambda: got[-1:] == [102])
+        assert got == [1, *range(3, 103)] and stream.lost == {"porch": 1}
+        assert stream._buffer["porch"] == {}
+    finally:
+        stream.stop()
+
+
+def test_a_history_page_that_says_more_without_moving_on_is_not_asked_again():
+    """`more` for ever with nothing new: one request, then the gap is counted lost (before, the
+    stream asked again and again as fast as the device answered)."""
+    client = FakeClient()
+    got: list[int] = []
+    stream = EventStream(client, lambda d: got.append(d["seq"]))
+    stream.start()
+    try:
+        client.deliver("edge/porch/events", ev(1))
+        client.deliver("edge/porch/events", ev(5))
+        _, req = client.wait_request(1)
+        assert req["args"]["after"] == 1
+        client.deliver("edge/porch/reply", {"id": req["id"], "status": "succeeded", "result": {
+            "device": "porch", "events": [], "next": 1, "more": True, "oldest": 1, "last": 5}})
+        _wait(lambda: got == [1, 5])
+        assert stream.lost == {"porch": 3} and len(client.requests) == 1
+    finally:
+        stream.stop()

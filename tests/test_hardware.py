@@ -10,8 +10,8 @@ import pytest
 
 from edge_agent.actions import Runtime, build_registry
 from edge_agent.config import DeviceSpec, parse_settings
-from edge_agent.errors import HardwareError, InvalidArguments
-from edge_agent.hardware import Hardware
+from edge_agent.errors import ConfigError, HardwareError, InvalidArguments
+from edge_agent.hardware import Hardware, check_pins
 from tests.configs import LAMP, agent_config
 from tests.conftest import free_port
 
@@ -108,9 +108,9 @@ def test_close_returns_outputs_to_initial_before_releasing_pins():
 
 
 def test_a_bad_pin_fails_naming_the_device():
-    """A pin gpiozero cannot open raises HardwareError naming the device and pin."""
+    """A pin name gpiozero does not know is a config error naming the device's pin key."""
     hardware = Hardware({"x": DeviceSpec("x", "output", "NOPE99", True, "off")}, "mock")
-    with pytest.raises(HardwareError, match=r"device 'x' \(pin NOPE99\)"):
+    with pytest.raises(ConfigError, match=r"devices\.x\.pin: NOPE99 is not a valid pin name"):
         hardware.open()
 
 
@@ -169,3 +169,58 @@ def test_sigterm_puts_outputs_in_their_safe_state(daemon_factory, tmp_path: Path
     state = [(seq, bytes(payload)) for seq, topic, payload in rows if topic == "qa/hw/gpio/lamp"]
     assert len(state) == 1 and state[0][1] == b"OFF" and state[0][0] > reply_seq
     assert [bytes(p) for _, t, p in rows if t == "qa/hw/gpio/dim"] == [b"0.2"]
+
+
+# --------------------------------------------------------------------------- check_pins (`check` and `run`)
+
+
+@pytest.mark.parametrize(("devices", "key", "words"), [
+    ({"lamp": {"kind": "output", "pin": "banana"}}, "devices.lamp.pin", "banana is not a valid pin name on a Raspberry Pi 3B"),
+    ({"lamp": {"kind": "output", "pin": 40}}, "devices.lamp.pin", "40 is not a valid pin name"),  # no GPIO40 on a 3B
+    ({"lamp": {"kind": "output", "pin": "BOARD1"}}, "devices.lamp.pin", "BOARD1 is not a GPIO pin"),  # 3V3 power
+    ({"lamp": {"kind": "output", "pin": 17}, "door": {"kind": "input", "pin": "BOARD11"}}, "devices.door.pin",
+     "pin BOARD11 is GPIO17, already used by device 'lamp'"),
+    ({"lamp": {"kind": "output", "pin": "J8:12"}, "dim": {"kind": "pwm", "pin": "GPIO18"}}, "devices.dim.pin",
+     "already used by device 'lamp'"),
+])
+def test_check_pins_reads_pins_as_gpiozero_does(devices, key, words):
+    """Pins are parsed by gpiozero's board (the mock one with mock pins): a name it does not know and two devices
+    on one pin however each is written are config errors naming the device's pin key."""
+    settings = parse_settings({"gpio": {"pin_factory": "mock"}, "devices": devices}, path="/etc/edge-agent/config.toml")
+    with pytest.raises(ConfigError) as info:
+        check_pins(settings)
+    assert str(info.value).startswith(f"/etc/edge-agent/config.toml: {key}: "), info.value
+    assert words in str(info.value)
+
+
+def test_check_pins_accepts_every_way_of_naming_a_gpio():
+    """17, "GPIO4", "BCM5", "BOARD12", "J8:13" and "WPI3" are six valid pins; no devices, nothing to check."""
+    settings = parse_settings({"gpio": {"pin_factory": "mock"}, "devices": {
+        "a": {"kind": "output", "pin": 17}, "b": {"kind": "output", "pin": "GPIO4"}, "c": {"kind": "output", "pin": "BCM5"},
+        "d": {"kind": "input", "pin": "BOARD12"}, "e": {"kind": "pwm", "pin": "J8:13"}, "f": {"kind": "output", "pin": "WPI3"}}})
+    assert check_pins(settings) is None
+    assert check_pins(parse_settings({})) is None
+
+
+def test_check_pins_off_a_pi_checks_against_a_pi_and_says_so():
+    """A config for real pins checked on a machine that is not a Pi is checked against a Pi 3B's header, with a note."""
+    from edge_agent.hardware import _is_raspberry_pi
+
+    if _is_raspberry_pi():
+        pytest.skip("this machine is a Raspberry Pi")
+    good = parse_settings({"gpio": {"pin_factory": "lgpio"}, "devices": {"lamp": {"kind": "output", "pin": "BOARD11"}}})
+    assert "pins were checked as a Pi 3B's" in check_pins(good)
+    bad = parse_settings({"gpio": {"pin_factory": "lgpio"}, "devices": {"lamp": {"kind": "output", "pin": "banana"}}})
+    with pytest.raises(ConfigError, match=r"devices\.lamp\.pin: banana is not a valid pin name"):
+        check_pins(bad)
+
+
+def test_a_pin_factory_whose_library_is_missing_says_what_to_install():
+    """`pin_factory = "pigpio"` without the pigpio module is a config error (exit 2 from `run`) naming the packages."""
+    import importlib.util
+
+    if importlib.util.find_spec("pigpio") is not None:
+        pytest.skip("pigpio is installed here")
+    hardware = Hardware({"lamp": SPECS["lamp"]}, "pigpio")
+    with pytest.raises(ConfigError, match=r"pin_factory = 'pigpio' needs the pigpio module.*apt install python3-pigpio"):
+        hardware.open()

@@ -318,10 +318,10 @@ def test_task_failing_after_retries_shows_each_attempt(setup: Setup) -> None:
     d.get(setup.monitor.url + "/task/dev2/flaky-1")
     rows = d.find_elements("css selector", "#attempts tbody tr")
     assert [r.find_elements("tag name", "td")[0].text for r in rows] == ["1", "2", "3"]
-    outcomes = [r.find_elements("tag name", "td")[3].text for r in rows]
+    outcomes = [r.find_elements("tag name", "td")[4].text for r in rows]  # (#, started, ended, took, outcome, error)
     assert outcomes == ["failed, retried", "failed, retried", "failed"]
     for r in rows:
-        assert "always fails: disk full" in r.find_elements("tag name", "td")[4].text
+        assert "always fails: disk full" in r.find_elements("tag name", "td")[5].text
     kinds = [r.find_elements("tag name", "td")[2].text for r in d.find_elements("css selector", "#events tbody tr")]
     assert kinds[0] == "received" and kinds[-1] == "failed" and kinds.count("started") == 3 and kinds.count("retried") == 2
     setup.shot("task-failed")

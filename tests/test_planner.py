@@ -301,3 +301,21 @@ def test_a_solar_job_through_the_planner_fires_once_per_real_event_for_a_year(pl
 def test_exported_names() -> None:
     """The module exports exactly its public API."""
     assert set(planner_module.__all__) == {"MISSED_POLICIES", "Decision", "Job", "Planner"}
+
+
+def test_a_bounded_job_is_not_caught_up_outside_its_hours() -> None:
+    """A 'sunset, not after 22:00' firing missed in a power cut runs when the device is
+    back within its hours, but not when it is back at 22:05 (missed = "once", grace 2 h)."""
+    from edge_agent.schedule.triggers import build_trigger
+
+    tz = ZoneInfo("Europe/Istanbul")
+    trigger = build_trigger("solar", "sunset", tz=tz, latitude=41.0082, longitude=28.9784, not_before="16:00", not_after="22:00")
+    job = Job("fountain-on", trigger, "once", 7200.0)
+    since = datetime(2026, 6, 1, 12, tzinfo=tz)
+    sunset = trigger.next_after(since)
+    assert sunset is not None and sunset.astimezone(tz).hour == 20
+    back_inside = Planner().due(job, last_planned=None, now=sunset + timedelta(minutes=50), since=since)
+    assert back_inside.fire == (sunset,)
+    back_outside = Planner().due(job, last_planned=None, now=datetime(2026, 6, 1, 22, 5, tzinfo=tz), since=since)
+    assert back_outside.fire == () and back_outside.skipped == (sunset,)
+    assert back_outside.last_planned == sunset  # settled: it never runs later either

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 
+import pytest
+
 import edge_agent.store as store_module
-from edge_agent.store import CHECKPOINT_EVERY, Store
+from edge_agent.store import CHECKPOINT_EVERY, TIGHT_EVERY, DiskFull, Store, disk_report
 
 
 def _commits(store: Store, n: int) -> None:
@@ -178,3 +181,102 @@ def test_empty_transactions_do_not_start_a_checkpoint(tmp_path, monkeypatch):
         assert asked == [True]
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- a full disk (a real small tmpfs)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 4 MB, unmounted after the test (root only; else the test is skipped, saying why)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        block = b"\0" * 4096
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    return
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_makes_the_store_full_until_the_probe_finds_space(small_disk, caplog):
+    store = Store(str(small_disk / "agent.db"), background=True)
+    told: list[bool] = []
+    store.on_full.append(told.append)
+    try:
+        _commits(store, 50)
+        _fill(small_disk / "filler")
+        with pytest.raises(DiskFull):  # the tail of the WAL may take a few more writes
+            _commits(store, 10000)
+        assert store.full and told == [True]
+        assert disk_report(store)["full"] is True
+        assert not store.wait_space(1.0)  # looked twice meanwhile, nothing free: still full
+        assert caplog.text.count("the disk is full: writes wait") == 1
+        (small_disk / "filler").unlink()
+        began = time.monotonic()
+        assert store.wait_space(5.0)
+        assert time.monotonic() - began < 4.5  # a look every PROBE_EVERY s (loose: CI machines are busy)
+        assert told == [True, False]
+        _commits(store, 50)
+        report = disk_report(store)
+        assert report["full"] is False and report["last_full"]["until"] >= report["last_full"]["since"]
+    finally:
+        store.close()
+
+
+def test_no_probe_and_no_thread_while_the_disk_is_not_full(tmp_path):
+    store = Store(str(tmp_path / "agent.db"), background=True)
+    try:
+        with store.transaction() as cur:
+            store.set_meta(cur, "a", "1")
+        assert not store.full and store.wait_space(0)
+        assert not _sync_threads()  # nothing runs at idle
+    finally:
+        store.close()
+
+
+def test_with_little_space_left_the_wal_stays_small(small_disk):
+    # 4 MB in all, below LOW_SPACE: from the first background checkpoint on, the committing
+    # thread truncates the WAL every TIGHT_EVERY commits. With the usual checkpoints (every
+    # CHECKPOINT_EVERY commits, in store-sync, passive) this loop's WAL reaches ~1 MB.
+    store = Store(str(small_disk / "agent.db"), background=True)
+    largest = 0
+    try:
+        for i in range(12000):
+            with store.transaction() as cur:
+                store.set_meta(cur, f"k{i % 50}", "x" * 200 + str(i))
+            if i >= 2 * CHECKPOINT_EVERY and i % 10 == 0:
+                largest = max(largest, _wal_size(store))
+        assert not store.full
+        assert store._checkpoint_every == TIGHT_EVERY
+        assert largest < 100_000, f"the WAL grew to {largest} bytes"
+    finally:
+        store.close()
+
+
+def test_opening_a_database_on_a_full_disk_says_the_disk_is_full(small_disk):
+    # Nobody has it open, so SQLite must make its -shm file: that fails as a "disk I/O error".
+    path = str(small_disk / "agent.db")
+    Store(path).close()
+    _fill(small_disk / "filler")
+    with pytest.raises(DiskFull, match="the disk is full"):
+        Store(path, create=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -186,5 +186,61 @@ def test_next_firings_lists_successive_instants() -> None:
 def test_exported_names() -> None:
     """The module exports exactly its public API."""
     assert set(triggers.__all__) == {
-        "AtTrigger", "CronTrigger", "EveryTrigger", "SolarTrigger", "Trigger", "build_trigger", "next_firings",
+        "AtTrigger", "BoundedTrigger", "CronTrigger", "EveryTrigger", "SolarTrigger", "Trigger", "build_trigger",
+        "default_every_anchor", "job_trigger", "next_firings",
     }
+
+
+@pytest.mark.parametrize("zone", ["Europe/Istanbul", "America/Sao_Paulo", "Asia/Kathmandu", "Australia/Adelaide"])
+def test_every_fires_on_the_local_clock_in_zones_whose_offset_changed_since_2000(zone: str) -> None:
+    """'every 1d' fires at midnight and 'every 6h' at 00/06/12/18 local standard time all
+    year, also where the offset of 2000-01-01 is not today's (Istanbul +02 then, +03 now;
+    Sao Paulo had summer time then)."""
+    tz = ZoneInfo(zone)
+    daily = build_trigger("every", "1d", tz=tz)
+    six = build_trigger("every", "6h", tz=tz)
+    day = datetime(2026, 1, 3, 12, tzinfo=UTC)
+    for _ in range(0, 365, 9):
+        fired = daily.next_after(day)
+        assert fired is not None
+        local_fired = fired.astimezone(tz)
+        summer = bool(local_fired.dst())
+        assert (local_fired.hour, local_fired.minute) == ((1, 0) if summer else (0, 0)), local_fired
+        hours = sorted({f.astimezone(tz).hour - (1 if f.astimezone(tz).dst() else 0) for f in next_firings(six, day, 4)})
+        assert hours == [0, 6, 12, 18]
+        day += timedelta(days=9)
+
+
+def test_every_takes_an_anchor() -> None:
+    """anchor = '03:00' moves the grid: 'every 6h' at 03/09/15/21; an ISO anchor is an instant."""
+    tz = ZoneInfo("Europe/Istanbul")
+    six = build_trigger("every", "6h", tz=tz, anchor="03:00")
+    assert [f.astimezone(tz).hour for f in next_firings(six, datetime(2026, 5, 5, 0, 30, tzinfo=tz), 4)] == [3, 9, 15, 21]
+    iso = build_trigger("every", "90m", tz=tz, anchor="2026-05-05T00:10")
+    assert next_firings(iso, datetime(2026, 5, 5, 0, 30, tzinfo=tz), 1) == [datetime(2026, 5, 5, 1, 40, tzinfo=tz)]
+    with pytest.raises(ValueError, match="anchor must be"):
+        build_trigger("every", "1h", tz=tz, anchor="soon")
+    with pytest.raises(ValueError, match="anchor only applies to every"):
+        build_trigger("cron", "* * * * *", tz=tz, anchor="03:00")
+
+
+def test_bounded_triggers_skip_firings_outside_their_hours() -> None:
+    """'sunset-15m, not after 23:00' in Tromso does not fire on the late-sunset days and
+    fires as usual on the others; a wrapped range (22:00..02:00) keeps the night only."""
+    tz = ZoneInfo("Europe/Oslo")
+    plain = build_trigger("solar", "sunset-15m", tz=tz, latitude=69.6492, longitude=18.9553)
+    bounded = build_trigger("solar", "sunset-15m", tz=tz, latitude=69.6492, longitude=18.9553,
+                            not_before="12:00", not_after="23:00")
+    start = datetime(2026, 1, 1, tzinfo=tz)
+    every_plain = next_firings(plain, start, 400)
+    every_bounded = next_firings(bounded, start, 400)
+    inside = [f for f in every_plain if time(12) <= f.astimezone(tz).time() <= time(23)]
+    assert every_bounded[: len(inside) - 1] == inside[: len(inside) - 1]
+    assert len(inside) < len(every_plain)  # there are late sunsets to skip
+    assert all(time(12) <= f.astimezone(tz).time() <= time(23) for f in every_bounded)
+    assert "only 12:00-23:00" in bounded.describe()
+    night = build_trigger("cron", "0 * * * *", tz=tz, not_before="22:00", not_after="02:00")
+    hours = [f.astimezone(tz).hour for f in next_firings(night, datetime(2026, 3, 20, 12, tzinfo=tz), 10)]
+    assert hours == [22, 23, 0, 1, 2, 22, 23, 0, 1, 2]
+    with pytest.raises(ValueError, match="not_after must be a local time"):
+        build_trigger("cron", "0 * * * *", tz=tz, not_after="late")

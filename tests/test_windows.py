@@ -66,10 +66,18 @@ def test_a_window_needs_two_different_boundaries() -> None:
         ("sunrise", "sunset", False),
         ("sunset", "01:00", True),
         ("sunset+7h", "02:00", True),
+        ("06:00", "sunrise", False),
+        ("sunset", "18:00", False),
+        ("20:00", "sunset+1h", False),
+        ("22:00", "sunrise", True),
+        ("dusk", "noon", True),
+        ("sunset", "12:00", True),
+        ("sunset", "13:00", False),
     ],
 )
-def test_crossing_midnight_is_decided_by_the_typical_day(start: str, until: str, crosses: bool) -> None:
-    """A window crosses midnight when `until` comes before `from` on an equinox day."""
+def test_crossing_midnight_is_decided_by_what_is_written(start: str, until: str, crosses: bool) -> None:
+    """Two clock times cross midnight when `until` is not after `from`; with a solar time,
+    when `from` is in the afternoon and `until` in the morning (equinox times)."""
     assert Window("d", start, until).crosses_midnight is crosses
 
 

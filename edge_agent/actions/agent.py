@@ -51,7 +51,7 @@ def _check_revoke(args: dict[str, Any]) -> None:
     from ..errors import InvalidCommand
 
     try:
-        check_id(args["id"])
+        check_id(args["id"], reserved_ok=True)  # a job firing may be revoked
     except InvalidCommand as exc:
         raise bad_args("agent.revoke", str(exc)) from None
 

@@ -3,7 +3,7 @@
 Its own process, never inside the device daemon. The flow, one module per step:
 
     broker ──► link (paho: status, state, events, reply, gpio; agent.history for gaps)
-                 └─► ingest (bounded queue, batches, seq tracking) ──► store (its own SQLite file)
+                 └─► ingest (bounded queue, validate, batches, seq tracking) ──► store (its own SQLite file)
                                                    └─► hub (live updates) ──► web (Starlette: pages, /api, /live SSE)
     web also draws day (the SVG day picture), checks auth (login, CSRF) and serves metrics.
 

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 HISTORY_LIMIT = 1000
 REQUEST_TIMEOUT = 30.0
 READ_BURST = 1000  # packets read from the buffer before the acks are written
-MAX_PAYLOAD = 1 << 20
+MAX_PAYLOAD = 1 << 20  # bytes of a message; larger ones are dropped unread (the broker may bound them lower)
+MAX_DEVICE_ID = 200  # characters of a device id (a topic level); messages of longer ones are dropped
 _PENDING_MAX = 10_000
 
 
@@ -69,6 +70,7 @@ class Link:
         self._inflight: dict[str, tuple[str, float]] = {}  # device -> (request id, sent at)
         self._pending: dict[str, tuple[str, str, int]] = {}  # request id -> (kind, device, after)
         self._counter = itertools.count(1)
+        self._dropped_logged = -1e9
         self._run_id = uuid.uuid4().hex[:8]
         self._client: Any = None
         self._stop = threading.Event()
@@ -264,13 +266,24 @@ class Link:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         parts = msg.topic.split("/")
         n = len(self.prefix.split("/"))
-        if len(parts) < n + 2 or len(msg.payload) > MAX_PAYLOAD:
+        if len(parts) < n + 2:
             return
         device, kind = parts[n], parts[n + 1]
+        if len(msg.payload) > MAX_PAYLOAD or len(device) > MAX_DEVICE_ID:
+            self._dropped(device, f"{len(msg.payload)} bytes on {kind}, more than {MAX_PAYLOAD}" if len(device) <= MAX_DEVICE_ID
+                          else f"device id of {len(device)} characters, more than {MAX_DEVICE_ID}")
+            return
         try:
             self._dispatch(device, kind, parts[n + 2:], msg.payload)
         except Exception:
             log.exception("could not handle a message on %s", msg.topic[:300])
+
+    def _dropped(self, device: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self._dropped_logged > 60:  # once a minute at most: a flood must not flood the log
+            self._dropped_logged = now
+            log.warning("%s: a message dropped: %s", device[:MAX_DEVICE_ID], why)
+        self.ingest.rejected += 1
 
     def _dispatch(self, device: str, kind: str, rest: list[str], payload: bytes) -> None:
         put = self.ingest.put
@@ -297,10 +310,10 @@ class Link:
         except (ValueError, RecursionError):
             return
         if kind == "state" and isinstance(doc, dict):
-            put("state", device, doc)
+            put("state", device, doc, size=len(payload))
             self._sync(device)
         elif kind == "reply" and isinstance(doc, dict):
-            self._reply(device, doc)
+            self._reply(device, doc, len(payload))
 
     def _sync(self, device: str) -> None:
         with self._lock:
@@ -309,10 +322,10 @@ class Link:
             self._synced.add(device)
         self.ingest.put("sync", device)
 
-    def _reply(self, device: str, doc: dict[str, Any]) -> None:
+    def _reply(self, device: str, doc: dict[str, Any], size: int) -> None:
         command_id = doc.get("id")
         if not (isinstance(command_id, str) and command_id.startswith(INTERNAL_PREFIX)):
-            self.ingest.put("reply", device, doc)
+            self.ingest.put("reply", device, doc, size=size)
             return
         status = doc.get("status")
         if status == "accepted":
@@ -326,8 +339,8 @@ class Link:
         kind, _, after = what
         if kind == "history":
             if status == "succeeded":
-                self.ingest.put("history", device, after, doc.get("result"))
+                self.ingest.put("history", device, after, doc.get("result"), size=size)
             elif status == "rejected" and (doc.get("error") or {}).get("type") in ("unknown_action", "unknown"):
                 self.ingest.put("nohistory", device)
         elif kind == "jobs" and status == "succeeded" and isinstance(doc.get("result"), dict):
-            self.ingest.put("jobs", device, doc["result"])
+            self.ingest.put("jobs", device, doc["result"], size=size)

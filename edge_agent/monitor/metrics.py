@@ -2,7 +2,7 @@
 
 Devices online, tasks by status, queue and outbox depth per device (from each
 device's retained ``state``), event lag (newest event's ``ts`` to its commit in the
-monitor), events stored and the ingest backlog. Label values are escaped as the
+monitor), events stored, the ingest backlog, messages rejected and live streams. Label values are escaped as the
 format requires (device ids are untrusted text).
 """
 
@@ -17,7 +17,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render_metrics(devices: list[Any], counts: dict[str, Any], *, lag: float, backlog: int, ingested: int) -> str:
+def render_metrics(devices: list[Any], counts: dict[str, Any], *, lag: float, backlog: int, ingested: int,
+                   rejected: int = 0, streams: int = 0) -> str:
     lines = [
         "# HELP edge_monitor_devices Devices known to the monitor, by status.",
         "# TYPE edge_monitor_devices gauge",
@@ -50,5 +51,11 @@ def render_metrics(devices: list[Any], counts: dict[str, Any], *, lag: float, ba
         "# HELP edge_monitor_ingest_backlog Messages heard but not yet stored.",
         "# TYPE edge_monitor_ingest_backlog gauge",
         f"edge_monitor_ingest_backlog {backlog}",
+        "# HELP edge_monitor_messages_rejected_total Device messages dropped at the boundary (invalid or too large).",
+        "# TYPE edge_monitor_messages_rejected_total counter",
+        f"edge_monitor_messages_rejected_total {rejected}",
+        "# HELP edge_monitor_live_streams Live streams (server-sent events) open.",
+        "# TYPE edge_monitor_live_streams gauge",
+        f"edge_monitor_live_streams {streams}",
     ]
     return "\n".join(lines) + "\n"

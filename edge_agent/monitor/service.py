@@ -7,7 +7,8 @@ import logging
 import os
 import secrets
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from .store import MonitorStore
 __all__ = ["Monitor", "MonitorSettings", "default_db_path", "run_monitor"]
 
 log = logging.getLogger("edge_agent.monitor")
+
+CONNECTIONS_MAX = 400  # HTTP connections and requests at once (uvicorn's limit_concurrency)
 
 
 def default_db_path() -> str:
@@ -43,6 +46,8 @@ class MonitorSettings:
     password_file: str | None = None
     open_local: bool = True
     log_level: str = "info"
+    max_db_bytes: int = 1 << 30  # the store's used pages at most (oldest rows go beyond)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides localhost and addresses; "*": any
 
 
 def _libc() -> Any:
@@ -61,6 +66,50 @@ def limit_malloc_arenas() -> None:
         libc.mallopt(-8, 2)  # M_ARENA_MAX
 
 
+def raise_open_files() -> None:
+    """The soft limit of open files up to the hard one: every browser, stream and socket is a file descriptor."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+    except (ValueError, OSError):
+        pass
+
+
+class OncePerMinute(logging.Filter):
+    """Lets a flood's log line through once a minute, without its traceback, with how many were held back.
+
+    Under a flood of connections the event loop's ``accept()`` fails for want of file
+    descriptors and uvicorn refuses requests past its limit; each would log a line (with a
+    traceback), thousands a second."""
+
+    def __init__(self, *prefixes: str, every: float = 60.0):
+        super().__init__()
+        self.prefixes = prefixes
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        prefix = next((p for p in self.prefixes if msg.startswith(p)), None)
+        if prefix is None:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(prefix, -1e9) < self.every:
+            self._held[prefix] = self._held.get(prefix, 0) + 1
+            return False
+        self._last[prefix] = now
+        held = self._held.pop(prefix, 0)
+        more = f"; {held} more since the last" if held else ""
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"{msg.splitlines()[0]} (one such line a minute at most{more})", None, None, None)
+        return True
+
+
 def release_memory() -> None:
     import gc
 
@@ -76,7 +125,8 @@ class Monitor:
     def __init__(self, settings: MonitorSettings):
         self.settings = settings
         self.store = MonitorStore(settings.db_path or default_db_path(), keep=settings.keep, max_tasks=settings.max_tasks,
-                                  max_events=settings.max_tasks * 5, max_gpio=settings.max_tasks)
+                                  max_events=settings.max_tasks * 5, max_gpio=settings.max_tasks,
+                                  max_bytes=settings.max_db_bytes)
         salt = self.store.meta("session_salt")
         if salt is None:
             salt = secrets.token_hex(16)
@@ -111,10 +161,17 @@ def run_monitor(settings: MonitorSettings) -> int:
     import uvicorn
 
     limit_malloc_arenas()  # before any thread starts
+    raise_open_files()
+    logging.getLogger("asyncio").addFilter(OncePerMinute("socket.accept() out of system resource"))
+    logging.getLogger("uvicorn.error").addFilter(OncePerMinute("Exceeded concurrency limit"))
+    if settings.host not in ("", "0.0.0.0", "::") and "*" not in settings.allowed_hosts:
+        settings = replace(settings, allowed_hosts=(*settings.allowed_hosts, settings.host))  # the name it listens on
     monitor = Monitor(settings)
+    # limit_concurrency: past that many connections and requests, uvicorn answers 503 and closes at once
+    # (the live streams have their own, lower cap in the hub): a flood of clients cannot hold the open files.
     config = uvicorn.Config(monitor.app(), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=2, lifespan="off", server_header=False,
-                            log_config=None)
+                            log_config=None, limit_concurrency=CONNECTIONS_MAX)
     hub = monitor.hub
 
     class _Server(uvicorn.Server):

@@ -7,9 +7,16 @@ those). Devices are kept until they have said nothing for ``keep``; at most
 ``MAX_DEVICES`` are tracked (ids beyond that are ignored: anyone who may publish on
 the broker could otherwise invent ids without end).
 
-One writer (the ingest thread) applies batches in one transaction each; readers (the
-web app) use a connection of their own (WAL: they never wait for the writer). Memory is
-bounded by SQLite's page cache per connection (``CACHE_KIB``), not by what is stored.
+Its size is bounded in bytes too: past ``max_bytes`` of used pages the oldest rows go
+(:meth:`MonitorStore.prune_size`, checked after every batch by the ingest thread); freed pages
+are reused, so the file stays near ``max_bytes`` (plus the WAL, cut back to
+``WAL_MAX`` after each checkpoint). What one row holds is bounded at the boundary
+(:mod:`.validate`), and what a read returns by ``RESPONSE_MAX`` bytes.
+
+One writer (the ingest thread) applies batches in one transaction each, a savepoint per
+device; readers (the web app) use a connection of their own (WAL: they never wait for
+the writer). Memory is bounded by SQLite's page cache per connection (``CACHE_KIB``),
+not by what is stored.
 
 A task's row is the reduction of its events: the newest event (highest ``seq``) wins a
 field it carries; an older one, arriving later through a backfill, only fills blanks.
@@ -20,6 +27,7 @@ so the monitor also shows devices that send replies but no events.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -29,12 +37,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .validate import text
+
 __all__ = ["INTERNAL_PREFIX", "DeviceRow", "MonitorStore", "TaskQuery", "TERMINAL", "STATUSES"]
 
 #: ids of the monitor's own commands (agent.history, agent.jobs): their events are kept, but they are not tasks
 INTERNAL_PREFIX = "monitor:"
 MAX_DEVICES = 10_000
 CACHE_KIB = 4096
+WAL_MAX = 16 << 20  # bytes the WAL file is cut back to after a checkpoint
+RESPONSE_MAX = 2 << 20  # bytes of stored JSON one read returns at most (rows beyond wait for the next page)
+FIELD_READ_MAX = 16 * 1024  # a stored field longer than this (written before the bounds) is read as a marker
 #: task status after each event kind (``fired`` leaves the status alone)
 EVENT_STATUS = {"received": "queued", "started": "running", "retried": "retrying", "succeeded": "succeeded",
                 "failed": "failed", "expired": "expired", "revoked": "revoked"}
@@ -125,15 +138,16 @@ def _dumps(value: Any) -> str | None:
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e15
+    return float(value) if ok else None
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
 
 
 def _text(value: Any, limit: int = 2000) -> str | None:
-    return None if value is None else str(value)[:limit]
+    return text(value, limit)
 
 
 @dataclass(frozen=True)
@@ -182,8 +196,9 @@ class MonitorStore:
     """The monitor's SQLite file. :meth:`write` belongs to one thread; the readers lock their own connection."""
 
     def __init__(self, path: str, *, keep: float = 30 * 86400.0, max_tasks: int = 1_000_000,
-                 max_events: int = 5_000_000, max_gpio: int = 1_000_000):
+                 max_events: int = 5_000_000, max_gpio: int = 1_000_000, max_bytes: int = 1 << 30):
         self.path = path
+        self.max_bytes = max_bytes
         self.keep = keep
         self.max_tasks = max_tasks
         self.max_events = max_events
@@ -206,6 +221,7 @@ class MonitorStore:
         conn.execute("pragma synchronous=normal")
         conn.execute(f"pragma cache_size=-{CACHE_KIB}")
         conn.execute("pragma temp_store=memory")
+        conn.execute(f"pragma journal_size_limit={WAL_MAX}")
         return conn
 
     def close(self) -> None:
@@ -218,14 +234,16 @@ class MonitorStore:
     @contextmanager
     def transaction(self) -> Iterator[Writer]:
         self._w.execute("begin immediate")
+        writer = Writer(self)
         try:
-            writer = Writer(self)
             yield writer
             writer.flush()
+            self._w.execute("commit")
         except BaseException:
-            self._w.execute("rollback")
+            if self._w.in_transaction:
+                self._w.execute("rollback")
+            self._known.difference_update(writer.added)
             raise
-        self._w.execute("commit")
 
     def seq_marks(self) -> dict[str, tuple[int, bool]]:
         """Per device: (the seq up to which every event is held, whether it answers agent.history)."""
@@ -252,6 +270,29 @@ class MonitorStore:
                 row = w.execute(f"select rowid from {table} order by rowid desc limit 1 offset ?", (cap,)).fetchone()
                 if row is not None:
                     n += w.execute(f"delete from {table} where rowid <= ?", (row[0],)).rowcount
+        return n
+
+    def used_bytes(self) -> int:
+        """Bytes of the file's pages in use (free pages, reused by new rows, not counted)."""
+        (pages,), = self._w.execute("pragma page_count").fetchall()
+        (free,), = self._w.execute("pragma freelist_count").fetchall()
+        (size,), = self._w.execute("pragma page_size").fetchall()
+        return (pages - free) * size
+
+    def prune_size(self) -> int:
+        """While more than ``max_bytes`` are in use, delete the oldest 5% of events, tasks and GPIO changes; returns the rows deleted."""
+        n = 0
+        for _ in range(40):
+            if self.used_bytes() <= self.max_bytes:
+                break
+            with self.transaction():
+                for table in ("events", "tasks", "gpio"):
+                    lo, hi = self._w.execute(f"select min(rowid), max(rowid) from {table}").fetchone()
+                    if lo is not None:
+                        cut = lo + max(1, (hi - lo + 1) // 20)
+                        n += self._w.execute(f"delete from {table} where rowid < ?", (cut,)).rowcount
+            if n == 0:
+                break
         return n
 
     # ------------------------------------------------------------------ reading (any thread)
@@ -289,9 +330,10 @@ class MonitorStore:
 
     @staticmethod
     def _device(r: tuple[Any, ...], failures: int) -> DeviceRow:
-        state = _loads(r[3]) if r[3] else {}
+        state = _loads(r[3], FIELD_READ_MAX) if r[3] else {}
+        jobs = _loads(r[8], 4 * FIELD_READ_MAX) if r[8] else None
         return DeviceRow(r[0], None if r[1] is None else bool(r[1]), r[2], state if isinstance(state, dict) else {},
-                         r[4], r[5], r[6], bool(r[7]), _loads(r[8]) if r[8] else None, failures)
+                         r[4], r[5], r[6], bool(r[7]), jobs if isinstance(jobs, dict) else None, failures)
 
     def tasks(self, q: TaskQuery) -> tuple[list[dict[str, Any]], bool]:
         """Tasks matching ``q``, newest first, and whether there are more."""
@@ -314,18 +356,22 @@ class MonitorStore:
         rows = self._task_rows(sql, [*params, q.limit + 1])
         return rows[:q.limit], len(rows) > q.limit
 
-    def _task_rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    def _task_rows(self, sql: str, params: Sequence[Any], budget: int = RESPONSE_MAX) -> list[dict[str, Any]]:
+        """The rows, as many as fit in ``budget`` bytes of stored text (at least one)."""
+        out = []
         with self._rlock:
             cur = self._r.execute(sql, params)
             names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        out = []
-        for r in rows:
-            doc = dict(zip(names, r, strict=True))
-            for key in ("args", "result"):
-                if doc[key] is not None:
-                    doc[key] = _loads(doc[key])
-            out.append(doc)
+            for r in cur:
+                doc = dict(zip(names, r, strict=True))
+                for key in ("args", "result"):
+                    if doc[key] is not None:
+                        budget -= len(doc[key])
+                        doc[key] = _loads(doc[key], FIELD_READ_MAX)
+                budget -= 500
+                if out and budget < 0:
+                    break
+                out.append(doc)
         return out
 
     def task(self, device: str, task_id: str) -> dict[str, Any] | None:
@@ -333,8 +379,18 @@ class MonitorStore:
         return rows[0] if rows else None
 
     def task_events(self, device: str, task_id: str, limit: int = 500) -> list[dict[str, Any]]:
-        rows = self._query("select doc from events where device = ? and id = ? order by seq limit ?", (device, task_id, limit))
-        return [_loads(d) for (d,) in rows]
+        return self._docs("select doc from events where device = ? and id = ? order by seq limit ?", (device, task_id, limit))
+
+    def _docs(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Stored event documents, as many as fit in RESPONSE_MAX bytes."""
+        out, budget = [], RESPONSE_MAX
+        with self._rlock:
+            for (d,) in self._r.execute(sql, params):
+                budget -= len(d)
+                if out and budget < 0:
+                    break
+                out.append(_loads(d, FIELD_READ_MAX))
+        return out
 
     def tasks_between(self, device: str, t0: float, t1: float, limit: int = 2000) -> list[dict[str, Any]]:
         """Tasks of ``device`` that were received, ran or ended in [t0, t1) (for the day picture)."""
@@ -345,9 +401,8 @@ class MonitorStore:
     def events_between(self, device: str, t0: float, t1: float, kinds: Iterable[str], limit: int = 5000) -> list[dict[str, Any]]:
         kinds = list(kinds)
         marks = ", ".join("?" for _ in kinds)
-        rows = self._query(f"select doc from events where device = ? and ts >= ? and ts < ? and event in ({marks}) "
-                           "order by ts limit ?", (device, t0, t1, *kinds, limit))
-        return [_loads(d) for (d,) in rows]
+        return self._docs(f"select doc from events where device = ? and ts >= ? and ts < ? and event in ({marks}) "
+                          "order by ts limit ?", (device, t0, t1, *kinds, limit))
 
     def gpio_between(self, device: str, t0: float, t1: float, limit: int = 5000) -> list[tuple[str, float, str]]:
         """GPIO changes in [t0, t1), plus each pin's last value before t0 (stamped t0)."""
@@ -363,10 +418,17 @@ class MonitorStore:
         return {"tasks_by_status": by_status, "events": events}
 
 
-def _loads(text: str) -> Any:
+def _no_constant(name: str) -> None:
+    return None  # NaN, Infinity: stored before the boundary checked them, they are no JSON (a page would fail)
+
+
+def _loads(text: str, limit: int | None = None) -> Any:
+    """Stored JSON: numbers that are not finite read as null; longer than ``limit``: a marker saying so."""
+    if limit is not None and len(text) > limit:
+        return {"truncated": True, "bytes": len(text), "head": text[:200]}
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return text
 
 
@@ -386,6 +448,25 @@ class Writer:
         self.w = store._w
         self._events: list[tuple[Any, ...]] = []
         self._tasks: list[dict[str, Any]] = []
+        self.added: list[str] = []  # devices whose row this transaction made (forgotten if it is rolled back)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that is rolled back alone (one device's messages)."""
+        self.flush()
+        added = len(self.added)
+        self.w.execute("savepoint part")
+        try:
+            yield
+            self.flush()
+        except BaseException:
+            self._events, self._tasks = [], []
+            self.w.execute("rollback to part")
+            self.w.execute("release part")
+            self.store._known.difference_update(self.added[added:])
+            del self.added[added:]
+            raise
+        self.w.execute("release part")
 
     def flush(self) -> None:
         if self._events:
@@ -403,6 +484,7 @@ class Writer:
                 return False
             self.w.execute("insert into devices (device, last_seen) values (?, ?) on conflict do nothing", (device, ts))
             known.add(device)
+            self.added.append(device)
         return True
 
     def status(self, device: str, online: bool, ts: float) -> None:
@@ -479,4 +561,5 @@ class Writer:
         self.w.execute("update devices set seq_hi = 0 where device = ?", (device,))
 
     def gpio(self, device: str, pin: str, value: str, ts: float) -> None:
-        self.w.execute("insert into gpio (device, pin, ts, value) values (?, ?, ?, ?)", (device, pin[:200], ts, value[:50]))
+        self.w.execute("insert into gpio (device, pin, ts, value) values (?, ?, ?, ?)",
+                       (device, text(pin, 200), ts, text(value, 50)))

@@ -6,11 +6,17 @@ a send form), ``/tasks`` the fleet's tasks with filters, ``/task/{device}/{id}``
 pages' little script (``static/monitor.js``) applies to the DOM with ``textContent``
 only. Templates are Jinja2 with autoescaping on: device ids, args, results and errors
 are untrusted text. Who may see and do what is :mod:`.auth`'s.
+
+Every request must name an allowed host in its ``Host`` header (:class:`HostCheck`):
+what a DNS-rebinding page sends is its own name, which is refused. The live streams are
+capped (:meth:`.hub.Hub.admit`): beyond the cap a stream is refused with 503.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -28,10 +34,13 @@ from .day import day_picture, render_svg
 from .metrics import render_metrics
 from .store import STATUSES, TERMINAL, TaskQuery
 
-__all__ = ["create_app"]
+__all__ = ["HostCheck", "create_app"]
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 MAX_FORM = 64 * 1024
+LOCAL_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1"})
 
 
 def _templates() -> Any:
@@ -239,9 +248,10 @@ def create_app(monitor: Any) -> Starlette:
         device, task_id, task, events = _task(request)
         if task is None and not events:
             return page(request, "missing.html", 404, what=f"task {task_id} of {device}", title="Not found")
+        attempts = attempts_of(events)
         return page(request, "task.html", title=task_id, device=device, task=task or {"id": task_id, "status": "?"},
-                    events=events, attempts=attempts_of(events), can_revoke=(task or {}).get("status") not in TERMINAL,
-                    revoke_sent=request.query_params.get("revoke"))
+                    events=events, attempts=attempts, waited=network_wait(attempts),
+                    can_revoke=(task or {}).get("status") not in TERMINAL, revoke_sent=request.query_params.get("revoke"))
 
     async def api_task(request: Request) -> Response:
         _, _, task, events = _task(request)
@@ -300,19 +310,28 @@ def create_app(monitor: Any) -> Starlette:
 
     async def live(request: Request) -> Response:
         device = request.query_params.get("device") or None
-        return StreamingResponse(monitor.hub.stream(device), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        client = request.client.host if request.client else ""
+        hub = monitor.hub
+        refused = hub.admit(client)
+        if refused:
+            # Connection: close frees the socket now (a refused client must not hold a file descriptor)
+            return PlainTextResponse(f"{refused}; try again later", 503,
+                                     headers={"Retry-After": "30", "Connection": "close", "Cache-Control": "no-store"})
+        return _LiveResponse(lambda: hub.leave(client), hub.stream(device), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def metrics(request: Request) -> Response:
         text = render_metrics(store.devices(), store.counts(), lag=monitor.ingest.lag, backlog=monitor.ingest.backlog(),
-                              ingested=monitor.ingest.ingested)
+                              ingested=monitor.ingest.ingested, rejected=monitor.ingest.rejected,
+                              streams=monitor.hub.count)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def health(request: Request) -> Response:
         """Cheap figures for scripts and probes (no table scans, unlike /metrics)."""
         ing = monitor.ingest
         return JSONResponse({"broker_connected": monitor.link.connected.is_set(), "ingested": ing.ingested,
-                             "backlog": ing.backlog(), "lag_s": round(ing.lag, 3)})
+                             "rejected": ing.rejected, "backlog": ing.backlog(), "lag_s": round(ing.lag, 3),
+                             "live_streams": monitor.hub.count})
 
     routes = [
         Route("/api/health", viewing(health)),
@@ -336,7 +355,74 @@ def create_app(monitor: Any) -> Starlette:
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes)
+    from starlette.middleware import Middleware
+
+    names = getattr(getattr(monitor, "settings", None), "allowed_hosts", ())
+    return Starlette(routes=routes, middleware=[Middleware(HostCheck, names=tuple(names))])
+
+
+class _LiveResponse(StreamingResponse):
+    """A live stream that gives its place back when it ends, however it ends (also when it never started)."""
+
+    def __init__(self, release: Any, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+class HostCheck:
+    """ASGI middleware: only requests whose ``Host`` is allowed reach the app; the rest get 400.
+
+    Allowed: localhost, any IP address (a DNS-rebinding page sends a name of its own,
+    never an address), and ``names`` (the names the monitor is reached by, e.g.
+    ``monitor.lan``). ``"*"`` in ``names`` allows every host."""
+
+    def __init__(self, app: Any, names: list[str] | tuple[str, ...] = ()):
+        self.app = app
+        self.names = {n.lower().rstrip(".") for n in names} | LOCAL_NAMES
+        self.any = "*" in self.names
+        self._logged = False
+
+    def allowed(self, host: str) -> bool:
+        if self.any:
+            return True
+        host = host.strip().lower()
+        if not host:
+            return True  # an HTTP/1.0 client without Host (a probe): browsers always send one
+        if host.startswith("["):  # [v6]:port
+            name = host[1:host.find("]")] if "]" in host else host
+        else:
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if name.rstrip(".") in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = ""
+            for key, value in scope.get("headers") or ():
+                if key == b"host":
+                    host = value.decode("latin-1")
+                    break
+            if not self.allowed(host):
+                if not self._logged:  # once: a rebinding page may try without end
+                    self._logged = True
+                    log.warning("refused a request for host %r (allowed: localhost, addresses, %s; see --allowed-host)",
+                                host[:100], ", ".join(sorted(self.names - LOCAL_NAMES)) or "no names")
+                resp = PlainTextResponse("unknown host: start the monitor with --allowed-host NAME to serve it as NAME\n",
+                                         400, headers={"Connection": "close"})
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _secure_headers(resp: Response) -> None:
@@ -389,22 +475,73 @@ def _parse_args(text: str) -> dict[str, Any]:
     return out
 
 
-def attempts_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every attempt of a task from its events: start, end, outcome and error."""
-    attempts: dict[int, dict[str, Any]] = {}
+NETWORK_WAIT = "network_unavailable"  # the error type of a command parked until its target is reachable again
+
+
+def attempts_of(events: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """Every attempt of a task from its events (start, end, outcome, error), and its waits for the network.
+
+    A command parked for the network says ``retried`` with the error type
+    ``network_unavailable`` and an attempt given back: that is no failed attempt but a
+    wait, a row ``{"wait": true}`` from the park to the next start (or the end), with
+    its duration ``took`` (still counting while it waits)."""
+    rows: list[dict[str, Any]] = []
+    by_attempt: dict[int, dict[str, Any]] = {}
+    wait: dict[str, Any] | None = None
+
+    def end_wait(ts: Any) -> None:
+        nonlocal wait
+        if wait is not None:
+            wait["ended"] = ts
+            started = wait["started"]
+            wait["took"] = ts - started if isinstance(ts, int | float) and isinstance(started, int | float) else None
+            wait = None
+
     for ev in events:
-        n = ev.get("attempt")
+        kind, ts, n = ev.get("event"), ev.get("ts"), ev.get("attempt")
+        error = ev.get("error") if isinstance(ev.get("error"), dict) else None
+        if kind == "retried" and error is not None and error.get("type") == NETWORK_WAIT:
+            running = next((r for r in reversed(rows) if not r.get("wait") and r["outcome"] == "running"), None)
+            if running is not None:  # it ran and found the network down: given back, not counted
+                running.update(ended=ts, outcome="network down, not counted", error=error,
+                               took=ts - running["started"] if isinstance(ts, (int, float)) and
+                               isinstance(running["started"], (int, float)) else None)
+            if wait is None:
+                wait = {"attempt": None, "wait": True, "started": ts, "ended": None, "outcome": "waiting for the network",
+                        "error": error, "next_try": ev.get("next_try"), "runtime": None, "took": None}
+                rows.append(wait)
+            continue
+        runtime = ev.get("runtime")
+        # A command released after a wait says no `started` (the device keeps its probes quiet): its
+        # last attempt began `runtime` before it ended, and the wait ended there.
+        begun = ts - runtime if isinstance(ts, (int, float)) and isinstance(runtime, (int, float)) else ts
+        if kind in ("started", "succeeded", "failed", "expired", "revoked"):
+            end_wait(begun if kind in ("succeeded", "failed") else ts)
         if not isinstance(n, int):
             continue
-        a = attempts.setdefault(n, {"attempt": n, "started": None, "ended": None, "outcome": "running", "error": None})
-        kind = ev.get("event")
         if kind == "started":
-            a["started"] = ev.get("ts")
+            a = {"attempt": n, "wait": False, "started": ts, "ended": None, "outcome": "running", "error": None,
+                 "next_try": None, "runtime": None, "took": None}
+            by_attempt[n] = a
+            rows.append(a)
         elif kind in ("retried", "failed", "succeeded"):
-            a["ended"] = ev.get("ts")
-            a["outcome"] = "failed, retried" if kind == "retried" else kind
-            a["error"] = ev.get("error")
-            a["next_try"] = ev.get("next_try")
-            a["runtime"] = ev.get("runtime")
-    return [attempts[k] for k in sorted(attempts)]
+            a = by_attempt.get(n)
+            if a is None or a["ended"] is not None:
+                a = {"attempt": n, "wait": False, "started": begun if begun != ts else None, "ended": None,
+                     "outcome": "running", "error": None, "next_try": None, "runtime": None, "took": None}
+                by_attempt[n] = a
+                rows.append(a)
+            a.update(ended=ts, outcome="failed, retried" if kind == "retried" else kind, error=error,
+                     next_try=ev.get("next_try"), runtime=runtime)
+            if isinstance(a["runtime"], (int, float)):
+                a["took"] = a["runtime"]
+            elif isinstance(ts, (int, float)) and isinstance(a["started"], (int, float)):
+                a["took"] = ts - a["started"]
+    if wait is not None and isinstance(wait["started"], (int, float)):
+        wait["took"] = max(0.0, (time.time() if now is None else now) - wait["started"])  # still waiting
+    return rows
 
+
+def network_wait(rows: list[dict[str, Any]]) -> float:
+    """Seconds a task waited for the network, over all its waits."""
+    return sum(r["took"] for r in rows if r.get("wait") and isinstance(r.get("took"), (int, float)))

@@ -7,6 +7,17 @@ any case), Sunday as 0 or 7, and the nicknames ``@yearly`` ``@annually`` ``@mont
 day-of-month and day-of-week are restricted (neither starts with ``*``) a day matching
 either one matches.
 
+Also, spelled as in cronsim, croniter and Quartz (they may stand in a list with plain
+values, e.g. ``1,L``):
+
+* day-of-month ``L``: the last day of the month; ``LW``: its last weekday (Mon-Fri);
+  ``15W``: the weekday nearest the 15th, within the month (Saturday the 15th -> Friday
+  the 14th, Sunday -> Monday 16th; ``1W`` on a Saturday -> Monday the 3rd); a month
+  without that day has none;
+* day-of-week ``5L``: the last Friday of the month; ``5#3``: its third Friday (``#1`` to
+  ``#5``; a month without a fifth Friday has none). Sunday is 0 or 7, names work too
+  (``FRI#3``, ``SUNL``).
+
 Daylight saving time (the rules cron users expect, which croniter and APScheduler
 get wrong on fall-back):
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
 
 __all__ = ["CronExpr", "wall_to_instant"]
 
@@ -66,10 +78,74 @@ def _parse_value(text: str, field: int) -> int:
     return value
 
 
+_MONTH_DAY_SPECIAL = re.compile(r"^(?:(L)|(LW)|([0-9]{1,2})W)$", re.IGNORECASE)
+_WEEKDAY_SPECIAL = re.compile(r"^([0-9A-Za-z]+?)(?:(L)|#([0-9]+))$", re.IGNORECASE)
+
+
+def _parse_special(item: str, field: int) -> tuple[Any, ...] | None:
+    """``L``, ``LW``, ``15W`` (day-of-month) or ``5L``, ``5#3`` (day-of-week) as a tuple; None otherwise."""
+    if field == 2:
+        match = _MONTH_DAY_SPECIAL.match(item)
+        if not match:
+            return None
+        if match[1]:
+            return ("L",)
+        if match[2]:
+            return ("LW",)
+        return ("W", _parse_value(match[3], field))
+    if field == 4:
+        match = _WEEKDAY_SPECIAL.match(item)
+        if not match:
+            return None
+        weekday = _parse_value(match[1], field) % 7
+        if match[2]:
+            return ("L", weekday)
+        nth = int(match[3])
+        if not 1 <= nth <= 5:
+            raise ValueError(f"#{nth} in {item!r}: a month has a first to a fifth of each weekday (#1 to #5)")
+        return ("#", weekday, nth)
+    return None
+
+
+def _special_matches(special: tuple[Any, ...], day: date) -> bool:
+    """Whether ``day`` is the day a ``L``/``LW``/``W``/``L``/``#`` item names in its month."""
+    last = (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    kind = special[0]
+    if len(special) == 1 and kind == "L":
+        return day == last
+    if kind == "LW":
+        return day == last - timedelta(days=max(0, last.weekday() - 4))
+    if kind == "W":
+        if special[1] > last.day:
+            return False
+        target = day.replace(day=special[1])
+        if target.weekday() == 5:  # Saturday: Friday before, or Monday after when that is the 1st
+            target += timedelta(days=-1 if target.day > 1 else 2)
+        elif target.weekday() == 6:  # Sunday: Monday after, or Friday before at the month's end
+            target += timedelta(days=1 if target.day < last.day else -2)
+        return day == target
+    weekday = special[1]
+    if day.isoweekday() % 7 != weekday:
+        return False
+    if kind == "L":
+        return day + timedelta(days=7) > last
+    return (day.day - 1) // 7 + 1 == special[2]
+
+
 def _parse_field(text: str, field: int) -> frozenset[int]:
+    return _parse_field_items(text, field)[0]
+
+
+def _parse_field_items(text: str, field: int) -> tuple[frozenset[int], frozenset[tuple[Any, ...]]]:
+    """A field's plain values and its special items (see the module docstring)."""
     low, high = _BOUNDS[field]
     values: set[int] = set()
+    specials: set[tuple[Any, ...]] = set()
     for item in text.split(","):
+        special = _parse_special(item, field)
+        if special is not None:
+            specials.add(special)
+            continue
         match = _ITEM.match(item)
         if not match:
             raise ValueError(f"cannot read {item!r}")
@@ -89,7 +165,7 @@ def _parse_field(text: str, field: int) -> frozenset[int]:
     if field == 4 and 7 in values:  # Sunday is 0 or 7
         values.discard(7)
         values.add(0)
-    return frozenset(values)
+    return frozenset(values), frozenset(specials)
 
 
 @dataclass(frozen=True)
@@ -105,6 +181,8 @@ class CronExpr:
     any_day: bool  # day-of-month starts with "*"
     any_weekday: bool  # day-of-week starts with "*"
     wall_clock: bool  # fixed hour: DST handled on the wall clock (see the module docstring)
+    day_specials: frozenset[tuple[Any, ...]] = frozenset()  # L, LW, nW
+    weekday_specials: frozenset[tuple[Any, ...]] = frozenset()  # dL, d#n
 
     @classmethod
     def parse(cls, text: str) -> CronExpr:
@@ -119,17 +197,23 @@ class CronExpr:
             raise ValueError(
                 f"cron {text!r}: expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
             )
-        sets = []
+        sets, specials = [], []
         for index, part in enumerate(parts):
             try:
-                sets.append(_parse_field(part, index))
+                values, extra = _parse_field_items(part, index)
             except ValueError as exc:
                 raise ValueError(f"cron {text!r}: bad {_FIELDS[index]} field {part!r}: {exc}") from None
+            sets.append(values)
+            specials.append(extra)
         minutes, hours, days, months, weekdays = sets
         any_day, any_weekday = parts[2].startswith("*"), parts[4].startswith("*")
-        if not any_day and any_weekday and not any(day <= _DAYS_IN_MONTH[m - 1] for m in months for day in days):
+        longest = max(_DAYS_IN_MONTH[m - 1] for m in months)
+        possible = (any(day <= longest for day in days)
+                    or any(item[0] in ("L", "LW") or item[1] <= longest for item in specials[2]))
+        if not any_day and any_weekday and not possible:
             raise ValueError(f"cron {text!r}: bad day-of-month field {parts[2]!r}: no such day in the months given")
-        return cls(text, minutes, hours, days, months, weekdays, any_day, any_weekday, not parts[1].startswith("*"))
+        return cls(text, minutes, hours, days, months, weekdays, any_day, any_weekday, not parts[1].startswith("*"),
+                   specials[2], specials[4])
 
     def __str__(self) -> str:
         return self.text
@@ -137,8 +221,8 @@ class CronExpr:
     def _day_matches(self, day: date) -> bool:
         if day.month not in self.months:
             return False
-        in_month = day.day in self.days
-        in_week = day.isoweekday() % 7 in self.weekdays
+        in_month = day.day in self.days or any(_special_matches(item, day) for item in self.day_specials)
+        in_week = day.isoweekday() % 7 in self.weekdays or any(_special_matches(item, day) for item in self.weekday_specials)
         if self.any_day or self.any_weekday:
             return in_month and in_week
         return in_month or in_week
@@ -148,6 +232,9 @@ class CronExpr:
         if after.tzinfo is None or after.utcoffset() is None:
             raise ValueError(f"after must be timezone-aware, got {after!r}")
         local_after = after.astimezone(tz).replace(tzinfo=None, fold=0)
+        quick = self._next_without_transition(after, local_after, tz)
+        if quick is not None:
+            return quick
         best: datetime | None = None
         for wall in _WallTimes(self, local_after - _DST_MARGIN):
             if best is not None and wall > best.astimezone(tz).replace(tzinfo=None) + _DST_MARGIN:
@@ -159,6 +246,22 @@ class CronExpr:
                     best = instant
         assert best is not None  # the loop only ends on a match or by raising
         return best
+
+    def _next_without_transition(self, after: datetime, local_after: datetime, tz: tzinfo) -> datetime | None:
+        """The next firing when the UTC offset is the same from ``after`` - 3 h to + 3 h and
+        the firing is inside that span; None otherwise (then the general search decides).
+
+        No zone changes its offset twice within 6 hours, so equal offsets at both ends
+        mean no change in between: local time and instants then run in step, and the
+        first matching wall time after ``local_after`` is the answer. This keeps a
+        frequent job (``* * * * *``) from walking 6 hours of minutes for every firing."""
+        low, high = after - _DST_MARGIN, after + _DST_MARGIN
+        offset = low.astimezone(tz).utcoffset()
+        if offset is None or high.astimezone(tz).utcoffset() != offset:
+            return None
+        wall = next(_WallTimes(self, local_after + timedelta(microseconds=1)))
+        instant = (wall - offset).replace(tzinfo=UTC)
+        return instant if after < instant <= high else None
 
     def _instants(self, wall: datetime, tz: tzinfo) -> list[datetime]:
         """The UTC instants at which local time ``wall`` makes this job fire."""
@@ -209,6 +312,7 @@ class _WallTimes:
         self._next = start.replace(second=0, microsecond=0)
         if self._next < start:
             self._next += timedelta(minutes=1)
+        self._give_up = start + _SEARCH_LIMIT
 
     def __iter__(self) -> _WallTimes:
         return self
@@ -216,6 +320,8 @@ class _WallTimes:
     def __next__(self) -> datetime:
         expr, current = self._expr, self._next
         while True:
+            if current > self._give_up:  # e.g. "0 0 * 2 1#5 ..." that no calendar within 28 years has
+                raise ValueError(f"cron {expr.text!r} never matches")
             if current.month not in expr.months:
                 first_of_next = (current.replace(day=28) + timedelta(days=4)).replace(day=1)
                 current = datetime.combine(first_of_next.date(), time(0))

@@ -15,7 +15,8 @@ Invariants (tested):
 * never from before the job existed: a job with no history only considers planned
   instants at or after ``since``;
 * after downtime, or a clock step forwards, the job's ``missed`` policy decides which
-  of the planned instants that went by are run (see :class:`Job`).
+  of the planned instants that went by are run (see :class:`Job`); a job bounded by
+  ``not_before``/``not_after`` runs none of them while ``now`` is outside its hours.
 
 Caller contract (crash safety): enqueue the returned firings keyed by (job, planned
 instant) with a unique constraint, then persist ``last_planned``, ideally in the same
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from edge_agent.schedule.triggers import Trigger
+from edge_agent.schedule.triggers import BoundedTrigger, Trigger
 
 __all__ = ["MISSED_POLICIES", "Decision", "Job", "Planner"]
 
@@ -147,6 +148,10 @@ class Planner:
             fire = passed[-1:]
         else:
             fire = passed[-job.max_catch_up :]
+        if isinstance(job.trigger, BoundedTrigger) and not job.trigger.allows(now):
+            # A bounded job ("not after 22:00") is not caught up outside its hours: the
+            # fountain that missed 21:40 in a power cut does not start at 23:10.
+            fire = [p for p in fire if p >= on_time]
         fired = set(fire)
         settled = passed[-1] if passed else window_start - _MICROSECOND
         return Decision(tuple(fire), settled, tuple(p for p in passed if p not in fired), dropped_before)

@@ -15,7 +15,7 @@ def _iso(ts: float | None, tz: Any) -> str | None:
 def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, store: Any = None) -> dict[str, Any]:
     """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting"}], "windows": [...]}``."""
     from ..errors import ConfigError
-    from .triggers import build_trigger, next_firings
+    from .triggers import job_trigger, next_firings
     from .windows import Window, window_state
 
     tz = settings.location.tz
@@ -26,9 +26,6 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
             raise ConfigError(f"--from must be ISO-8601 like 2026-06-01T12:00+03:00, got {start!r}") from None
         if after.tzinfo is None:
             after = after.replace(tzinfo=tz)
-    else:
-        after = datetime.now(UTC)
-    last: dict[str, float | None] = {}
     if store is None:
         try:
             from ..client import LocalClient
@@ -36,6 +33,11 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
             store = LocalClient(settings, create=False).store
         except Exception:
             store = None
+    if not start:
+        from ..scheduler import reading_clock
+
+        after = datetime.fromtimestamp(reading_clock(store)(), UTC)
+    last: dict[str, float | None] = {}
     if store is not None:
         try:
             last = {job: fired for job, fired in store.query("select job, fired from firings")}
@@ -44,8 +46,7 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
     loc = settings.location
     jobs = []
     for spec in settings.jobs:
-        trigger = build_trigger(spec.kind, spec.value, tz=tz, offset_s=spec.offset, latitude=loc.latitude,
-                                longitude=loc.longitude)
+        trigger = job_trigger(spec, loc)
         jobs.append({
             "name": spec.name,
             "trigger": trigger.describe(),

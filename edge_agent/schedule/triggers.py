@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from typing import Any
 
 from edge_agent.durations import format_duration, parse_duration
 from edge_agent.schedule.cron import CronExpr, wall_to_instant
@@ -19,11 +20,14 @@ from edge_agent.schedule.solar import SOLAR_EVENTS, next_solar, parse_solar_expr
 
 __all__ = [
     "AtTrigger",
+    "BoundedTrigger",
     "CronTrigger",
     "EveryTrigger",
     "SolarTrigger",
     "Trigger",
     "build_trigger",
+    "default_every_anchor",
+    "job_trigger",
     "next_firings",
 ]
 
@@ -154,6 +158,99 @@ class AtTrigger(Trigger):
         return None if self.instant > now else f"{self.instant.isoformat(timespec='seconds')} has passed"
 
 
+@dataclass(frozen=True)
+class BoundedTrigger(Trigger):
+    """Another trigger's firings whose local wall time is within [not_before, not_after].
+
+    Either bound may be None (no bound that side). When ``not_before`` is later than
+    ``not_after`` the allowed part of the day wraps midnight (``22:00``..``02:00``).
+    A firing outside is skipped, never moved: "sunset-15m, not after 23:00" does not
+    fire on the summer days when sunset-15m is after 23:00.
+    """
+
+    inner: Trigger
+    not_before: time | None
+    not_after: time | None
+    tz: tzinfo
+
+    def allows(self, instant: datetime) -> bool:
+        wall = instant.astimezone(self.tz).time().replace(tzinfo=None)
+        low, high = self.not_before, self.not_after
+        if low is not None and high is not None and low > high:
+            return wall >= low or wall <= high
+        return (low is None or wall >= low) and (high is None or wall <= high)
+
+    def _next_allowed_start(self, instant: datetime) -> datetime:
+        """The first instant at or after ``instant`` (which is outside the bounds) that is inside."""
+        local = instant.astimezone(self.tz)
+        day: date = local.date()
+        if self.not_before is None:  # only an upper bound: allowed again from midnight
+            return wall_to_instant(datetime.combine(day + timedelta(days=1), time(0)), self.tz)
+        if local.time().replace(tzinfo=None) >= self.not_before:
+            day += timedelta(days=1)
+        return wall_to_instant(datetime.combine(day, self.not_before), self.tz)
+
+    def next_after(self, after: datetime) -> datetime | None:
+        instant = self.inner.next_after(after)
+        # Each pass moves to the next allowed part of a day: ~2 passes a day skipped.
+        for _ in range(2000):
+            if instant is None or self.allows(instant):
+                return instant
+            resume = self._next_allowed_start(instant)
+            if resume <= instant:  # a repeated wall time at fall-back: just move on
+                resume = instant + _MICROSECOND
+            instant = self.inner.next_after(resume - _MICROSECOND)
+        return None
+
+    def describe(self) -> str:
+        low = self.not_before.isoformat(timespec="minutes") if self.not_before else None
+        high = self.not_after.isoformat(timespec="minutes") if self.not_after else None
+        if low and high:
+            bound = f"only {low}-{high}"
+        else:
+            bound = f"not before {low}" if low else f"not after {high}"
+        return f"{self.inner.describe()}, {bound}"
+
+    def waiting_reason(self, now: datetime) -> str | None:
+        return self.inner.waiting_reason(now)
+
+
+def default_every_anchor(tz: tzinfo, now: datetime | None = None, wall: time = time(0)) -> datetime:
+    """The origin of an ``every`` grid: ``wall`` (default midnight) on 2000-01-01 at the
+    zone's *standard* UTC offset in force today (its offset less any summer time).
+
+    Today's standard offset, not the one the zone had in 2000: Istanbul (+02 then, +03
+    now) and Sao Paulo (summer time then, none now) would otherwise fire an hour off
+    all year. In summer time the grid stays put in UTC, so a daily job at midnight
+    standard time fires at 01:00 summer time.
+    """
+    moment = (now or datetime.now(UTC)).astimezone(tz)
+    standard = (moment.utcoffset() or timedelta(0)) - (moment.dst() or timedelta(0))
+    return datetime.combine(date(2000, 1, 1), wall, timezone(standard))
+
+
+def _parse_anchor(text: str, tz: tzinfo) -> datetime:
+    """``"HH:MM"`` (a wall time, standard offset) or ISO-8601 (local to ``tz`` without an offset)."""
+    text = text.strip()
+    try:
+        if len(text) <= 8 and ":" in text and "T" not in text and "-" not in text:
+            return default_every_anchor(tz, wall=time.fromisoformat(text))
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"anchor must be a time like '03:00' or an ISO-8601 date-time, got {text!r}") from None
+    return instant if instant.tzinfo is not None else wall_to_instant(instant, tz)
+
+
+def _parse_wall_time(text: str, what: str) -> time:
+    """``"23:00"`` -> time(23, 0); ValueError naming ``what`` otherwise."""
+    try:
+        if not isinstance(text, str) or ":" not in text:
+            raise ValueError
+        return time.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a local time like '23:00', got {text!r}") from None
+
+
 def next_firings(trigger: Trigger, after: datetime, count: int) -> list[datetime]:
     """Up to ``count`` successive firings strictly after ``after`` (for ``edge-agent jobs``)."""
     firings: list[datetime] = []
@@ -173,17 +270,50 @@ def build_trigger(
     offset_s: float = 0.0,
     latitude: float | None = None,
     longitude: float | None = None,
-    anchor: datetime | None = None,
+    anchor: datetime | str | None = None,
+    not_before: str | None = None,
+    not_after: str | None = None,
 ) -> Trigger:
     """The trigger for a job's config: ``kind`` is the key (solar, cron, every, at).
 
     ``solar`` takes an event name, optionally with its offset (``"sunset-15m"``; not
     both that and ``offset_s``) and needs the location; ``cron`` runs in ``tz``;
     ``every`` takes a duration and fires on the grid ``anchor + k * interval``
-    (default anchor: local midnight of 2000-01-01 in ``tz``, so ``every 15m`` fires at
-    :00, :15, ...); ``at`` takes ISO-8601, local time of ``tz`` when it has no offset.
-    Raises ValueError with a message fit for a config error.
+    (default anchor: :func:`default_every_anchor`, midnight standard time, so ``every
+    15m`` fires at :00, :15, ... and ``every 6h`` at 00, 06, 12, 18 standard time, an hour
+    later on the wall clock in summer time; ``anchor`` may be
+    ``"HH:MM"`` or ISO-8601); ``at`` takes ISO-8601, local time of ``tz`` when it has no
+    offset. ``not_before``/``not_after`` (``"HH:MM"``) skip firings outside those local
+    times (:class:`BoundedTrigger`). Raises ValueError with a message fit for a config error.
     """
+    trigger = _build(kind, value, tz=tz, offset_s=offset_s, latitude=latitude, longitude=longitude, anchor=anchor)
+    if not_before is None and not_after is None:
+        return trigger
+    low = _parse_wall_time(not_before, "not_before") if not_before is not None else None
+    high = _parse_wall_time(not_after, "not_after") if not_after is not None else None
+    if low is not None and low == high:
+        raise ValueError(f"not_before and not_after are both {not_before!r}: that allows one instant a day")
+    return BoundedTrigger(trigger, low, high, tz)
+
+
+def job_trigger(job: Any, location: Any) -> Trigger:
+    """The trigger of a ``[[jobs]]`` entry (config.JobSpec) at a ``[location]``: the one
+    place that turns a job's keys into a trigger, for the daemon, ``check`` and ``jobs``."""
+    return build_trigger(job.kind, job.value, tz=location.tz, offset_s=job.offset, latitude=location.latitude,
+                         longitude=location.longitude, anchor=job.anchor, not_before=job.not_before,
+                         not_after=job.not_after)
+
+
+def _build(
+    kind: str,
+    value: str,
+    *,
+    tz: tzinfo,
+    offset_s: float,
+    latitude: float | None,
+    longitude: float | None,
+    anchor: datetime | str | None,
+) -> Trigger:
     if not isinstance(value, str):
         raise ValueError(f"{kind} must be a string, got {value!r}")
     if kind == "solar":
@@ -195,13 +325,18 @@ def build_trigger(
         return SolarTrigger(event, inline_offset or offset_s, float(latitude), float(longitude), tz)
     if offset_s:
         raise ValueError(f"offset only applies to solar triggers, not to {kind}")
+    if anchor is not None and kind != "every":
+        raise ValueError(f"anchor only applies to every, not to {kind}")
     if kind == "cron":
         return CronTrigger(CronExpr.parse(value), tz)
     if kind == "every":
         interval = parse_duration(value)
         if interval <= 0:
             raise ValueError(f"every needs a positive interval, got {value!r}")
-        start = anchor if anchor is not None else wall_to_instant(datetime(2000, 1, 1), tz)
+        if isinstance(anchor, str):
+            start = _parse_anchor(anchor, tz)
+        else:
+            start = anchor if anchor is not None else default_every_anchor(tz)
         return EveryTrigger(interval, start)
     if kind == "at":
         try:

@@ -9,13 +9,24 @@ How a window is laid on the calendar (each rule chosen so the common cases read
 naturally and odd days stay sane):
 
 * Every local date D has one occurrence, from ``from`` on D to ``until`` on D, or on
-  D+1 when the window *crosses midnight*. It crosses midnight when ``until`` comes
-  before ``from`` on a typical day: clock times as written, solar events at their
-  equinox times (dawn 05:30, sunrise 06:00, noon 12:00, sunset 18:00, dusk 18:30,
-  nautical 05:00/19:00, astronomical 04:30/19:30) plus the offset. So "22:00 until
-  06:00" and "dusk until dawn" cross midnight, "sunset-15m until 23:00" does not.
-  The decision is fixed per window, not per day: when sunset-15m is after 23:00
-  (summer in the far north) that day's occurrence is empty, not 23 hours long.
+  D+1 when the window *crosses midnight*. Whether it does is fixed per window and
+  depends only on what is written, never on the date:
+
+  - two clock times cross midnight when ``until`` is not after ``from``
+    ("22:00 until 06:00");
+  - otherwise (at least one solar time) the window crosses midnight when ``from`` is
+    at or after noon and ``until`` at or before noon, each read at its equinox time
+    (dawn 05:30, sunrise 06:00, noon 12:00, sunset 18:00, dusk 18:30, nautical
+    05:00/19:00, astronomical 04:30/19:30) plus its offset: "dusk until dawn",
+    "sunset until 02:00", "22:00 until sunrise" and "dusk until noon" cross midnight;
+    "sunset-15m until 23:00", "06:00 until sunrise" and "20:00 until sunset+1h" do not,
+    nor does "sunset until 13:00", which is therefore never on (``edge-agent check``
+    warns about a window that is off on every day of the coming year).
+
+  On a day when the end does not come after the start, the window is off all day:
+  "06:00 until sunrise" is off on summer days when the Sun rises before 06:00, and
+  "sunset-15m until 23:00" is off when sunset-15m is after 23:00 (summer in the far
+  north). A window is never on for a whole day because its end fell before its start.
 * A solar boundary on D is the event of D's solar day (the one whose noon is on D), so
   a sunset at 00:20 belongs to the evening before, as people count it.
 * When the event does not happen that day (polar day or night), the boundary is the
@@ -44,6 +55,7 @@ from edge_agent.schedule.solar import parse_solar_expr, solar_event_of_day
 __all__ = ["ClockTime", "SolarTime", "TimeExpr", "Window", "parse_time_expr", "window_state"]
 
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+_NOON = 12 * 60
 # Equinox-day local times (minutes) used only to decide whether a window crosses midnight.
 _TYPICAL_MINUTES = {
     "dawn_astronomical": 270,
@@ -145,7 +157,9 @@ class Window:
     @property
     def crosses_midnight(self) -> bool:
         """Whether each occurrence ends on the next local date (see the module docstring)."""
-        return self.until._typical_minutes() <= self.start._typical_minutes()
+        if isinstance(self.start, ClockTime) and isinstance(self.until, ClockTime):
+            return self.until._typical_minutes() <= self.start._typical_minutes()
+        return self.start._typical_minutes() >= _NOON and self.until._typical_minutes() <= _NOON
 
     def describe(self) -> str:
         """``"sunset-15m until 23:00"``."""
