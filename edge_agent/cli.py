@@ -488,8 +488,10 @@ def _cmd_sun(args: argparse.Namespace) -> int:
         _out(doc)
         return 0
     print(f"{doc['date']}  {doc['timezone']}  {lat:.4f}, {lon:.4f}")
-    for name, when in doc["events"].items():
-        shown = when[11:19] + " " + when[19:] if when else f"- ({doc['missing'].get(name, 'none this day')})"
+    events, missing = doc["events"], doc["missing"]
+    assert isinstance(events, dict) and isinstance(missing, dict)
+    for name, when in events.items():
+        shown = when[11:19] + " " + when[19:] if when else f"- ({missing.get(name, 'none this day')})"
         print(f"  {name:<18} {shown}")
     return 0
 

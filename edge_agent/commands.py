@@ -36,6 +36,7 @@ _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 #: id prefixes of the commands the daemon queues itself: a job's firing is ``job:<name>:<planned
 #: unix time>``, a window's ``window:<key>:<device>:<time>``. Ids are what makes a firing happen
 #: once, so a command from outside holding one would turn that firing into a no-op.
+RESERVED_ID_SUFFIX = "/off"
 RESERVED_ID_PREFIXES = ("job:", "window:")
 MAX_DEPTH = 32
 
@@ -124,6 +125,10 @@ def check_id(value: Any, *, reserved_ok: bool = False) -> str:
     if not reserved_ok and value.startswith(RESERVED_ID_PREFIXES):
         raise InvalidCommand(f"id {_short(value)} is reserved: ids starting with "
                              f"{' or '.join(RESERVED_ID_PREFIXES)} are the scheduler's (job firings, windows)")
+    if not reserved_ok and value.endswith(RESERVED_ID_SUFFIX):
+        # gpio.pulse queues its "off" as <id>/off: taken first from outside, that off would never run
+        raise InvalidCommand(f"id {_short(value)} is reserved: ids ending in {RESERVED_ID_SUFFIX} are gpio.pulse's "
+                             f"follow-up commands")
     return value
 
 
@@ -348,8 +353,8 @@ def _check(annotation: Any, value: Any) -> tuple[bool, Any]:
             return False, value
         inner = typing.get_args(annotation)
         if len(inner) == 2:
-            checked = {k: _check(inner[1], v) for k, v in value.items()}
-            return all(ok for ok, _ in checked.values()), {k: v for k, (_, v) in checked.items()}
+            checked_map = {k: _check(inner[1], v) for k, v in value.items()}
+            return all(ok for ok, _ in checked_map.values()), {k: v for k, (_, v) in checked_map.items()}
         return True, value
     # Unknown classes (user types): accept JSON as is; the task validates further.
     return True, value

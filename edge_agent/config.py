@@ -216,7 +216,8 @@ class _Table:
     def __init__(self, raw: Any, key: str, path: str):
         if not isinstance(raw, dict):
             raise ConfigError(f"expected a table, got {_show(raw)}", path=path, key=key)
-        self.raw, self.key, self.path, self.used = raw, key, path, set()
+        self.raw, self.key, self.path = raw, key, path
+        self.used: set[str] = set()
         self.schema: str | None = None
 
     def expect(self, schema: str) -> None:

@@ -140,7 +140,8 @@ class EventLog:
                 command_id: str | None = None, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """Events with ``seq > after`` matching every filter given, seq ascending, at most ``limit``."""
         limit = max(1, min(MAX_HISTORY, limit))
-        where, params = ["seq > ?"], [after]
+        where = ["seq > ?"]
+        params: list[Any] = [after]
         for column, value in (("action", action), ("event", event), ("id", command_id)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import BrokerUnreachable, EdgeAgentError, InvalidCommand
 from .monitor.validate import ERROR_MAX, TS_MAX, Rejected, clean_event, clean_state, text
@@ -234,7 +234,7 @@ class FleetClient:
             if mid in self._early_subacks:
                 self._early_subacks.discard(mid)
                 done.set()
-            else:
+            elif mid is not None:  # (None: not connected, and rc says so below)
                 self._subacks[mid] = done
         if rc != 0 or not done.wait(self.timeout):
             raise BrokerUnreachable(f"the broker did not confirm the subscription to {subs[0][0]} (rc {rc})")
@@ -652,7 +652,7 @@ def _history_page(device: str, result: Any, start: int, limit: int) -> tuple[dic
     return {"events": events, "next": nxt, "more": more, "last": last, "oldest": result.get("oldest")}, bad
 
 
-def _is_seq(value: Any) -> bool:
+def _is_seq(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
@@ -690,7 +690,12 @@ class EventStream:
     def start(self) -> None:
         self._stop.clear()
         removers = [self.client.on_message(self._on_message), self.client.on_reconnect(self._catch_up)]
-        self._remove = lambda: [r() for r in removers]  # type: ignore[func-returns-value]
+
+        def remove() -> None:
+            for r in removers:
+                r()
+
+        self._remove = remove
         if self.devices:
             topics = [f"{self.prefix}/{d}/{leaf}" for d in self.devices for leaf in ("events", "reply")]
         else:
@@ -790,6 +795,7 @@ class EventStream:
         if not isinstance(raw, list):
             log.warning("fleet events: %s answered agent.history without a list of events", device)
             return
+        assert isinstance(result, dict)  # (raw came from it)
         buf = self._buffer.setdefault(device, {})
         last = self.last.setdefault(device, 0)
         page = []

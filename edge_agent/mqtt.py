@@ -101,7 +101,7 @@ class MqttLink:
         self._offline_said = False
         self._status_lock = threading.Lock()  # `online` (publisher) never after `offline` (stop)
         self.rng = random.Random()
-        store.on_full.append(lambda full: (self._state_dirty.set(), self.outbox.wake()))
+        store.on_full.append(self._full_changed)
         self._unqueued_states: dict[str, Any] = {}  # GPIO states a full disk kept out of the outbox
         store.on_full.append(self._queue_held_states)
 
@@ -131,6 +131,11 @@ class MqttLink:
             # Kept and queued when the disk has space again (Home Assistant would show the old state).
             self._unqueued_states[device] = value
             log.error("could not queue the state of %s: %s", device, exc)
+
+    def _full_changed(self, full: bool) -> None:
+        """Told by the store when the disk becomes full or writable: the state to publish may have changed."""
+        self._state_dirty.set()
+        self.outbox.wake()
 
     def _queue_held_states(self, full: bool) -> None:
         """Told by the store when a full disk has space again: queue the states that could not be."""

@@ -73,7 +73,7 @@ class Started(NamedTuple):
 class Runner:
     def __init__(self, store: Store, journal: Journal, registry: Registry, *,
                  retry_at: Callable[[sqlite3.Cursor, Command, float], None],
-                 reporter: Reporter | None = None, release_parked: Callable[[], None] = lambda: None,
+                 reporter: Reporter | None = None, release_parked: Callable[[], object] = lambda: None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  stopping: Callable[[], bool] = lambda: False):
         self.store = store
@@ -99,7 +99,9 @@ class Runner:
     def run(self, seq: int) -> Command | None:
         with self.store.transaction() as cur:
             step = self.begin(cur, seq)
-        return self.complete(step)
+        done = self.complete(step)
+        assert not isinstance(done, Finish)  # (only defer=True gives one)
+        return done
 
     def begin(self, cur: sqlite3.Cursor, seq: int) -> Started | Command | None:
         """Claim command ``seq`` inside the caller's transaction (the queue's, which also takes

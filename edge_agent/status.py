@@ -65,7 +65,7 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
     try:
         from .schedule.report import jobs_report
 
-        firings = []
+        firings: list[tuple[str, str]] = []
         for job in jobs_report(settings, count=5, store=store)["jobs"]:
             firings.extend((n, job["name"]) for n in job["next"])
         doc["next_firings"] = [{"at": at, "job": name} for at, name in sorted(firings)[:5]]

@@ -86,10 +86,10 @@ class QueueStorage(SqliteStorage):
 
     # Huey reaches the database through ``conn`` and ``db()``: route both to the Store.
     @property
-    def conn(self) -> sqlite3.Connection:  # type: ignore[override]
+    def conn(self) -> sqlite3.Connection:
         return self.store.conn
 
-    def db(self, commit: bool = False, close: bool = False) -> Any:  # type: ignore[override]
+    def db(self, commit: bool = False, close: bool = False) -> Any:
         return self.store.transaction() if commit else self.store.reading()
 
     def close(self) -> bool:
@@ -258,7 +258,7 @@ class TaskQueue:
     # ----------------------------------------------------------------- entering the queue
 
     def message(self, seq: int) -> bytes:
-        return self.huey.serialize_task(self._run.s(seq))  # type: ignore[no-any-return]
+        return self.huey.serialize_task(self._run.s(seq))
 
     def lane(self, action: str) -> QueueStorage:
         """The queue that runs ``action``: the network lane or the local one."""

@@ -359,6 +359,7 @@ def test_a_second_daemon_on_the_same_database_refuses(agent):
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signals_drain_running_commands(agent, signum):
     """SIGTERM and SIGINT let a running command finish (it is not interrupted), then exit 0."""
@@ -468,6 +469,7 @@ def test_history_leaves_out_queries_and_keeps_each_command_on_one_line(daemon_fa
     assert len(json.loads(d.cli("history", "--json", "--all").stdout)["commands"]) == 7
 
 
+@pytest.mark.slow
 def test_send_wait_says_parked_for_a_parked_command(agent):
     """`send --wait` that ends before a command parked for the network names its state `parked`, as status does."""
     agent.start()

@@ -8,6 +8,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from edge_agent.schedule.cron import CronExpr
 
 ZONES = ["America/New_York", "Europe/Oslo", "Australia/Lord_Howe", "Pacific/Chatham", "America/St_Johns",
@@ -36,6 +38,7 @@ def _general(expr: CronExpr, after: datetime, tz: ZoneInfo) -> datetime:
         object.__delattr__(expr, "_next_without_transition")
 
 
+@pytest.mark.slow
 def test_the_quick_path_agrees_with_the_general_search() -> None:
     """Seeded: instants within 5 h of each 2026 transition and at random through the year."""
     seed = int(os.environ.get("CRON_SEED", random.randrange(2**32)))

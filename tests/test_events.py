@@ -332,6 +332,7 @@ def test_a_job_firing_emits_fired(broker, daemon_factory, listener_factory, tmp_
     assert received and received[0]["source"] == "schedule"
 
 
+@pytest.mark.slow
 def test_events_beyond_the_outbox_bound_are_dropped_and_refetched_by_seq(own_broker, daemon_factory, tmp_path):
     """With the broker away, of the unsent events only the newest [events] outbox_max are
     published when it is back (replies all are); a consumer that was following sees the jump in

@@ -29,6 +29,7 @@ def _live(listener: Any) -> list[Any]:
         return [m for m in listener.messages if not m.retain]
 
 
+@pytest.mark.slow
 def test_after_a_kill_the_current_states_go_out_before_online(broker, daemon_factory, listener_factory, tmp_path):
     """kill -9 with the lamp on: the restarted agent (lamp back at its initial off) publishes
     the lamp's OFF and its `state` before `online`, so HA never shows the pre-crash ON as live."""
@@ -125,6 +126,7 @@ def _configs(listener: Any, dp: str) -> int:
         return sum(1 for m in listener.messages if m.topic.startswith(f"{dp}/") and m.topic.endswith("/config"))
 
 
+@pytest.mark.slow
 def test_birth_on_ha_status_topic_and_a_removed_devices_state_cleared(broker, daemon_factory, listener_factory,
                                                                       tmp_path):
     """HA's birth on `ha_status_topic` (not `<discovery prefix>/status`) re-announces; a device

@@ -88,6 +88,7 @@ def _gaps(reqs: list[Any]) -> list[float]:
 # --------------------------------------------------------------------------- the policy
 
 
+@pytest.mark.slow
 def test_503s_are_retried_no_sooner_than_retry_after_then_succeed(web):
     """Two 503s with Retry-After: 1 are retried (each gap at least 1 s) and the third attempt succeeds."""
     web.server.set("ok", script=["unavailable", "unavailable"], retry_after="1")
@@ -103,6 +104,7 @@ def test_503s_are_retried_no_sooner_than_retry_after_then_succeed(web):
     assert all(g >= 0.95 for g in gaps), gaps
 
 
+@pytest.mark.slow
 def test_user_task_retryable_error_honours_retry_after(web):
     """A user task raising RetryableError(retry_after=1.5) is tried again no sooner than 1.5 s later."""
     web.server.set("ok", script=["unavailable"], retry_after="1.5")
@@ -147,6 +149,7 @@ def test_a_permanent_error_fails_at_once_with_the_servers_status(web):
     assert history["p1"]["status"] == "failed" and "404" in history["p1"]["error"]["message"]
 
 
+@pytest.mark.slow
 def test_a_slow_server_times_out_and_uses_up_attempts(web):
     """An answer slower than `timeout` (a half-open link looks the same) uses an attempt each time, so it is
     not parked forever: with retries=1 the task fails after two timeouts."""
@@ -164,6 +167,7 @@ def test_a_slow_server_times_out_and_uses_up_attempts(web):
     assert len(web.server.log(id="s3")) == 2
 
 
+@pytest.mark.slow
 def test_http_request_retries_after_a_timeout(web):
     """http.request with timeout=1 against one slow answer succeeds on its second attempt."""
     web.server.set("ok", script=["slow"], slow_s=4.0)
@@ -172,6 +176,7 @@ def test_http_request_retries_after_a_timeout(web):
     assert r.returncode == 0 and reply["status"] == "succeeded" and reply["attempt"] == 2
 
 
+@pytest.mark.slow
 def test_a_connection_reset_after_the_request_uses_up_attempts(web):
     """A reset after the request went out (the server may have acted on it) is retried per the policy, not
     parked: a resetting server fails the task after retries + 1 attempts instead of being re-sent for a day."""
@@ -375,6 +380,7 @@ def test_history_shows_retrying_and_parked_commands(web):
 # --------------------------------------------------------------------------- deadlines
 
 
+@pytest.mark.slow
 def test_a_task_deadline_ends_parking_when_queued_with_apply_async(web):
     """@task(deadline="3s") queued with .apply_async() during an outage ends (expired or failed) soon after 3 s."""
     from edge_agent.tasks import set_submitter
@@ -393,6 +399,7 @@ def test_a_task_deadline_ends_parking_when_queued_with_apply_async(web):
     assert cmd.finished - queued >= 2.9
 
 
+@pytest.mark.slow
 def test_a_task_deadline_ends_parking_whoever_queued_it(web):
     """@task(deadline="3s") sent with `edge-agent send` during an outage also ends soon after 3 s."""
     web.server.stop()
@@ -418,6 +425,7 @@ def test_status_lists_parked_commands_behind_other_waiting_work(web):
     assert "k1" in {w["id"] for w in status["waiting"]}
 
 
+@pytest.mark.slow
 def test_parked_work_does_not_hold_up_other_commands_when_failures_are_slow(web):
     """While ten network tasks wait out an outage whose failures take 5 s (DNS timeouts), agent.ping runs within 1 s."""
     from edge_agent.commands import NewCommand
@@ -477,6 +485,7 @@ def test_a_target_that_is_down_does_not_hold_up_another(web):
         assert cmd.state == "succeeded" and cmd.finished - sent < 1.0, (cmd.state, cmd.finished - sent)
 
 
+@pytest.mark.slow
 def test_hung_web_requests_do_not_hold_up_local_commands(web):
     """Work that needs the network has its own workers ([queue] network_workers): with more web
     requests hanging than there are workers of either kind, a local command still runs at once,

@@ -354,6 +354,18 @@ def test_day_picture_shows_firings_gpio_and_failures_and_escapes_everything() ->
     assert 'class="gpio on" data-pin="lamp"' in svg and 'class="task failure"' in svg and 'class="window"' in svg
 
 
+def test_day_picture_takes_a_firing_without_ts_or_task() -> None:
+    """A device's `fired` event without its ts, of a task not known yet: planned is drawn, no ran mark (no crash)."""
+    from datetime import datetime
+
+    from edge_agent.monitor.day import day_picture
+
+    t0 = datetime(2026, 12, 7, 18, tzinfo=ISTANBUL).timestamp()
+    pic = day_picture("d1", date(2026, 12, 7), tz=ISTANBUL, latitude=None, longitude=None, jobs_doc=None, state={},
+                      tasks=[], fired=[{"event": "fired", "job": "on", "planned": t0, "id": "job:on:1"}], gpio=[], now=t0)
+    assert pic.jobs["on"] == {"planned": [t0], "ran": []}
+
+
 def test_metrics_escape_label_values() -> None:
     """Device ids with quotes and backslashes are escaped in label values; the text ends with a newline."""
     from edge_agent.monitor.metrics import render_metrics

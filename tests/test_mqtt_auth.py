@@ -144,6 +144,7 @@ def test_password_from_a_file(own_broker, daemon_factory, tmp_path):
         client.close()
 
 
+@pytest.mark.slow
 def test_wrong_password_is_logged_and_retried(own_broker, daemon_factory, tmp_path):
     """A refused login: one clear log line, the daemon keeps running and local commands work; once the broker
     accepts the password the agent connects by itself."""
@@ -177,6 +178,7 @@ def test_wrong_password_is_logged_and_retried(own_broker, daemon_factory, tmp_pa
         client.close()
 
 
+@pytest.mark.slow
 def test_a_message_the_broker_refuses_is_logged(own_broker, daemon_factory, tmp_path):
     """An ACL that denies the device its reply topic: the broker refuses each reply (an MQTT 5 PUBACK with
     'Not authorized'); the agent says so in a log line naming the topic, and keeps working."""
@@ -271,6 +273,7 @@ def test_tls(own_broker, daemon_factory, tmp_path, pki):
         client.close()
 
 
+@pytest.mark.slow
 def test_tls_untrusted_certificate_is_logged_and_retried(own_broker, daemon_factory, tmp_path, pki):
     """A broker certificate from a CA the agent does not trust: a clear log line, the daemon keeps running."""
     _reconfigure(own_broker, f"allow_anonymous true\ncafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"

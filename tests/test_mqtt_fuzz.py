@@ -424,6 +424,7 @@ def _ping(sender: Sender, recorder: Recorder, prefix: str, dev: str, cid: str, t
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_storm_of_bad_input(fuzz_agent):
     """3,000 malformed messages: the daemon lives, rejects every readable id with a reply and a log line,
     runs the valid commands among them, and answers a ping right after."""
@@ -564,6 +565,7 @@ JSON = st.recursive(
 @given(st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()) |
        st.fixed_dictionaries({"id": JSON | st.text(max_size=130), "args": JSON, "ttl": JSON}).map(
            lambda v: json.dumps(v).encode()))
+@pytest.mark.slow
 def test_parse_payload_raises_only_invalid_command(payload):
     from edge_agent.commands import parse_payload
     from edge_agent.errors import InvalidCommand
@@ -603,6 +605,7 @@ def _args_for(action: str) -> st.SearchStrategy[dict[str, Any]]:
                                                                                                max_size=3)
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(("mqtt.publish", {"topic": "a/\ud800"}))
 @given(st.sampled_from(list(PARAMS)).flatmap(lambda a: st.tuples(st.just(a), _args_for(a))))

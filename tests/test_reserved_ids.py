@@ -21,8 +21,9 @@ from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("cid", ["job:lamp-off:1800000000", "job:", "window:lamp:lamp:1.000"])
+@pytest.mark.parametrize("cid", ["job:lamp-off:1800000000", "job:", "window:lamp:lamp:1.000", "porch-pulse/off"])
 def test_reserved_ids_are_refused_and_the_mqtt_rejection_names_the_id(cid):
+    """Firing and window ids, and a pulse's "<id>/off" follow-up (taken first, the off would never run)."""
     with pytest.raises(InvalidCommand, match="reserved"):
         check_id(cid)
     assert check_id(cid, reserved_ok=True) == cid  # agent.revoke may still name a firing

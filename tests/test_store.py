@@ -218,6 +218,7 @@ def _fill(path) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_a_full_disk_makes_the_store_full_until_the_probe_finds_space(small_disk, caplog):
     store = Store(str(small_disk / "agent.db"), background=True)
     told: list[bool] = []

@@ -271,6 +271,7 @@ class SlowRunner:
                 time.sleep(self.seconds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(2))
 def test_no_message_waits_for_the_safety_look_while_workers_sleep(tmp_path: Path, seed: int):
     """With slow and quick actions mixed, due scheduled messages among them, and messages arriving while every

@@ -120,6 +120,7 @@ def test_a_year_of_days_is_on_exactly_between_each_days_two_instants(place: str,
     assert walked == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("place", ["istanbul", "new_york", "oslo"])
 def test_a_mixed_window_is_never_on_for_most_of_a_day(place: str) -> None:
     """The field report's numbers: '06:00 until sunrise' was on 23.5 h a day; now at most

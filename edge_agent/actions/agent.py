@@ -79,7 +79,7 @@ def agent_actions(device_id: str, runtime: Runtime | None) -> list[Action]:
                 id: str | None = None, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         assert rt.events is not None
         return rt.events.history(after=after, limit=limit, action=action, event=event, command_id=id,
-                                 since=since, until=until)  # type: ignore[no-any-return]
+                                 since=since, until=until)
 
     def revoke(id: str) -> dict[str, Any]:
         """A queued command (also one waiting for its next attempt or for the network) ends

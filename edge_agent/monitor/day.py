@@ -163,7 +163,8 @@ def day_picture(device: str, day: date, *, tz: tzinfo, latitude: float | None, l
         row["planned"].append(float(planned))
         task = by_id.get(ev.get("id")) or {}
         ran = task.get("started") or task.get("finished") or ev.get("ts")
-        row["ran"].append((float(planned), float(ran), ev.get("id"), task.get("status", "queued")))
+        if ran is not None:  # (neither the task's times nor the event's ts: a device's event may lack its ts)
+            row["ran"].append((float(planned), float(ran), ev.get("id"), task.get("status", "queued")))
     for row in pic.jobs.values():
         row["planned"] = sorted(set(row["planned"]))
     windows = (jobs_doc or {}).get("windows") if isinstance(jobs_doc, dict) else None
@@ -181,11 +182,11 @@ def day_picture(device: str, day: date, *, tz: tzinfo, latitude: float | None, l
             if until > ts:
                 spans.append((ts, until, value))
         pic.gpio[pin] = spans
-    for t in tasks:
-        at = t.get("finished") or t.get("started") or t.get("received") or t.get("updated")
+    for doc in tasks:
+        at = doc.get("finished") or doc.get("started") or doc.get("received") or doc.get("updated")
         if at is not None and start <= at < end:
-            pic.tasks.append({"id": t["id"], "action": t.get("action"), "status": t.get("status"), "at": at,
-                              "error": t.get("error_message")})
+            pic.tasks.append({"id": doc["id"], "action": doc.get("action"), "status": doc.get("status"), "at": at,
+                              "error": doc.get("error_message")})
     return pic
 
 

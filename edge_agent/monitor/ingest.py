@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .hub import Hub
 from .store import MonitorStore, Writer
@@ -271,11 +271,10 @@ class Ingest:
                       self._checked.get(device))
 
     def _restore(self, device: str, m: _Marks) -> None:
-        for table, value in ((self._hi, m.hi), (self._ahead, m.ahead), (self._history, m.history), (self._checked, m.checked)):
-            if value is None:
-                table.pop(device, None)  # type: ignore[attr-defined]
-            else:
-                table[device] = value  # type: ignore[index]
+        _put_back(self._hi, device, m.hi)
+        _put_back(self._ahead, device, m.ahead)
+        _put_back(self._history, device, m.history)
+        _put_back(self._checked, device, m.checked)
         for key in [k for k in self._gpio if k[0] == device]:
             del self._gpio[key]
 
@@ -428,7 +427,8 @@ class Ingest:
             self._restart_seq(w, device)
             wanted[device] = 0
             return
-        events = result.get("events") if isinstance(result.get("events"), list) else []
+        raw_events = result.get("events")
+        events = raw_events if isinstance(raw_events, list) else []
         for ev in events:
             self._event(w, device, ev, {}, tasks, out)
         nxt = result.get("next")
@@ -501,3 +501,14 @@ class _Marks(NamedTuple):
     ahead: set[int] | None
     history: bool | None
     checked: float | None
+
+
+_V = TypeVar("_V")
+
+
+def _put_back(table: dict[str, _V], device: str, value: _V | None) -> None:
+    """``table[device] = value``, or no entry when ``value`` is None."""
+    if value is None:
+        table.pop(device, None)
+    else:
+        table[device] = value

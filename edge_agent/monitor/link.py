@@ -123,10 +123,13 @@ class Link:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.on_socket_open = self._on_socket_open
         # Only this thread writes to the socket; a publish from another thread wakes it (self._wake).
         client.on_socket_register_write = lambda c, u, sock: None
         return client
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (a TCP socket: this link sets no other transport)
 
     def _network_loop(self) -> None:
         """Connect; then read every packet that has arrived, write, flush, per pass; reconnect with a backoff up to 10 s.

@@ -337,7 +337,8 @@ class MonitorStore:
 
     def tasks(self, q: TaskQuery) -> tuple[list[dict[str, Any]], bool]:
         """Tasks matching ``q``, newest first, and whether there are more."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("device", q.device), ("action", q.action), ("status", q.status)):
             if value:
                 where.append(f"{column} = ?")
@@ -358,7 +359,7 @@ class MonitorStore:
 
     def _task_rows(self, sql: str, params: Sequence[Any], budget: int = RESPONSE_MAX) -> list[dict[str, Any]]:
         """The rows, as many as fit in ``budget`` bytes of stored text (at least one)."""
-        out = []
+        out: list[dict[str, Any]] = []
         with self._rlock:
             cur = self._r.execute(sql, params)
             names = [d[0] for d in cur.description]
@@ -383,7 +384,8 @@ class MonitorStore:
 
     def _docs(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """Stored event documents, as many as fit in RESPONSE_MAX bytes."""
-        out, budget = [], RESPONSE_MAX
+        out: list[dict[str, Any]] = []
+        budget = RESPONSE_MAX
         with self._rlock:
             for (d,) in self._r.execute(sql, params):
                 budget -= len(d)
@@ -517,7 +519,8 @@ class Writer:
         self._events.append((device, seq, ts, kind, task_id, action, _dumps(ev)))
         if task_id is None or task_id.startswith(INTERNAL_PREFIX):
             return
-        error = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+        raw_error = ev.get("error")
+        error = raw_error if isinstance(raw_error, dict) else {}
         row: dict[str, Any] = dict.fromkeys(_TASK_COLUMNS)
         row.update(device=device, id=task_id, action=action, updated=ts, status=EVENT_STATUS.get(kind),
                    seq=0 if kind == "fired" else seq)
@@ -542,7 +545,8 @@ class Writer:
         status = REPLY_STATUS.get(str(doc.get("status")))
         if task_id is None or status is None or doc.get("duplicate") or task_id.startswith(INTERNAL_PREFIX):
             return
-        error = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+        raw_error = doc.get("error")
+        error = raw_error if isinstance(raw_error, dict) else {}
         row: dict[str, Any] = dict.fromkeys(_TASK_COLUMNS)
         at = _float(doc.get("ts")) or ts
         row.update(device=device, id=task_id, action=_text(doc.get("action"), 200), status=status, seq=0, updated=at,

@@ -497,6 +497,7 @@ def attempts_of(events: list[dict[str, Any]], now: float | None = None) -> list[
             wait["took"] = ts - started if isinstance(ts, int | float) and isinstance(started, int | float) else None
             wait = None
 
+    a: dict[str, Any] | None  # the attempt's row
     for ev in events:
         kind, ts, n = ev.get("event"), ev.get("ts"), ev.get("attempt")
         error = ev.get("error") if isinstance(ev.get("error"), dict) else None
