@@ -4,11 +4,14 @@ One real mosquitto, the real ``edge-agent monitor`` process (``--max-db-mb``, de
 here 32) and one device's paho client that publishes, on its own ``events`` topic, QoS 1,
 as fast as the broker takes them: events of ~1 MB (a 1 MB ``args``), and between them
 events just under the monitor's field bounds (7 KB ``args`` and ``result``: what fills the
-database fastest). Measured every second: the monitor's RSS, its database's files; at
-the end, the peak RSS (VmHWM), the size of ``/api/tasks?limit=500`` and how long the
-fleet page took during the flood.
+database fastest). Before the flood a second, well-behaved device publishes ``--good``
+tasks (received, started, succeeded); after it, they must all still be held (the size
+bound prunes the heaviest device's rows first). Measured every second: the monitor's RSS,
+its database's files; at the end, the peak RSS (VmHWM), the size of
+``/api/tasks?limit=500``, how long the fleet page took during the flood, and how many of
+the good device's tasks are held.
 
-Run: ``python -m bench.monitor_flood [--seconds 60] [--max-db-mb 32]``.
+Run: ``python -m bench.monitor_flood [--seconds 60] [--max-db-mb 32] [--good 200]``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,28 @@ def _used_mb(db: Path) -> float:
     return (pages - free) * size / (1 << 20)
 
 
-def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
+def _publish_good(client: Any, tasks: int) -> int:
+    """The well-behaved device's tasks, each as three events on its own topic; returns its last seq."""
+    seq, last = 0, None
+    for i in range(tasks):
+        for kind, extra in (("received", {"source": "mqtt", "args": {"device": "lamp", "value": "on"}}),
+                            ("started", {"attempt": 1}),
+                            ("succeeded", {"attempt": 1, "runtime": 0.002, "result": {"value": "on"}})):
+            seq += 1
+            doc = {"seq": seq, "device": "good", "event": kind, "id": f"g{i:03d}", "action": "gpio.set",
+                   "ts": round(time.time(), 3), **extra}
+            last = client.publish("edge/good/events", json.dumps(doc), qos=1)
+    if last is not None:
+        last.wait_for_publish(60)
+    return seq
+
+
+def _good_seq(url: str) -> int:
+    devices = json.loads(_get(url + "/api/devices")[1])["devices"]
+    return next((d["seq"] or 0 for d in devices if d["device"] == "good"), 0)
+
+
+def run(seconds: float, max_db_mb: int, work: Path, good_tasks: int = 200) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
 
     broker = Broker(work / "broker")
@@ -86,6 +110,10 @@ def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
         client.max_queued_messages_set(0)
         client.connect("127.0.0.1", broker.port)
         client.loop_start()
+        good_seq, last = _publish_good(client, good_tasks), None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _good_seq(url) < good_seq:
+            time.sleep(0.2)
 
         def watch() -> None:
             t0 = time.monotonic()
@@ -99,7 +127,7 @@ def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         big, mid = "x" * 1_000_000, "y" * 7000
-        seq, sent_bytes, last = 0, 0, None
+        seq, sent_bytes = 0, 0
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             seq += 1
@@ -117,7 +145,7 @@ def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
         health: dict[str, Any] = {}
         while time.monotonic() < deadline:
             health = json.loads(_get(url + "/api/health")[1])
-            if health["ingested"] + health["rejected"] >= seq and health["backlog"] == 0:
+            if health["ingested"] + health["rejected"] >= seq + good_seq and health["backlog"] == 0:
                 break
             time.sleep(0.5)
         drained_s = time.monotonic() - t0
@@ -125,6 +153,8 @@ def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
         watcher.join(5)
         _, body, took = _get(url + "/api/tasks?limit=500")
         tasks = json.loads(body)
+        good = json.loads(_get(url + "/api/tasks?device=good&limit=500")[1])["tasks"]
+        good_held = sum(1 for t in good if t["status"] == "succeeded")
         result = {
             "seconds": round(published_s, 1), "events_published": seq, "mb_published": round(sent_bytes / 1e6, 1),
             "publish_rate_mb_s": round(sent_bytes / 1e6 / published_s, 1), "events_stored": health.get("ingested"),
@@ -135,6 +165,7 @@ def run(seconds: float, max_db_mb: int, work: Path) -> dict[str, Any]:
             "db_used_end_mib": round(_used_mb(db), 1), "max_db_mb": max_db_mb,
             "api_tasks_500_bytes": len(body), "api_tasks_500_rows": len(tasks["tasks"]), "api_tasks_500_s": round(took, 3),
             "fleet_page_max_s": round(max(page_times), 3) if page_times else None,
+            "good_device_tasks": good_tasks, "good_device_tasks_held": good_held,
         }
         client.disconnect()
         client.loop_stop()
@@ -154,11 +185,15 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.monitor_flood", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--max-db-mb", type=int, default=32)
+    p.add_argument("--good", type=int, default=200, help="tasks of the well-behaved device (at most 500)")
     args = p.parse_args()
+    if not 0 <= args.good <= 500:
+        p.error("--good must be between 0 and 500")
     with tempfile.TemporaryDirectory(prefix="bench-flood-", dir=os.environ.get("TMPDIR")) as tmp:
-        result = run(args.seconds, args.max_db_mb, Path(tmp))
+        result = run(args.seconds, args.max_db_mb, Path(tmp), args.good)
     print(json.dumps(result, indent=2))
-    ok = result["rss_peak_mb"] < 100 and result["db_files_max_mb"] < 2 * result["max_db_mb"] + 20
+    ok = (result["rss_peak_mb"] < 100 and result["db_files_max_mb"] < 2 * result["max_db_mb"] + 20
+          and result["good_device_tasks_held"] == result["good_device_tasks"])
     print("within bounds" if ok else "OUT OF BOUNDS")
     return 0 if ok else 1
 

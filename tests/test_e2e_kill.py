@@ -65,6 +65,7 @@ def _open_count(db: Path) -> int:
 def test_sigkill_at_random_moments_loses_nothing_fails_nothing_and_repeats_only_interrupted(daemon_factory, tmp_path: Path):
     """Commands survive repeated SIGKILLs: every one runs and succeeds, none fails, repeats only for those running at a kill."""
     seed = int(os.environ.get("EDGE_AGENT_TEST_SEED", time.time_ns() % 100_000))
+    print(f"\nKILL seed={seed} (replay with EDGE_AGENT_TEST_SEED={seed})")
     rng = random.Random(seed)
     out = tmp_path / "lines.txt"
     daemon = daemon_factory(agent_config(tmp_path, device="kill", tasks="qa_tasks", queue={"workers": WORKERS}),

@@ -7,6 +7,7 @@ the monitor is the real ``edge-agent monitor`` process. What each test shows:
   own: another device's history is complete and its watermark is what was stored;
 - a ``NaN`` in a retained state (also one stored by an older monitor) breaks no page;
 - 1 MB events are truncated (and say so): RSS, responses and the database stay bounded;
+- a rogue that floods the database's size bound loses its own oldest rows, never another device's;
 - live streams are capped (503 beyond, logged once) under a low open-files limit;
 - only allowed ``Host`` names are served (DNS rebinding);
 - a command parked for the network and then run shows a wait, not a failed attempt.
@@ -404,6 +405,85 @@ def test_1mb_events_are_truncated_and_memory_responses_and_the_database_stay_bou
     assert sizes()["m.db"] < 8 + 8 and sizes().get("m.db-wal", 0) <= 16  # the bound plus a batch; the WAL's own bound
     assert mon.get("/api/tasks/big/m2999")[0] == 200  # the newest are kept
     assert mon.rss_peak_mb() < 100
+
+
+def test_the_size_bound_prunes_the_heaviest_device_first_and_keeps_its_tally(tmp_path: Path) -> None:
+    """The store alone, a 2 MiB bound: a good device's 200 tasks, then a heavy one's events of ~21 KB (one batch each,
+    pruned after each like the ingest does): the heavy device's oldest rows go, the good device loses nothing, its
+    seq_hi stays; the byte tally the triggers keep is what a fresh scan finds (inserts, upserts, deletes)."""
+    from edge_agent.monitor.store import _TALLY_SCAN, MonitorStore, TaskQuery
+
+    store = MonitorStore(str(tmp_path / "m.db"), max_bytes=2 << 20)
+    with store.transaction() as w:
+        w.touch("good", 1000.0)
+        for i in range(200):
+            cid = f"t{i:03d}"
+            w.event("good", {"seq": 3 * i + 1, "event": "received", "id": cid, "ts": 1000.0 + i, "args": {"v": "on"}})
+            w.event("good", {"seq": 3 * i + 2, "event": "succeeded", "id": cid, "ts": 1000.5 + i, "result": {"v": "on"}})
+            w.event("good", {"seq": 3 * i + 3, "event": "succeeded", "id": cid, "ts": 1000.6 + i, "result": {"v": "x" * 50}})
+            w.gpio("good", "lamp", "on" if i % 2 else "off", 1000.0 + i)
+        w.seq_hi("good", 600)
+    pruned = 0
+    mid = "y" * 7000
+    for b in range(20):
+        with store.transaction() as w:
+            w.touch("heavy", 2000.0)
+            for i in range(10):
+                seq = 10 * b + i + 1
+                w.event("heavy", {"seq": seq, "event": "succeeded", "id": f"h{seq}", "ts": 2000.0 + seq,
+                                  "args": {"t": mid}, "result": {"t": mid}})
+            w.seq_hi("heavy", 10 * b + 10)
+        pruned += store.prune_size()
+    assert pruned > 0 and store.used_bytes() <= store.max_bytes
+    assert len(store.tasks(TaskQuery(device="good", limit=500))[0]) == 200
+    assert len(store.task_events("good", "t000")) == 3 and len(store._w.execute("select * from gpio").fetchall()) == 200
+    assert store.task("heavy", "h1") is None and store.task("heavy", "h200") is not None
+    assert store.seq_marks() == {"good": (600, True), "heavy": (200, True)}  # pruning is no gap: nothing is re-fetched
+    scan: dict[str, list[int]] = {}
+    for k, (_, sql) in enumerate(_TALLY_SCAN):
+        for device, size, count in store._w.execute(sql):
+            scan.setdefault(device, [0, 0, 0, 0])[0] += size
+            scan[device][k + 1] = count
+    kept = {d: list(r) for d, *r in store._w.execute("select device, bytes, events, tasks, gpio from sizes where bytes > 0")}
+    assert kept == scan
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_rogue_that_floods_the_size_bound_erases_only_its_own_history(monitor, devices) -> None:
+    """A good device's 200 tasks, then a rogue that floods 1 MB events and ~30 MB of events just under the field
+    bounds into --max-db-mb 8: the database stays near its bound, and all 200 of the good device's tasks (with their
+    events) are still there; the rogue lost its oldest rows; the good device's watermark is untouched."""
+    mon = monitor("--max-db-mb", "8")
+    good, rogue = devices("good"), devices("rogue")
+    for i in range(200):
+        good.task(f"t{i:03d}")
+    good.flush()
+    until(lambda: mon.json("/api/health")["ingested"] >= 600, timeout=60, what="the good device's tasks")
+    blob, mid = "x" * 1_000_000, "y" * 7000
+    for i in range(10):
+        rogue.event("received", f"big{i}", args={"blob": blob})
+    for i in range(1500):
+        rogue.event("succeeded", f"r{i:04d}", args={"text": mid}, result={"text": mid})
+    rogue.flush(120)
+    until(lambda: mon.json("/api/health")["ingested"] >= 600 + 1510 and mon.json("/api/health")["backlog"] == 0,
+          timeout=180, what="the flood")
+    con = sqlite3.connect(str(mon.db))
+    try:
+        (pages,), = con.execute("pragma page_count").fetchall()
+        (free,), = con.execute("pragma freelist_count").fetchall()
+        (page,), = con.execute("pragma page_size").fetchall()
+    finally:
+        con.close()
+    used = (pages - free) * page / (1 << 20)
+    held = {t["id"]: t["status"] for t in tasks_of(mon, "good")}
+    print(f"after the flood: {used:.1f} MiB in use (bound 8), the good device's tasks held: {len(held)} of 200")
+    assert used < 8 + 3
+    assert len(held) == 200 and set(held.values()) == {"succeeded"}, f"{len(held)} of 200 tasks held"
+    assert len(mon.json("/api/tasks/good/t000")["events"]) == 3
+    assert next(d for d in mon.json("/api/devices")["devices"] if d["device"] == "good")["seq"] == 600
+    assert mon.get("/api/tasks/rogue/big0")[0] == 404 and mon.get("/api/tasks/rogue/r1499")[0] == 200
+    assert "size bound" in mon.log()
 
 
 def test_a_live_stream_is_bounded_in_bytes_too() -> None:

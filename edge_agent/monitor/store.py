@@ -7,10 +7,11 @@ those). Devices are kept until they have said nothing for ``keep``; at most
 ``MAX_DEVICES`` are tracked (ids beyond that are ignored: anyone who may publish on
 the broker could otherwise invent ids without end).
 
-Its size is bounded in bytes too: past ``max_bytes`` of used pages the oldest rows go
-(:meth:`MonitorStore.prune_size`, checked after every batch by the ingest thread); freed pages
-are reused, so the file stays near ``max_bytes`` (plus the WAL, cut back to
-``WAL_MAX`` after each checkpoint). What one row holds is bounded at the boundary
+Its size is bounded in bytes too: past ``max_bytes`` of used pages rows go, the oldest of
+the device that holds the most bytes first (:meth:`MonitorStore.prune_size`, checked after
+every batch by the ingest thread): a device that floods the monitor loses its own history,
+not another's. Freed pages are reused, so the file stays near ``max_bytes`` (plus the WAL,
+cut back to ``WAL_MAX`` after each checkpoint). What one row holds is bounded at the boundary
 (:mod:`.validate`), and what a read returns by ``RESPONSE_MAX`` bytes.
 
 One writer (the ingest thread) applies batches in one transaction each, a savepoint per
@@ -48,6 +49,9 @@ CACHE_KIB = 4096
 WAL_MAX = 16 << 20  # bytes the WAL file is cut back to after a checkpoint
 RESPONSE_MAX = 2 << 20  # bytes of stored JSON one read returns at most (rows beyond wait for the next page)
 FIELD_READ_MAX = 16 * 1024  # a stored field longer than this (written before the bounds) is read as a marker
+# What a row weighs in a device's byte tally (see MonitorStore.prune_size) besides its JSON text: its other
+# columns and its index entries, roughly (the tally only ranks devices, it need not be exact).
+EVENT_ROW, TASK_ROW, GPIO_ROW = 150, 300, 80
 #: task status after each event kind (``fired`` leaves the status alone)
 EVENT_STATUS = {"received": "queued", "started": "running", "retried": "retrying", "succeeded": "succeeded",
                 "failed": "failed", "expired": "expired", "revoked": "revoked"}
@@ -117,6 +121,55 @@ _SCHEMA = (
     "create index if not exists gpio_ts on gpio (device, ts)",
     "create table if not exists meta (key text primary key, value text not null)",
 )
+
+# The per-device byte tally of the size bound: a table of the writer's connection only (in memory, not in the
+# file), filled by one scan the first time the store is over its bound, then kept by these triggers on every
+# insert, update and delete of an event, a task or a GPIO change (retention and size pruning included).
+_TALLY = (
+    """create temp table if not exists sizes (
+        device text primary key,
+        bytes integer not null default 0,
+        events integer not null default 0,
+        tasks integer not null default 0,
+        gpio integer not null default 0
+    )""",
+    f"""create temp trigger if not exists sizes_event_in after insert on main.events begin
+        insert into sizes (device, bytes, events) values (new.device, length(new.doc) + {EVENT_ROW}, 1)
+        on conflict (device) do update set bytes = bytes + excluded.bytes, events = events + 1; end""",
+    f"""create temp trigger if not exists sizes_event_out after delete on main.events begin
+        update sizes set bytes = bytes - length(old.doc) - {EVENT_ROW}, events = events - 1
+        where device = old.device; end""",
+    f"""create temp trigger if not exists sizes_task_in after insert on main.tasks begin
+        insert into sizes (device, bytes, tasks) values
+        (new.device, coalesce(length(new.args), 0) + coalesce(length(new.result), 0) + {TASK_ROW}, 1)
+        on conflict (device) do update set bytes = bytes + excluded.bytes, tasks = tasks + 1; end""",
+    """create temp trigger if not exists sizes_task_change after update of args, result on main.tasks begin
+        update sizes set bytes = bytes + coalesce(length(new.args), 0) + coalesce(length(new.result), 0)
+                                       - coalesce(length(old.args), 0) - coalesce(length(old.result), 0)
+        where device = new.device; end""",
+    f"""create temp trigger if not exists sizes_task_out after delete on main.tasks begin
+        update sizes set bytes = bytes - coalesce(length(old.args), 0) - coalesce(length(old.result), 0) - {TASK_ROW},
+        tasks = tasks - 1 where device = old.device; end""",
+    f"""create temp trigger if not exists sizes_gpio_in after insert on main.gpio begin
+        insert into sizes (device, bytes, gpio) values (new.device, length(new.value) + {GPIO_ROW}, 1)
+        on conflict (device) do update set bytes = bytes + excluded.bytes, gpio = gpio + 1; end""",
+    f"""create temp trigger if not exists sizes_gpio_out after delete on main.gpio begin
+        update sizes set bytes = bytes - length(old.value) - {GPIO_ROW}, gpio = gpio - 1
+        where device = old.device; end""",
+)
+# The one scan that fills the tally (per table: device, bytes, rows).
+_TALLY_SCAN = (
+    ("events", f"select device, sum(length(doc) + {EVENT_ROW}), count(*) from events group by device"),
+    ("tasks", f"select device, sum(coalesce(length(args), 0) + coalesce(length(result), 0) + {TASK_ROW}), count(*) "
+              "from tasks group by device"),
+    ("gpio", f"select device, sum(length(value) + {GPIO_ROW}), count(*) from gpio group by device"),
+)
+# A device's oldest rows, per table: events by seq, tasks by updated, GPIO changes by ts (each an index of its own).
+_OLDEST = {
+    "events": "delete from events where rowid in (select rowid from events where device = ? order by seq limit ?)",
+    "tasks": "delete from tasks where rowid in (select rowid from tasks where device = ? order by updated limit ?)",
+    "gpio": "delete from gpio where rowid in (select rowid from gpio where device = ? order by ts limit ?)",
+}
 
 _TASK_COLUMNS = ("action", "source", "args", "attempt", "received", "started", "finished", "next_try", "runtime",
                  "result", "error_type", "error_message", "job", "planned")
@@ -212,6 +265,7 @@ class MonitorStore:
         self._r = self._connect()
         self._rlock = threading.Lock()
         self._known: set[str] = {d for (d,) in self._w.execute("select device from devices")}
+        self._tallied = False  # whether the temp table `sizes` is filled and kept (see prune_size)
 
     def _connect(self) -> sqlite3.Connection:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -280,20 +334,48 @@ class MonitorStore:
         return (pages - free) * size
 
     def prune_size(self) -> int:
-        """While more than ``max_bytes`` are in use, delete the oldest 5% of events, tasks and GPIO changes; returns the rows deleted."""
+        """While more than ``max_bytes`` are in use, delete the oldest 5% of the rows (events, tasks, GPIO changes)
+        of the device that holds the most bytes, then of the heaviest again; returns the rows deleted.
+
+        A device is not trusted: one that floods the monitor fills the bound, and its own
+        rows go, not another device's. Like the retention, it leaves a device's ``seq_hi``
+        where it is: what was pruned is not fetched again.
+        """
         n = 0
         for _ in range(40):
             if self.used_bytes() <= self.max_bytes:
                 break
-            with self.transaction():
-                for table in ("events", "tasks", "gpio"):
-                    lo, hi = self._w.execute(f"select min(rowid), max(rowid) from {table}").fetchone()
-                    if lo is not None:
-                        cut = lo + max(1, (hi - lo + 1) // 20)
-                        n += self._w.execute(f"delete from {table} where rowid < ?", (cut,)).rowcount
-            if n == 0:
+            self._tally()
+            w = self._w
+            row = w.execute("select device, events, tasks, gpio from sizes where events + tasks + gpio > 0 "
+                            "order by bytes desc limit 1").fetchone()
+            if row is None:
                 break
+            device, counts = row[0], dict(zip(("events", "tasks", "gpio"), row[1:], strict=True))
+            with self.transaction():
+                deleted = sum(w.execute(_OLDEST[table], (device, max(1, count // 20))).rowcount
+                              for table, count in counts.items() if count > 0)
+            if deleted == 0:
+                break
+            n += deleted
         return n
+
+    def _tally(self) -> None:
+        """Fill the per-device byte tally (one scan of the three tables) and keep it from now on (the triggers).
+
+        Lazily, the first time the store is over its bound: opening a full store stays quick,
+        and a store that is never full never pays for the triggers."""
+        if self._tallied:
+            return
+        with self.transaction():
+            for stmt in _TALLY:
+                self._w.execute(stmt)
+            self._w.execute("delete from sizes")
+            for table, scan in _TALLY_SCAN:
+                self._w.executemany(f"insert into sizes (device, bytes, {table}) values (?, ?, ?) on conflict (device) "
+                                    f"do update set bytes = bytes + excluded.bytes, {table} = excluded.{table}",
+                                    self._w.execute(scan).fetchall())
+        self._tallied = True
 
     # ------------------------------------------------------------------ reading (any thread)
 
