@@ -484,7 +484,8 @@ class MqttLink:
                     # Final: the broker will not take it (an ACL, a bad topic); sending again would not help.
                     log.error("MQTT: the broker refused a message on %s: %s (check the broker's ACL for this device)",
                               (sent[1] if sent else "?")[:200], refused)
-            self._delivered_upto = min(seq for seq, _ in inflight.values()) - 1 if inflight else last_seq
+            # Rows sent early (GPIO states before `online`) may stand above rows not sent yet: last_seq caps it.
+            self._delivered_upto = min(last_seq, min(seq for seq, _ in inflight.values()) - 1) if inflight else last_seq
             if self._state_dirty.is_set():
                 self._state_dirty.clear()
                 changed_at = changed_at or time.monotonic()
