@@ -568,8 +568,10 @@ class EventStream:
                     doc = json.loads(msg.payload)
                 except ValueError:
                     return
-                if isinstance(doc, dict):
-                    self._inbox.put((leaf, device, doc))
+                # Events come one per message (an object) or batched (an array of them, in seq order).
+                for one in doc if leaf == "events" and isinstance(doc, list) else [doc]:
+                    if isinstance(one, dict):
+                        self._inbox.put((leaf, device, one))
                 return
 
     def _loop(self) -> None:

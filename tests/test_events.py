@@ -97,34 +97,63 @@ def test_at_most_outbox_max_unsent_events_are_published_the_newest(store):
     assert store.query("select count(*) from outbox")[0][0] == 0  # no copy in the outbox
 
 
+class _Paho:
+    """Records what an EventPublisher hands over: (mid, topic, [seqs]) per message."""
+
+    def __init__(self):
+        self.sent, self.mid, self.payloads = [], 0, []
+
+    def publish(self, topic, payload, qos):
+        self.mid += 1
+        doc = json.loads(payload)
+        self.payloads.append(doc)
+        self.sent.append((self.mid, topic, [e["seq"] for e in (doc if isinstance(doc, list) else [doc])]))
+
+        class Info:
+            mid = self.mid
+        return Info()
+
+
 def test_the_publish_position_is_remembered(store):
     """EventPublisher hands events to the client in order, counts acks, and saves its position."""
     from edge_agent.events import EventPublisher
 
-    class Paho:
-        def __init__(self):
-            self.sent, self.mid = [], 0
-
-        def publish(self, topic, payload, qos):
-            self.mid += 1
-            self.sent.append((self.mid, topic, json.loads(payload)["seq"]))
-
-            class Info:
-                mid = self.mid
-            return Info()
-
     log = EventLog(store, "porch")
-    _emit(log, 10)
+    _emit(log, 4)
     pub = EventPublisher(log, "edge/porch/events")
-    paho = Paho()
+    paho = _Paho()
+    pub.publish(paho, 4)  # what is ready goes in one message; the next waits for its ack
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4]] and pub.inflight == 1
+    _emit(log, 6)
     pub.publish(paho, 4)
-    assert [s for _, _, s in paho.sent] == [1, 2, 3, 4] and pub.inflight == 4
-    assert not pub.acked(99) and pub.acked(1) and pub.acked(2) and pub.acked_upto == 2 and pub.dirty
+    assert len(paho.sent) == 1
+    assert not pub.acked(99) and pub.acked(1) and pub.acked_upto == 4 and pub.dirty
+    pub.publish(paho, 4)
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4], list(range(5, 11))]
     pub.save(now=100.0)
-    assert store.get_meta("events_sent") == "2" and not pub.dirty
+    assert store.get_meta("events_sent") == "4" and not pub.dirty
     again = EventPublisher(log, "edge/porch/events")
     again.publish(paho, 100)
-    assert [s for _, _, s in paho.sent[4:]] == list(range(3, 11))  # 3 and 4 again: at least once
+    assert paho.sent[2][2] == list(range(5, 11))  # 5 to 10 again: at least once
+
+
+def test_a_batch_is_an_array_of_the_events_a_single_one_an_object(store):
+    """One event ready: the object, as agent.history gives it; several: an array of those objects
+    in seq order, at most BATCH_MAX events or about BATCH_BYTES per message."""
+    from edge_agent.events import EventPublisher
+
+    log = EventLog(store, "porch")
+    _emit(log, 1)
+    pub = EventPublisher(log, "edge/porch/events")
+    paho = _Paho()
+    pub.publish(paho, 10)
+    assert paho.payloads[0] == log.history()["events"][0]
+    pub.acked(1)
+    _emit(log, EventPublisher.BATCH_MAX + 10)
+    pub.publish(paho, 10)
+    batch = paho.payloads[1]
+    assert isinstance(batch, list) and batch == log.history(after=1, limit=len(batch))["events"]
+    assert 1 < len(batch) <= EventPublisher.BATCH_MAX and len(json.dumps(batch, separators=(",", ":"))) <= EventPublisher.BATCH_BYTES
 
 
 def test_a_disabled_log_writes_nothing(store):
@@ -431,8 +460,9 @@ class _Persistent:
         assert ready.wait(10)
 
     def _on_message(self, c, u, msg):
+        doc = json.loads(msg.payload)
         with self.cond:
-            self.seqs.append(json.loads(msg.payload)["seq"])
+            self.seqs.extend(e["seq"] for e in (doc if isinstance(doc, list) else [doc]))
             self.cond.notify_all()
 
     def close(self):

@@ -26,7 +26,8 @@ __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX = 10_000  # messages; events wait here as their raw bytes (parsed in this thread), so ~3 MB at most
+QUEUE_MAX = 10_000  # messages (a batch of events: as many as it holds); events wait here as their raw bytes
+# (parsed in this thread), so ~3 MB at most
 BATCH_MAX = 2_000
 BATCH_WINDOW = 0.02  # seconds a batch may wait for more messages (the live pages' added latency, at most)
 AHEAD_MAX = 10_000  # events held beyond a gap per device before the set is dropped (the backfill refetches them)
@@ -34,6 +35,34 @@ PRUNE_EVERY = 60.0
 RELEASE_AFTER = 10_000  # messages handled before an idle moment hands memory back
 NOTIFY_TASKS_MAX = 100  # task rows re-read per batch for the live pages (a burst shows its first ones live)
 RESET_CHECK_EVERY = 60.0  # seconds between two checks of a device whose state's last_seq is below the seq held
+
+
+EVENT_BYTES = 300  # about one event's JSON: a batched events message weighs in the queue as the events it holds
+
+
+class _Weighted(queue.Queue):  # type: ignore[type-arg]
+    """The bounded queue, where a message of batched events counts as the events it holds, so
+    the bound stays one of memory (an array of 100 events is not one slot)."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._weight = 0
+
+    def _qsize(self) -> int:
+        return self._weight
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        self._weight += _weight(item)
+        super()._put(item)
+
+    def _get(self) -> tuple[Any, ...]:
+        item = super()._get()
+        self._weight -= _weight(item)
+        return item
+
+
+def _weight(item: tuple[Any, ...]) -> int:
+    return max(1, len(item[3]) // EVENT_BYTES) if item[0] == "events" else 1
 
 
 class Ingest:
@@ -47,7 +76,7 @@ class Ingest:
         self.request_jobs: Callable[[str], None] = lambda device: None
         self.release_memory: Callable[[], None] = lambda: None
         self._since_release = 0
-        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue(QUEUE_MAX)
+        self._q: queue.Queue[tuple[Any, ...]] = _Weighted(QUEUE_MAX)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         marks = store.seq_marks()
