@@ -443,8 +443,11 @@ class MqttLink:
                 client = self._client
                 window = self._window
                 busy = len(inflight) + (events.inflight if events is not None else 0)
+                # The events' slots stay theirs: a burst of replies filling the window would hold
+                # them back until the outbox bound drops them.
+                spare = events.IN_FLIGHT - events.inflight if events is not None and window > events.IN_FLIGHT else 0
                 if client is not None and self.connected.is_set() and busy < window:
-                    for m in self.outbox.pending(last_seq, window - busy):
+                    for m in self.outbox.pending(last_seq, max(0, window - busy - spare)):
                         info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
                                               properties=self._props(m.props))
                         inflight[info.mid] = (m.seq, m.topic)
