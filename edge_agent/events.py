@@ -25,6 +25,7 @@ in ``seq`` and fetches it with ``agent.history``.
 from __future__ import annotations
 
 import json
+import json.encoder
 import sqlite3
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ _TABLE = """create table if not exists events (
 
 
 _FIELDS = "seq, ts, event, id, action, extras"
+_quote = json.encoder.encode_basestring_ascii  # a str as JSON, as json.dumps writes it
 
 
 class EventLog:
@@ -96,13 +98,13 @@ class EventLog:
         assert kind in KINDS, kind
         if not self.enabled:
             return {}
-        seq = int(cur.execute("select coalesce(max(seq), 0) + 1 from events").fetchone()[0])
         ts = round(self.clock(), 3)
+        # seq is the rowid SQLite gives the row: max + 1 (no AUTOINCREMENT), in one statement
+        seq = int(cur.execute("insert into events (ts, event, id, action, extras) values (?, ?, ?, ?, ?) returning seq",
+                              (ts, kind, command_id, action,
+                               json.dumps(extras, separators=(",", ":"), default=str) if extras else None)).fetchone()[0])
         doc: dict[str, Any] = {"seq": seq, "device": self.device_id, "event": kind, "id": command_id,
                                "action": action, "ts": ts, **extras}
-        cur.execute("insert into events (seq, ts, event, id, action, extras) values (?, ?, ?, ?, ?, ?)",
-                    (seq, ts, kind, command_id, action,
-                     json.dumps(extras, separators=(",", ":"), default=str) if extras else None))
         if self.outbox is not None:
             self.outbox.wake()  # it cannot read the row before our commit: they share the store's lock
         if seq % self._rows_every == 0:
@@ -129,10 +131,11 @@ class EventLog:
         rows = self.store.query(
             f"select {_FIELDS} from events where seq > max(?, (select coalesce(max(seq), 0) from events) - ?) "
             "order by seq limit ?", (after, self.outbox_max, limit))
-        head = '{"seq":%d,"device":' + json.dumps(self.device_id).replace("%", "%%") + ',"event":"%s","id":%s,"action":%s,"ts":%s'
+        head = '{"seq":%d,"device":' + _quote(self.device_id).replace("%", "%%") + ',"event":"%s","id":%s,"action":%s,"ts":%r'
         out = []
         for seq, ts, kind, command_id, action, extras in rows:
-            text = head % (seq, kind, json.dumps(command_id), json.dumps(action), json.dumps(ts))
+            text = head % (seq, kind, "null" if command_id is None else _quote(command_id),
+                           "null" if action is None else _quote(action), float(ts))
             text = text + "," + extras[1:] if extras and len(extras) > 2 else text + "}"
             out.append((int(seq), text.encode()))
         return out
