@@ -62,7 +62,7 @@ _TABLE = """create table if not exists events (
     extras text
 )"""
 # Only the extras are stored as JSON; seq, ts, kind, id and action are columns, and device is
-# the same for every row: the rows stay small (1 KiB pages: fewer pages written per event).
+# the same for every row: the rows stay small (a few to a 512-byte page).
 
 
 _FIELDS = "seq, ts, event, id, action, extras"
