@@ -468,3 +468,87 @@ class _Persistent:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def test_a_burst_of_1000_commands_costs_at_most_2_5_messages_each_and_every_event_arrives_once_in_order(
+        broker, daemon_factory, tmp_path):
+    """1,000 MQTT commands at once: the agent publishes (replies, events, state: everything on its
+    topics) at most 2.5 messages per command on average, since events leave in batches; an
+    EventStream gets all 3,000 events of the burst once each, in seq order, with no fill needed."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.config import MqttSettings
+    from edge_agent.fleet import EventStream, FleetClient
+
+    n = 1000
+    prefix = f"bu{uuid.uuid4().hex[:6]}"
+    cfg = agent_config(tmp_path, device="porch", mqtt_port=broker.port, prefix=prefix)
+    d = daemon_factory(cfg)
+    d.start()
+    base = f"{prefix}/porch/"
+    counts: dict[str, int] = {}
+    finals: set[str] = set()
+    seen: list[dict] = []
+    cond = threading.Condition()
+
+    def on_message(c, u, msg):
+        leaf = msg.topic[len(base):].split("/")[0]
+        if leaf == "cmd":
+            return
+        with cond:
+            counts[leaf] = counts.get(leaf, 0) + 1
+            if leaf == "reply":
+                doc = json.loads(msg.payload)
+                if doc["status"] != "accepted":
+                    assert doc["status"] == "succeeded", doc
+                    finals.add(doc["id"])
+            cond.notify_all()
+
+    def collect(doc):
+        with cond:
+            seen.append(doc)
+            cond.notify_all()
+
+    raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    raw.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{base}#", 1)
+    raw.on_subscribe = lambda *a: subscribed.set()
+    raw.on_message = on_message
+    raw.connect("127.0.0.1", broker.port)
+    raw.loop_start()
+    client = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port, topic_prefix=prefix))
+    client.connect()
+    stream = EventStream(client, collect, devices=["porch"])
+    try:
+        assert subscribed.wait(10)
+        # Until the agent's start-up messages (online, state, the lamp's state) are in: not counted.
+        with cond:
+            assert cond.wait_for(lambda: counts.get("state") and counts.get("status"), 30), counts
+            counts.clear()
+        stream.start()
+        ids = [f"burst-{i:04d}" for i in range(n)]
+        infos = [raw.publish(f"{base}cmd/agent.ping", json.dumps({"id": cid}), qos=1) for cid in ids]
+        for info in infos:
+            info.wait_for_publish(30)
+        with cond:
+            assert cond.wait_for(lambda: len(finals) == n and sum(1 for e in seen if e["id"] in finals
+                                                                  and e["event"] == "succeeded") == n, 120), (
+                len(finals), len(seen))
+            published = dict(counts)
+    finally:
+        stream.stop()
+        client.close()
+        raw.loop_stop()
+        raw.disconnect()
+    per_command = sum(published.values()) / n
+    assert published["reply"] == 2 * n  # accepted and succeeded, each its own message
+    assert per_command <= 2.5, published
+    mine = [e for e in seen if str(e.get("id", "")).startswith("burst-")]
+    assert len(mine) == 3 * n
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # each once, in order, no gap
+    for cid in ids:
+        assert [e["event"] for e in mine if e["id"] == cid] == ["received", "started", "succeeded"], cid
+    assert stream.fills == 0 and stream.lost == {}
