@@ -4,10 +4,13 @@ Every event is a row of the ``events`` table, written in the transaction that ma
 change it describes (a crash can neither lose nor invent one), and, when MQTT is on, is
 published on ``P/D/events`` (QoS 1) by the link's publisher straight from that table
 (:class:`EventPublisher`): the table is the events' outbox, so an event costs one row
-written, not three (a row here, an outbox row, its deletion):
+written, not three (a row here, an outbox row, its deletion). One event is published as
 
     {"seq": 17, "device": "porch", "event": "succeeded", "id": "...", "action": "gpio.set",
      "ts": 1765000000.123, "attempt": 1, "runtime": 0.002, "result": {...}}
+
+and events that are ready together (a burst) as one message holding a JSON array of those
+objects, in seq order: a consumer reads ``doc if isinstance(doc, list) else [doc]``.
 
 ``seq`` is per device and only grows: it is the rowid (max + 1, assigned inside the
 write transaction, so in commit order and without gaps), and pruning always keeps the
@@ -180,7 +183,8 @@ class EventPublisher:
     Events leave in batches: at most ``IN_FLIGHT`` messages of events are unacknowledged at a
     time, and each carries every event that is ready then (up to ``BATCH_MAX`` events or about
     ``BATCH_BYTES``): one event alone is a JSON object, several are a JSON array of those
-    objects in seq order. An event that finds nothing in flight leaves at once, alone; under
+    objects in seq order. The first event after a pause waits ``linger`` seconds for the ones
+    that follow it (a command's received, started and succeeded then share one message); under
     load, what came in during one broker round trip leaves in the next message, so a burst of
     commands costs a few event messages, not three per command.
 
@@ -196,10 +200,15 @@ class EventPublisher:
     IN_FLIGHT = 1  # messages of events handed to paho and not yet acknowledged, at most
     BATCH_MAX = 500  # events per message, at most
     BATCH_BYTES = 32 * 1024  # a message stops growing past this many bytes (one large event still goes)
+    LINGER = 0.01  # seconds the first event after a pause waits for the next ones
 
-    def __init__(self, log: EventLog, topic: str):
+    def __init__(self, log: EventLog, topic: str, *, linger: float = LINGER,
+                 clock: Callable[[], float] = time.monotonic):
         self.log = log
         self.topic = topic
+        self.linger = linger
+        self.clock = clock
+        self._waiting_since: float | None = None  # monotonic: when unsent events were first seen
         self.acked_upto = int(log.store.get_meta(self.META_KEY) or 0)
         self.sent_upto = self.acked_upto
         self._saved = self.acked_upto
@@ -215,14 +224,27 @@ class EventPublisher:
     def dirty(self) -> bool:
         return self.acked_upto != self._saved
 
+    @property
+    def due(self) -> float | None:
+        """When (monotonic) events that wait for their batch to fill must be published, if any do."""
+        return None if self._waiting_since is None else self._waiting_since + self.linger
+
     def publish(self, client: Any, room: int) -> None:
         """Hand paho the events after the last one handed over (or after the bound), batched,
         in at most ``room`` messages and ``IN_FLIGHT`` unacknowledged ones."""
         room = min(room, self.IN_FLIGHT - len(self._inflight))
         while room > 0:
+            now = self.clock()
+            if self._waiting_since is not None and now - self._waiting_since < self.linger:
+                return  # (not read again meanwhile: every event written wakes the publisher)
             rows = self.log.unsent(self.sent_upto, self.BATCH_MAX)
             if not rows:
+                self._waiting_since = None
                 return
+            if self._waiting_since is None and self.linger > 0 and len(rows) < self.BATCH_MAX:
+                self._waiting_since = now
+                return
+            self._waiting_since = None
             parts, size = [], 0
             for seq, payload in rows:
                 if parts and size + len(payload) > self.BATCH_BYTES:

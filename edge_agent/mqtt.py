@@ -465,6 +465,8 @@ class MqttLink:
             timeout = STATE_MIN_INTERVAL if self._state_dirty.is_set() and self.connected.is_set() else self.cfg.state_interval
             if done or (events is not None and events.dirty):
                 timeout = min(timeout, REMOVE_EVERY)
+            if events is not None and events.due is not None:
+                timeout = min(timeout, max(0.0, events.due - time.monotonic()))
             with self.outbox.cond:
                 # An ack that came in while this pass ran may not have woken anyone (see
                 # _on_publish): look at the deque under the lock before sleeping.

@@ -120,7 +120,7 @@ def test_the_publish_position_is_remembered(store):
 
     log = EventLog(store, "porch")
     _emit(log, 4)
-    pub = EventPublisher(log, "edge/porch/events")
+    pub = EventPublisher(log, "edge/porch/events", linger=0.0)
     paho = _Paho()
     pub.publish(paho, 4)  # what is ready goes in one message; the next waits for its ack
     assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4]] and pub.inflight == 1
@@ -132,9 +132,32 @@ def test_the_publish_position_is_remembered(store):
     assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4], list(range(5, 11))]
     pub.save(now=100.0)
     assert store.get_meta("events_sent") == "4" and not pub.dirty
-    again = EventPublisher(log, "edge/porch/events")
+    again = EventPublisher(log, "edge/porch/events", linger=0.0)
     again.publish(paho, 100)
     assert paho.sent[2][2] == list(range(5, 11))  # 5 to 10 again: at least once
+
+
+def test_the_first_event_after_a_pause_waits_for_the_next_ones(store):
+    """With linger, an event waits that long (from when the publisher first saw it) for the
+    ones after it: a command's three events leave in one message, not three."""
+    from edge_agent.events import EventPublisher
+
+    clock = Clock(100.0)
+    log = EventLog(store, "porch")
+    pub = EventPublisher(log, "edge/porch/events", linger=0.01, clock=clock)
+    paho = _Paho()
+    pub.publish(paho, 10)
+    assert pub.due is None and not paho.sent  # nothing to publish: nothing waits
+    _emit(log, 1)
+    pub.publish(paho, 10)
+    assert not paho.sent and pub.due == 100.01
+    _emit(log, 2)
+    clock.t = 100.005
+    pub.publish(paho, 10)
+    assert not paho.sent
+    clock.t = 100.011
+    pub.publish(paho, 10)
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3]] and pub.due is None
 
 
 def test_a_batch_is_an_array_of_the_events_a_single_one_an_object(store):
@@ -144,7 +167,7 @@ def test_a_batch_is_an_array_of_the_events_a_single_one_an_object(store):
 
     log = EventLog(store, "porch")
     _emit(log, 1)
-    pub = EventPublisher(log, "edge/porch/events")
+    pub = EventPublisher(log, "edge/porch/events", linger=0.0)
     paho = _Paho()
     pub.publish(paho, 10)
     assert paho.payloads[0] == log.history()["events"][0]
