@@ -87,6 +87,7 @@ class EventLog:
         self.outbox_max = outbox_max
         self.clock = clock
         self.enabled = enabled  # off ([events] enabled = false): nothing is recorded nor published
+        self.wake_publisher = True  # set by the publisher before it looks for events to publish
         # How often (in seqs) max_rows is enforced: each check trims to `every` below the bound,
         # so between checks the bound holds exactly.
         self._rows_every = max(1, min(256, max_rows // 4))
@@ -108,8 +109,11 @@ class EventLog:
                                json.dumps(extras, separators=(",", ":"), default=str) if extras else None)).fetchone()[0])
         doc: dict[str, Any] = {"seq": seq, "device": self.device_id, "event": kind, "id": command_id,
                                "action": action, "ts": ts, **extras}
-        if self.outbox is not None:
-            self.outbox.wake()  # it cannot read the row before our commit: they share the store's lock
+        if self.outbox is not None and self.wake_publisher:
+            # Only when the publisher found nothing to publish at its last look (otherwise an ack or
+            # its linger wakes it); it cannot read the row before our commit: they share the store's lock.
+            self.wake_publisher = False
+            self.outbox.wake()
         if seq % self._rows_every == 0:
             cur.execute("delete from events where seq <= ?", (seq - self.max_rows + self._rows_every,))
         return doc
@@ -226,8 +230,11 @@ class EventPublisher:
 
     @property
     def due(self) -> float | None:
-        """When (monotonic) events that wait for their batch to fill must be published, if any do."""
-        return None if self._waiting_since is None else self._waiting_since + self.linger
+        """When (monotonic) events that wait for their batch to fill must be published, if any do
+        (None while a message of events is in flight: its ack wakes the publisher)."""
+        if self._waiting_since is None or len(self._inflight) >= self.IN_FLIGHT:
+            return None
+        return self._waiting_since + self.linger
 
     def publish(self, client: Any, room: int) -> None:
         """Hand paho the events after the last one handed over (or after the bound), batched,
@@ -237,6 +244,7 @@ class EventPublisher:
             now = self.clock()
             if self._waiting_since is not None and now - self._waiting_since < self.linger:
                 return  # (not read again meanwhile: every event written wakes the publisher)
+            self.log.wake_publisher = True  # before the look: an event written after it wakes us
             rows = self.log.unsent(self.sent_upto, self.BATCH_MAX)
             if not rows:
                 self._waiting_since = None
