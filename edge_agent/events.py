@@ -284,6 +284,10 @@ class EventPublisher:
         with self.log.store.transaction() as cur:
             self.log.store.set_meta(cur, self.META_KEY, str(value))
         self._saved, self._saved_at = value, now
+        # This may be the last write of a burst, up to SAVE_EVERY after the rest: read once now, so
+        # that SQLite moves its read mark in the -shm file here and not at the idle daemon's next
+        # look (a page written while idle).
+        self.log.last_seq()
 
 
 def _error(cmd: Command) -> dict[str, Any] | None:
