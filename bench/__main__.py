@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import dataclasses
 import json
 import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +43,28 @@ BENCHMARKS: tuple[tuple[str, ModuleType], ...] = (
 )
 
 
+#: sections that `--events-off` runs a second time, with the daemon's task events off
+EVENTS_OFF = ("latency", "throughput", "wear")
+
+
+def _events_off(section: str, module: ModuleType, ctx: Context, lab: Lab, errors: list[str],
+                say: Callable[[str], None]) -> list[Row]:
+    """``section`` again with ``[events] enabled = false`` (its baselines measured again too):
+    the same figures, marked, without goals (they are for the default config)."""
+    t = time.monotonic()
+    lab.set_events(False)
+    try:
+        got = module.run(ctx, lab)
+    except Exception as exc:
+        errors.append(f"{section} (events off): {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        got = [Row(section, fig, None, note=f"error: {type(exc).__name__}: {str(exc)[:200]}") for fig in module.FIGURES]
+    finally:
+        lab.set_events(True)
+    say(f"{section} with events off done in {time.monotonic() - t:.1f} s")
+    return [dataclasses.replace(r, figure=f"{r.figure} (events off)", goal="", met=None) for r in got]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
@@ -50,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", metavar="NAMES", help="comma-separated sections to run, e.g. latency,wear")
     p.add_argument("--no-strace", action="store_true", help="do not use strace even if it is installed")
     p.add_argument("--keep", action="store_true", help="keep the working folder (databases, logs) for inspection")
+    p.add_argument("--events-off", action="store_true",
+                   help=f"also run {', '.join(EVENTS_OFF)} with [events] enabled = false (rows marked 'events off')")
     args = p.parse_args(argv)
 
     if not Broker.available():
@@ -97,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                        for fig in module.FIGURES]
             rows.extend(got)
             say(f"{section} done in {time.monotonic() - t:.1f} s")
+            if args.events_off and section in EVENTS_OFF:
+                rows.extend(_events_off(section, module, ctx, lab, errors, say))
     finally:
         lab.close()
         if args.keep:

@@ -223,8 +223,10 @@ class Broker:
 # --------------------------------------------------------------------------- the daemon
 
 
-def write_daemon_config(workdir: Path, *, mqtt_port: int | None, workers: int = 4, name: str = "config.toml") -> Path:
-    """A config on mock pins with the bench tasks, storage in ``workdir``, logging at warning."""
+def write_daemon_config(workdir: Path, *, mqtt_port: int | None, workers: int = 4, name: str = "config.toml",
+                        events: bool = True) -> Path:
+    """A config on mock pins with the bench tasks, storage in ``workdir``, logging at warning
+    (``events``: task events on, the default, or ``[events] enabled = false``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     mqtt = textwrap.dedent(f"""\
         [mqtt]
@@ -259,7 +261,7 @@ def write_daemon_config(workdir: Path, *, mqtt_port: int | None, workers: int = 
 
         [log]
         level = "warning"
-        """) + "\n" + mqtt
+        """) + "\n" + mqtt + ("" if events else "\n[events]\nenabled = false\n")
     path = workdir / name
     path.write_text(text)
     return path

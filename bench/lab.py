@@ -43,6 +43,7 @@ class Lab:
         self._huey_sub: Submitter | None = None
         self._marks: Marks | None = None
         self.workers = 4
+        self.events = True  # task events on (the default config); off: the `--events-off` rows
         self._extra: list[Any] = []
 
     def broker(self) -> Broker:
@@ -53,7 +54,8 @@ class Lab:
 
     def daemon(self) -> Daemon:
         if self._daemon is None:
-            config = write_daemon_config(self.ctx.workdir / "edge", mqtt_port=self.broker().port, workers=self.workers)
+            config = write_daemon_config(self.ctx.workdir / ("edge" if self.events else "edge-events-off"),
+                                         mqtt_port=self.broker().port, workers=self.workers, events=self.events)
             self._daemon = Daemon(config)
             self._daemon.start()
             self._wait_link(self._daemon)
@@ -78,6 +80,19 @@ class Lab:
             self.huey_submitter()  # creates Huey's tables before the consumer opens the file
             self._huey.start()
         return self._huey
+
+    def set_events(self, on: bool) -> None:
+        """The daemon from now on: task events on or off (a daemon of the other kind is stopped;
+        each kind has its own database, kept for a switch back)."""
+        if on == self.events:
+            return
+        if self._edge_sub is not None:
+            self._edge_sub.close()
+            self._edge_sub = None
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
+        self.events = on
 
     def edge_submitter(self) -> Submitter:
         if self._edge_sub is None:

@@ -17,7 +17,7 @@ from typing import Any
 from .harness import REPLY_TOPIC, BenchError, MqttClient, Row, cmd_topic, percentile
 from .lab import Context, Lab
 
-GOAL_FACTOR = 4.0
+GOAL_FACTOR = 3.0
 FIGURES = ("MQTT gpio.set -> succeeded, p50", "MQTT gpio.set -> succeeded, p99")
 
 

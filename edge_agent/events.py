@@ -4,10 +4,13 @@ Every event is a row of the ``events`` table, written in the transaction that ma
 change it describes (a crash can neither lose nor invent one), and, when MQTT is on, is
 published on ``P/D/events`` (QoS 1) by the link's publisher straight from that table
 (:class:`EventPublisher`): the table is the events' outbox, so an event costs one row
-written, not three (a row here, an outbox row, its deletion):
+written, not three (a row here, an outbox row, its deletion). One event is published as
 
     {"seq": 17, "device": "porch", "event": "succeeded", "id": "...", "action": "gpio.set",
      "ts": 1765000000.123, "attempt": 1, "runtime": 0.002, "result": {...}}
+
+and events that are ready together (a burst) as one message holding a JSON array of those
+objects, in seq order: a consumer reads ``doc if isinstance(doc, list) else [doc]``.
 
 ``seq`` is per device and only grows: it is the rowid (max + 1, assigned inside the
 write transaction, so in commit order and without gaps), and pruning always keeps the
@@ -25,6 +28,7 @@ in ``seq`` and fetches it with ``agent.history``.
 from __future__ import annotations
 
 import json
+import json.encoder
 import sqlite3
 import time
 from collections.abc import Callable
@@ -61,10 +65,11 @@ _TABLE = """create table if not exists events (
     extras text
 )"""
 # Only the extras are stored as JSON; seq, ts, kind, id and action are columns, and device is
-# the same for every row: the rows stay small (1 KiB pages: fewer pages written per event).
+# the same for every row: the rows stay small (a few to a 512-byte page).
 
 
 _FIELDS = "seq, ts, event, id, action, extras"
+_quote = json.encoder.encode_basestring_ascii  # a str as JSON, as json.dumps writes it
 
 
 class EventLog:
@@ -82,6 +87,7 @@ class EventLog:
         self.outbox_max = outbox_max
         self.clock = clock
         self.enabled = enabled  # off ([events] enabled = false): nothing is recorded nor published
+        self.wake_publisher = True  # set by the publisher before it looks for events to publish
         # How often (in seqs) max_rows is enforced: each check trims to `every` below the bound,
         # so between checks the bound holds exactly.
         self._rows_every = max(1, min(256, max_rows // 4))
@@ -96,15 +102,18 @@ class EventLog:
         assert kind in KINDS, kind
         if not self.enabled:
             return {}
-        seq = int(cur.execute("select coalesce(max(seq), 0) + 1 from events").fetchone()[0])
         ts = round(self.clock(), 3)
+        # seq is the rowid SQLite gives the row: max + 1 (no AUTOINCREMENT), in one statement
+        seq = int(cur.execute("insert into events (ts, event, id, action, extras) values (?, ?, ?, ?, ?) returning seq",
+                              (ts, kind, command_id, action,
+                               json.dumps(extras, separators=(",", ":"), default=str) if extras else None)).fetchone()[0])
         doc: dict[str, Any] = {"seq": seq, "device": self.device_id, "event": kind, "id": command_id,
                                "action": action, "ts": ts, **extras}
-        cur.execute("insert into events (seq, ts, event, id, action, extras) values (?, ?, ?, ?, ?, ?)",
-                    (seq, ts, kind, command_id, action,
-                     json.dumps(extras, separators=(",", ":"), default=str) if extras else None))
-        if self.outbox is not None:
-            self.outbox.wake()  # it cannot read the row before our commit: they share the store's lock
+        if self.outbox is not None and self.wake_publisher:
+            # Only when the publisher found nothing to publish at its last look (otherwise an ack or
+            # its linger wakes it); it cannot read the row before our commit: they share the store's lock.
+            self.wake_publisher = False
+            self.outbox.wake()
         if seq % self._rows_every == 0:
             cur.execute("delete from events where seq <= ?", (seq - self.max_rows + self._rows_every,))
         return doc
@@ -122,12 +131,21 @@ class EventLog:
         return int(self.store.query("select coalesce(max(seq), 0) from events")[0][0])
 
     def unsent(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """(seq, payload) of the events to publish after ``after``: at most the newest
-        ``outbox_max`` of those not yet sent (the bound), in seq order."""
+        """(seq, JSON text) of the events to publish after ``after``: at most the newest
+        ``outbox_max`` of those not yet sent (the bound), in seq order. The text is made from
+        the columns and the stored extras without parsing them (the same bytes as
+        ``json.dumps`` of :meth:`_doc`, in the same key order)."""
         rows = self.store.query(
             f"select {_FIELDS} from events where seq > max(?, (select coalesce(max(seq), 0) from events) - ?) "
             "order by seq limit ?", (after, self.outbox_max, limit))
-        return [(int(r[0]), json.dumps(self._doc(r), separators=(",", ":")).encode()) for r in rows]
+        head = '{"seq":%d,"device":' + _quote(self.device_id).replace("%", "%%") + ',"event":"%s","id":%s,"action":%s,"ts":%r'
+        out = []
+        for seq, ts, kind, command_id, action, extras in rows:
+            text = head % (seq, kind, "null" if command_id is None else _quote(command_id),
+                           "null" if action is None else _quote(action), float(ts))
+            text = text + "," + extras[1:] if extras and len(extras) > 2 else text + "}"
+            out.append((int(seq), text.encode()))
+        return out
 
     def _doc(self, row: tuple[Any, ...]) -> dict[str, Any]:
         seq, ts, kind, command_id, action, extras = row
@@ -167,22 +185,41 @@ class EventPublisher:
     acknowledged, and the position (meta ``events_sent``: every event up to it was acknowledged)
     remembered across restarts. Used from the publisher thread only.
 
-    Events are published at QoS 1 in seq order, and a broker acknowledges QoS 1 messages in
+    Events leave in batches: at most ``IN_FLIGHT`` messages of events are unacknowledged at a
+    time, and each carries every event that is ready then (up to ``BATCH_MAX`` events or about
+    ``BATCH_BYTES``): one event alone is a JSON object, several are a JSON array of those
+    objects in seq order. The first event after a pause waits ``linger`` seconds for the ones
+    that follow it (a command's received, started and succeeded then share one message); under
+    load, what came in during one broker round trip leaves in the next message, so a burst of
+    commands costs a few event messages, not three per command.
+
+    Messages are published at QoS 1 in seq order, and a broker acknowledges QoS 1 messages in
     the order it got them, so the highest acknowledged seq is a position with nothing unsent
-    before it. After a crash the events in flight are published again (at least once, like
-    replies): a consumer drops seqs it has seen."""
+    before it. It is written at most every ``SAVE_EVERY`` seconds or ``SAVE_BATCH`` events
+    (one small row; at every clean stop too): after a crash the events acknowledged since are
+    published again (at least once, like replies), and a consumer drops seqs it has seen."""
 
     META_KEY = "events_sent"
-    SAVE_EVERY = 0.05  # seconds between two writes of the position (one small row)
+    SAVE_EVERY = 1.0  # seconds between two writes of the position
+    SAVE_BATCH = 1000  # events acknowledged since the last write that make one due at once
+    IN_FLIGHT = 1  # messages of events handed to paho and not yet acknowledged, at most
+    BATCH_MAX = 500  # events per message, at most
+    BATCH_BYTES = 32 * 1024  # a message stops growing past this many bytes (one large event still goes)
+    LINGER = 0.01  # seconds the first event after a pause waits for the next ones
 
-    def __init__(self, log: EventLog, topic: str):
+    def __init__(self, log: EventLog, topic: str, *, linger: float = LINGER,
+                 clock: Callable[[], float] = time.monotonic):
         self.log = log
         self.topic = topic
+        self.linger = linger
+        self.clock = clock
+        self._waiting_since: float | None = None  # monotonic: when unsent events were first seen
         self.acked_upto = int(log.store.get_meta(self.META_KEY) or 0)
         self.sent_upto = self.acked_upto
         self._saved = self.acked_upto
         self._saved_at = 0.0
-        self._inflight: dict[int, int] = {}  # paho mid -> seq
+        self._inflight: dict[int, int] = {}  # paho mid -> the last seq of its message
+        self.messages = 0  # messages of events published (for tests and benchmarks)
 
     @property
     def inflight(self) -> int:
@@ -192,14 +229,45 @@ class EventPublisher:
     def dirty(self) -> bool:
         return self.acked_upto != self._saved
 
+    @property
+    def due(self) -> float | None:
+        """When (monotonic) events that wait for their batch to fill must be published, if any do
+        (None while a message of events is in flight: its ack wakes the publisher)."""
+        if self._waiting_since is None or len(self._inflight) >= self.IN_FLIGHT:
+            return None
+        return self._waiting_since + self.linger
+
     def publish(self, client: Any, room: int) -> None:
-        """Hand paho up to ``room`` events after the last one handed over (or after the bound)."""
-        if room <= 0:
-            return
-        for seq, payload in self.log.unsent(self.sent_upto, room):
-            info = client.publish(self.topic, payload, qos=1)
-            self._inflight[info.mid] = seq
-            self.sent_upto = seq
+        """Hand paho the events after the last one handed over (or after the bound), batched,
+        in at most ``room`` messages and ``IN_FLIGHT`` unacknowledged ones."""
+        room = min(room, self.IN_FLIGHT - len(self._inflight))
+        while room > 0:
+            now = self.clock()
+            if self._waiting_since is not None and now - self._waiting_since < self.linger:
+                return  # (not read again meanwhile: every event written wakes the publisher)
+            self.log.wake_publisher = True  # before the look: an event written after it wakes us
+            rows = self.log.unsent(self.sent_upto, self.BATCH_MAX)
+            if not rows:
+                self._waiting_since = None
+                return
+            if self._waiting_since is None and self.linger > 0 and len(rows) < self.BATCH_MAX:
+                self._waiting_since = now
+                return
+            self._waiting_since = None
+            parts: list[bytes] = []
+            size = 0
+            for seq, payload in rows:
+                if parts and size + len(payload) > self.BATCH_BYTES:
+                    break
+                parts.append(payload)
+                size += len(payload) + 1
+                last = seq
+            body = parts[0] if len(parts) == 1 else b"[" + b",".join(parts) + b"]"
+            info = client.publish(self.topic, body, qos=1)
+            self._inflight[info.mid] = last
+            self.sent_upto = last
+            self.messages += 1
+            room -= 1
 
     def acked(self, mid: int) -> bool:
         """Whether ``mid`` was one of ours (then it is recorded)."""
@@ -210,13 +278,18 @@ class EventPublisher:
         return True
 
     def save(self, *, now: float, force: bool = False) -> None:
-        """Remember the position (at most every SAVE_EVERY s, unless ``force``)."""
-        if not self.dirty or (not force and now - self._saved_at < self.SAVE_EVERY):
+        """Remember the position (at most every SAVE_EVERY s or SAVE_BATCH events, unless ``force``)."""
+        if not self.dirty or (not force and now - self._saved_at < self.SAVE_EVERY
+                              and self.acked_upto - self._saved < self.SAVE_BATCH):
             return
         value = self.acked_upto
         with self.log.store.transaction() as cur:
             self.log.store.set_meta(cur, self.META_KEY, str(value))
         self._saved, self._saved_at = value, now
+        # This may be the last write of a burst, up to SAVE_EVERY after the rest: read once now, so
+        # that SQLite moves its read mark in the -shm file here and not at the idle daemon's next
+        # look (a page written while idle).
+        self.log.last_seq()
 
 
 def _error(cmd: Command) -> dict[str, Any] | None:

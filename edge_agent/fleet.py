@@ -56,6 +56,7 @@ STATE_BYTES = 256 * 1024  # a status/state message longer than this is not parse
 REPLY_BYTES = 16 * 1024 * 1024  # nor a reply: an agent.history page of 1,000 events with their args and results
 HISTORY_COUNT = 100_000  # events fleet.history() returns (and keeps in memory) at most
 HISTORY_PAGES = 1000  # agent.history pages it asks one device for, at most (1,000,000 events)
+BATCH_EVENTS_MAX = 1000  # events in one message (an agent sends at most 500): a longer array is dropped whole
 STREAM_BUFFER = 10_000  # events EventStream holds per device beyond a gap while it is being filled
 
 
@@ -63,6 +64,15 @@ class DeviceError(EdgeAgentError, RuntimeError):
     """A device answered with something the fleet tools cannot use (it breaks the protocol)."""
 
     kind = "device"
+
+
+def _clean_or_none(event: Any, topic: str) -> dict[str, Any] | None:
+    """One event of a message, checked (:func:`clean_event`); None, logged, when it is bad."""
+    try:
+        return clean_event(event)
+    except Rejected as exc:
+        log.debug("fleet events: an event on %s ignored: %s", topic[:200], exc)
+        return None
 
 
 def _json(payload: bytes, limit: int) -> Any:
@@ -726,11 +736,19 @@ class EventStream:
             if device is not None and (not self.devices or device in self.devices):
                 try:
                     doc = _json(msg.payload, REPLY_BYTES)
-                    doc = clean_event(doc) if leaf == "events" else _checked_reply(doc)
+                    docs: list[dict[str, Any] | None]
+                    if leaf == "reply":
+                        docs = [_checked_reply(doc)]
+                    else:  # events come one per message (an object) or batched (an array of them, in seq order)
+                        if isinstance(doc, list) and len(doc) > BATCH_EVENTS_MAX:
+                            raise Rejected(f"{len(doc)} events in one message (at most {BATCH_EVENTS_MAX})")
+                        docs = [_clean_or_none(one, msg.topic) for one in (doc if isinstance(doc, list) else [doc])]
                 except Rejected as exc:
                     log.debug("fleet events: a message on %s ignored: %s", msg.topic[:200], exc)
                     return
-                self._inbox.put((leaf, device, doc))
+                for one in docs:
+                    if one is not None:  # a bad event of a batch is dropped alone
+                        self._inbox.put((leaf, device, one))
                 return
 
     def _loop(self) -> None:

@@ -522,8 +522,12 @@ class MqttLink:
                             last_state = now
                             shown = self._publish_state()
                 busy = len(inflight) + (events.inflight if events is not None else 0)
+                # The events' slots stay theirs: a burst of replies filling the window would hold
+                # them back until the outbox bound drops them.
+                spare = events.IN_FLIGHT - events.inflight if events is not None and window > events.IN_FLIGHT else 0
+                room = max(0, window - busy - spare)
                 if up and busy < window:
-                    rows = self.outbox.pending(last_seq, window - busy)
+                    rows = self.outbox.pending(last_seq, room)
                     for m in rows:
                         last_seq = m.seq
                         if m.seq in early:
@@ -533,7 +537,7 @@ class MqttLink:
                                               properties=self._props(m.props))
                         inflight[info.mid] = (m.seq, m.topic)
                         changed_at = changed_at or now
-                    if early and len(rows) < window - busy:
+                    if early and len(rows) < room:
                         # Every row left was returned: the early ones not among them are delivered.
                         last_seq = max(last_seq, *early)
                         early.clear()
@@ -555,6 +559,8 @@ class MqttLink:
                 timeout = min(timeout, max(0.0, check - time.monotonic()))
             if done or (events is not None and events.dirty and not self.store.full):
                 timeout = min(timeout, REMOVE_EVERY)
+            if events is not None and events.due is not None:
+                timeout = min(timeout, max(0.0, events.due - time.monotonic()))
             with self.outbox.cond:
                 # An ack that came in while this pass ran may not have woken anyone (see
                 # _on_publish): look at the deque under the lock before sleeping.

@@ -208,10 +208,13 @@ class Store:
             elif not os.path.exists(path):
                 raise StorageError(f"{path}: no database yet (has the agent ever run with this config?)")
             self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            # 1 KiB pages (set before the first table exists): every commit appends the pages it
-            # changed to the WAL, so smaller pages mean fewer bytes written to the SD card per
-            # command. The rows are small; the trees stay shallow.
-            self.conn.execute("pragma page_size=1024")
+            # 512-byte pages, SQLite's smallest (set before the first table exists): every commit
+            # appends each page it changed to the WAL, and a command changes about 20 (its row and
+            # index, Huey's message, replies, events: each table a page per transaction), so the
+            # page size is the bytes written to the SD card per command (1 KiB pages: ~20 KB, these:
+            # ~11 KB). The rows are small (a command ~200 B, an event ~100 B); larger values spill
+            # into overflow pages. A database made with 1 KiB pages keeps them.
+            self.conn.execute("pragma page_size=512")
             self.conn.execute("pragma journal_mode=wal")
             self.conn.execute(f"pragma synchronous={self.sync}")
             self.conn.execute("pragma cache_size=-2000")

@@ -175,8 +175,23 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             d.proc.wait(10)
 
 
+class _Event:
+    """One event of a batched ``P/D/events`` message, as if it had come alone."""
+
+    def __init__(self, msg: Any, doc: Any):
+        self.topic, self.qos, self.retain, self.batched = msg.topic, msg.qos, msg.retain, True
+        self.payload = json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _one_per_event(msg: Any) -> list[Any]:
+    """A message of events that holds several (a JSON array) counts as one message per event."""
+    if msg.topic.endswith("/events") and msg.payload[:1] == b"[":
+        return [_Event(msg, doc) for doc in json.loads(msg.payload)]
+    return [msg]
+
+
 class Listener:
-    """A paho client that records every message on some topics."""
+    """A paho client that records every message on some topics (a batch of events: one per event)."""
 
     def __init__(self, port: int, topics: list[str], protocol: int = 5):
         import paho.mqtt.client as mqtt
@@ -195,7 +210,7 @@ class Listener:
 
         def on_message(c: Any, u: Any, msg: Any) -> None:
             with self.cond:
-                self.messages.append(msg)
+                self.messages.extend(_one_per_event(msg))
                 self.cond.notify_all()
 
         self.client.on_connect = on_connect

@@ -97,34 +97,86 @@ def test_at_most_outbox_max_unsent_events_are_published_the_newest(store):
     assert store.query("select count(*) from outbox")[0][0] == 0  # no copy in the outbox
 
 
+class _Paho:
+    """Records what an EventPublisher hands over: (mid, topic, [seqs]) per message."""
+
+    def __init__(self):
+        self.sent, self.mid, self.payloads = [], 0, []
+
+    def publish(self, topic, payload, qos):
+        self.mid += 1
+        doc = json.loads(payload)
+        self.payloads.append(doc)
+        self.sent.append((self.mid, topic, [e["seq"] for e in (doc if isinstance(doc, list) else [doc])]))
+
+        class Info:
+            mid = self.mid
+        return Info()
+
+
 def test_the_publish_position_is_remembered(store):
     """EventPublisher hands events to the client in order, counts acks, and saves its position."""
     from edge_agent.events import EventPublisher
 
-    class Paho:
-        def __init__(self):
-            self.sent, self.mid = [], 0
+    log = EventLog(store, "porch")
+    _emit(log, 4)
+    pub = EventPublisher(log, "edge/porch/events", linger=0.0)
+    paho = _Paho()
+    pub.publish(paho, 4)  # what is ready goes in one message; the next waits for its ack
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4]] and pub.inflight == 1
+    _emit(log, 6)
+    pub.publish(paho, 4)
+    assert len(paho.sent) == 1
+    assert not pub.acked(99) and pub.acked(1) and pub.acked_upto == 4 and pub.dirty
+    pub.publish(paho, 4)
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3, 4], list(range(5, 11))]
+    pub.save(now=100.0)
+    assert store.get_meta("events_sent") == "4" and not pub.dirty
+    again = EventPublisher(log, "edge/porch/events", linger=0.0)
+    again.publish(paho, 100)
+    assert paho.sent[2][2] == list(range(5, 11))  # 5 to 10 again: at least once
 
-        def publish(self, topic, payload, qos):
-            self.mid += 1
-            self.sent.append((self.mid, topic, json.loads(payload)["seq"]))
 
-            class Info:
-                mid = self.mid
-            return Info()
+def test_the_first_event_after_a_pause_waits_for_the_next_ones(store):
+    """With linger, an event waits that long (from when the publisher first saw it) for the
+    ones after it: a command's three events leave in one message, not three."""
+    from edge_agent.events import EventPublisher
+
+    clock = Clock(100.0)
+    log = EventLog(store, "porch")
+    pub = EventPublisher(log, "edge/porch/events", linger=0.01, clock=clock)
+    paho = _Paho()
+    pub.publish(paho, 10)
+    assert pub.due is None and not paho.sent  # nothing to publish: nothing waits
+    _emit(log, 1)
+    pub.publish(paho, 10)
+    assert not paho.sent and pub.due == 100.01
+    _emit(log, 2)
+    clock.t = 100.005
+    pub.publish(paho, 10)
+    assert not paho.sent
+    clock.t = 100.011
+    pub.publish(paho, 10)
+    assert [s for _, _, s in paho.sent] == [[1, 2, 3]] and pub.due is None
+
+
+def test_a_batch_is_an_array_of_the_events_a_single_one_an_object(store):
+    """One event ready: the object, as agent.history gives it; several: an array of those objects
+    in seq order, at most BATCH_MAX events or about BATCH_BYTES per message."""
+    from edge_agent.events import EventPublisher
 
     log = EventLog(store, "porch")
-    _emit(log, 10)
-    pub = EventPublisher(log, "edge/porch/events")
-    paho = Paho()
-    pub.publish(paho, 4)
-    assert [s for _, _, s in paho.sent] == [1, 2, 3, 4] and pub.inflight == 4
-    assert not pub.acked(99) and pub.acked(1) and pub.acked(2) and pub.acked_upto == 2 and pub.dirty
-    pub.save(now=100.0)
-    assert store.get_meta("events_sent") == "2" and not pub.dirty
-    again = EventPublisher(log, "edge/porch/events")
-    again.publish(paho, 100)
-    assert [s for _, _, s in paho.sent[4:]] == list(range(3, 11))  # 3 and 4 again: at least once
+    _emit(log, 1)
+    pub = EventPublisher(log, "edge/porch/events", linger=0.0)
+    paho = _Paho()
+    pub.publish(paho, 10)
+    assert paho.payloads[0] == log.history()["events"][0]
+    pub.acked(1)
+    _emit(log, EventPublisher.BATCH_MAX + 10)
+    pub.publish(paho, 10)
+    batch = paho.payloads[1]
+    assert isinstance(batch, list) and batch == log.history(after=1, limit=len(batch))["events"]
+    assert 1 < len(batch) <= EventPublisher.BATCH_MAX and len(json.dumps(batch, separators=(",", ":"))) <= EventPublisher.BATCH_BYTES
 
 
 def test_a_disabled_log_writes_nothing(store):
@@ -432,10 +484,95 @@ class _Persistent:
         assert ready.wait(10)
 
     def _on_message(self, c, u, msg):
+        doc = json.loads(msg.payload)
         with self.cond:
-            self.seqs.append(json.loads(msg.payload)["seq"])
+            self.seqs.extend(e["seq"] for e in (doc if isinstance(doc, list) else [doc]))
             self.cond.notify_all()
 
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def test_a_burst_of_1000_commands_costs_at_most_2_5_messages_each_and_every_event_arrives_once_in_order(
+        broker, daemon_factory, tmp_path):
+    """1,000 MQTT commands at once: the agent publishes (replies, events, state: everything on its
+    topics) at most 2.5 messages per command on average, since events leave in batches; an
+    EventStream gets all 3,000 events of the burst once each, in seq order, with no fill needed."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.config import MqttSettings
+    from edge_agent.fleet import EventStream, FleetClient
+
+    n = 1000
+    prefix = f"bu{uuid.uuid4().hex[:6]}"
+    cfg = agent_config(tmp_path, device="porch", mqtt_port=broker.port, prefix=prefix)
+    d = daemon_factory(cfg)
+    d.start()
+    base = f"{prefix}/porch/"
+    counts: dict[str, int] = {}
+    finals: set[str] = set()
+    seen: list[dict] = []
+    cond = threading.Condition()
+
+    def on_message(c, u, msg):
+        leaf = msg.topic[len(base):].split("/")[0]
+        if leaf == "cmd":
+            return
+        with cond:
+            counts[leaf] = counts.get(leaf, 0) + 1
+            if leaf == "reply":
+                doc = json.loads(msg.payload)
+                if doc["status"] != "accepted":
+                    assert doc["status"] == "succeeded", doc
+                    finals.add(doc["id"])
+            cond.notify_all()
+
+    def collect(doc):
+        with cond:
+            seen.append(doc)
+            cond.notify_all()
+
+    raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    raw.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{base}#", 1)
+    raw.on_subscribe = lambda *a: subscribed.set()
+    raw.on_message = on_message
+    raw.connect("127.0.0.1", broker.port)
+    raw.loop_start()
+    client = FleetClient(MqttSettings(host="127.0.0.1", port=broker.port, topic_prefix=prefix))
+    client.connect()
+    stream = EventStream(client, collect, devices=["porch"])
+    try:
+        assert subscribed.wait(10)
+        # Until the agent's start-up messages (online, state, the lamp's state) are in: not counted.
+        with cond:
+            assert cond.wait_for(lambda: counts.get("state") and counts.get("status"), 30), counts
+            counts.clear()
+        stream.start()
+        ids = [f"burst-{i:04d}" for i in range(n)]
+        infos = [raw.publish(f"{base}cmd/agent.ping", json.dumps({"id": cid}), qos=1) for cid in ids]
+        for info in infos:
+            info.wait_for_publish(30)
+        with cond:
+            assert cond.wait_for(lambda: len(finals) == n and sum(1 for e in seen if e["id"] in finals
+                                                                  and e["event"] == "succeeded") == n, 120), (
+                len(finals), len(seen))
+            published = dict(counts)
+    finally:
+        stream.stop()
+        client.close()
+        raw.loop_stop()
+        raw.disconnect()
+    per_command = sum(published.values()) / n
+    assert published["reply"] == 2 * n  # accepted and succeeded, each its own message
+    assert per_command <= 2.5, published
+    mine = [e for e in seen if str(e.get("id", "")).startswith("burst-")]
+    assert len(mine) == 3 * n
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # each once, in order, no gap
+    for cid in ids:
+        assert [e["event"] for e in mine if e["id"] == cid] == ["received", "started", "succeeded"], cid
+    assert stream.fills == 0 and stream.lost == {}

@@ -37,7 +37,7 @@ __all__ = ["Ingest"]
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 10_000  # messages; events wait here as their raw bytes (parsed in this thread)
-QUEUE_BYTES = 8 << 20  # ... and at most this many bytes of payload (a device may send 1 MB events)
+QUEUE_BYTES = 8 << 20  # ... and at most this many bytes of payload (a device may send 1 MB events, or batches)
 BATCH_MAX = 2_000
 BATCH_BYTES = 2 << 20  # payload bytes per batch (parsed, a batch takes several times its bytes)
 BATCH_WINDOW = 0.02  # seconds a batch may wait for more messages (the live pages' added latency, at most)
