@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -281,3 +282,37 @@ def start_all(daemons: list[Daemon], workers: int = 20) -> None:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for f in [pool.submit(d.start) for d in daemons]:
             f.result()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. "2m") mounted at ``folder/disk``, unmounted after; the test
+    is skipped, saying why, where it cannot be mounted (not root, no mount)."""
+    mnt = folder / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the file system is full (down to the last byte)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        block = b"\0" * 4096
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    return
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.configs import agent_config
+from tests.conftest import fill_disk, small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -32,33 +32,8 @@ RECOVERY = 10.0  # seconds from deleting the filler to the last reply
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MB tmpfs (requested before the daemon, so it is unmounted after the daemon is killed)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        block = b"\0" * 4096
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError:
-                if len(block) == 1:
-                    return
-                block = block[: len(block) // 2]
-    finally:
-        os.close(fd)
 
 
 def _runs(path: Path) -> list[str]:
@@ -111,7 +86,7 @@ def test_a_full_disk_pauses_intake_keeps_outcomes_and_recovers_when_space_return
     send("disk_mark_fail", "hold-fail", tag="hold-fail", wait_for=str(go))
     _poll(lambda: {"hold-ok", "hold-fail"} <= set(_runs(runs)), 10, "both holding commands to start")
 
-    _fill(filler)
+    fill_disk(filler)
     # Until the daemon has met the full disk (the tail of its WAL may take a few more writes).
     sent: list[str] = []
     def says_full() -> bool:

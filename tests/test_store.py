@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import edge_agent.store as store_module
 from edge_agent.store import CHECKPOINT_EVERY, TIGHT_EVERY, DiskFull, Store, disk_report
+from tests.conftest import fill_disk, small_tmpfs
 
 
 def _commits(store: Store, n: int) -> None:
@@ -187,35 +189,10 @@ def test_empty_transactions_do_not_start_a_checkpoint(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of 4 MB, unmounted after the test (root only; else the test is skipped, saying why)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "4m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        block = b"\0" * 4096
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError:
-                if len(block) == 1:
-                    return
-                block = block[: len(block) // 2]
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.slow
@@ -225,7 +202,7 @@ def test_a_full_disk_makes_the_store_full_until_the_probe_finds_space(small_disk
     store.on_full.append(told.append)
     try:
         _commits(store, 50)
-        _fill(small_disk / "filler")
+        fill_disk(small_disk / "filler")
         with pytest.raises(DiskFull):  # the tail of the WAL may take a few more writes
             _commits(store, 10000)
         assert store.full and told == [True]
@@ -278,6 +255,6 @@ def test_opening_a_database_on_a_full_disk_says_the_disk_is_full(small_disk):
     # Nobody has it open, so SQLite must make its -shm file: that fails as a "disk I/O error".
     path = str(small_disk / "agent.db")
     Store(path).close()
-    _fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     with pytest.raises(DiskFull, match="the disk is full"):
         Store(path, create=False)
