@@ -656,3 +656,39 @@ def test_a_too_small_database_bound_is_a_usage_error(tmp_path: Path) -> None:
                         "--max-db-mb", "1"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "--max-db-mb must be at least 8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not m.db.exists()
+
+
+def test_the_row_caps_take_the_rows_of_the_device_that_holds_the_most(tmp_path: Path) -> None:
+    """Row caps (--max-tasks and the event and GPIO caps) are shared fairly: a good device's 200 tasks, then a rogue's
+    1,000 over a cap of 500: the rogue is cut to 300 (its oldest go), the good device keeps all 200 (it lost its oldest
+    before); with three devices over a tight cap each keeps the same share."""
+    from edge_agent.monitor.store import MonitorStore, TaskQuery
+
+    store = MonitorStore(str(tmp_path / "m.db"), max_tasks=500, max_events=1000, max_gpio=500)
+    with store.transaction() as w:
+        w.touch("good", time.time())
+        for i in range(200):
+            w.event("good", {"seq": 2 * i + 1, "event": "received", "id": f"t{i:03d}", "ts": time.time(), "args": {}})
+            w.event("good", {"seq": 2 * i + 2, "event": "succeeded", "id": f"t{i:03d}", "ts": time.time()})
+            w.gpio("good", "lamp", "on" if i % 2 else "off", time.time())
+        w.touch("rogue", time.time())
+        for i in range(1000):
+            w.event("rogue", {"seq": i + 1, "event": "succeeded", "id": f"r{i:04d}", "ts": time.time()})
+            w.gpio("rogue", "x", "on", time.time())
+    store.prune()
+    assert len(store.tasks(TaskQuery(device="good", limit=500))[0]) == 200
+    assert len(store.tasks(TaskQuery(device="rogue", limit=2000))[0]) == 300
+    assert store.task("rogue", "r0000") is None and store.task("rogue", "r0999") is not None
+    counts = dict(store._w.execute("select device, count(*) from events group by device").fetchall())
+    assert counts == {"good": 400, "rogue": 600}
+    gpio = dict(store._w.execute("select device, count(*) from gpio group by device").fetchall())
+    assert gpio == {"good": 200, "rogue": 300}
+    store.max_gpio = 240  # three devices over a tight cap: the same share each
+    with store.transaction() as w:
+        w.touch("third", time.time())
+        for _ in range(150):
+            w.gpio("third", "y", "on", time.time())
+    store.prune()
+    gpio = dict(store._w.execute("select device, count(*) from gpio group by device").fetchall())
+    assert gpio == {"good": 80, "rogue": 80, "third": 80}
+    store.close()

@@ -2,8 +2,8 @@
 
 What it keeps and for how long (the retention): every event, task and GPIO change for
 ``keep`` seconds (default 30 days) after it was last updated, and at most ``max_tasks``
-tasks, ``max_events`` events and ``max_gpio`` GPIO changes (oldest first beyond
-those). Devices are kept until they have said nothing for ``keep``; at most
+tasks, ``max_events`` events and ``max_gpio`` GPIO changes (beyond those, the oldest rows of the
+device that holds the most go first). Devices are kept until they have said nothing for ``keep``; at most
 ``MAX_DEVICES`` are tracked (ids beyond that are ignored: anyone who may publish on
 the broker could otherwise invent ids without end).
 
@@ -321,9 +321,31 @@ class MonitorStore:
             w.executemany("delete from devices where device = ?", [(d,) for d in gone])
             self._known.difference_update(gone)
             for table, cap in (("events", self.max_events), ("tasks", self.max_tasks), ("gpio", self.max_gpio)):
-                row = w.execute(f"select rowid from {table} order by rowid desc limit 1 offset ?", (cap,)).fetchone()
-                if row is not None:
-                    n += w.execute(f"delete from {table} where rowid <= ?", (row[0],)).rowcount
+                n += self._cap_rows(table, cap)
+        return n
+
+    def _cap_rows(self, table: str, cap: int) -> int:
+        """Bring ``table`` down to ``cap`` rows, fairly: a device keeps all its rows while it holds
+        no more than the others, and the ones over the level that fits the cap lose their oldest
+        (a device is not trusted: one that floods the monitor loses its own rows)."""
+        w = self._w
+        counts = sorted((rows for _, rows in w.execute(f"select device, count(*) from {table} group by device")),
+                        reverse=True)
+        if sum(counts) <= cap:
+            return 0
+        # The highest level L with sum(min(rows, L)) <= cap: devices above it are cut to it.
+        level, rest = 0, sum(counts)
+        for k, rows in enumerate(counts):
+            rest -= rows  # rows of the devices lighter than this one
+            fits = (cap - rest) // (k + 1)
+            if fits >= (counts[k + 1] if k + 1 < len(counts) else 0):
+                level = max(0, min(fits, rows))
+                break
+        n = 0
+        for device, rows in w.execute(f"select device, count(*) from {table} group by device having count(*) > ?",
+                                      (level,)).fetchall():
+            n += w.execute(f"delete from {table} where rowid in (select rowid from {table} where device = ? "
+                           f"order by rowid limit ?)", (device, rows - level)).rowcount
         return n
 
     def used_bytes(self) -> int:
