@@ -49,7 +49,8 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _used_mb(db: Path) -> float:
+def used_mib(db: Path) -> float:
+    """MiB of a SQLite file's pages in use (free pages, reused by new rows, not counted)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         (pages,), = con.execute("pragma page_count").fetchall()
@@ -162,7 +163,7 @@ def run(seconds: float, max_db_mb: int, work: Path, good_tasks: int = 200) -> di
             "rss_peak_mb": round(_peak_rss_mb(mon.pid), 1), "rss_max_sampled_mb": round(max(s[1] for s in samples), 1),
             "rss_end_mb": round(proc_snapshot(mon.pid)["rss_kb"] / 1024, 1),
             "db_files_max_mb": round(max(s[2] for s in samples), 1), "db_files_end_mb": round(db_files_size(db) / 1e6, 1),
-            "db_used_end_mib": round(_used_mb(db), 1), "max_db_mb": max_db_mb,
+            "db_used_end_mib": round(used_mib(db), 1), "max_db_mb": max_db_mb,
             "api_tasks_500_bytes": len(body), "api_tasks_500_rows": len(tasks["tasks"]), "api_tasks_500_s": round(took, 3),
             "fleet_page_max_s": round(max(page_times), 3) if page_times else None,
             "good_device_tasks": good_tasks, "good_device_tasks_held": good_held,

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from bench.monitor_flood import used_mib
 from tests.conftest import ROOT, Broker, free_port, wait_port
 
 pytest.importorskip("starlette")
@@ -392,14 +393,7 @@ def test_1mb_events_are_truncated_and_memory_responses_and_the_database_stay_bou
     def sizes() -> dict[str, float]:
         return {p.name: p.stat().st_size / (1 << 20) for p in mon.folder.glob("m.db*")}
 
-    con = sqlite3.connect(str(mon.db))
-    try:
-        (pages,), = con.execute("pragma page_count").fetchall()
-        (free,), = con.execute("pragma freelist_count").fetchall()
-        (page,), = con.execute("pragma page_size").fetchall()
-    finally:
-        con.close()
-    used = (pages - free) * page / (1 << 20)
+    used = used_mib(mon.db)
     print(f"database after {3000 * 14 / 1024:.0f} MiB of fields: files {sizes()} MiB, {used:.1f} MiB in use (bound 8 MiB)")
     assert used < 8 + 3  # the bound plus one batch (2 MB of fields; more in pages and indexes), pruned after it
     assert sizes()["m.db"] < 8 + 8 and sizes().get("m.db-wal", 0) <= 16  # the bound plus a batch; the WAL's own bound
@@ -468,14 +462,7 @@ def test_a_rogue_that_floods_the_size_bound_erases_only_its_own_history(monitor,
     rogue.flush(120)
     until(lambda: mon.json("/api/health")["ingested"] >= 600 + 1510 and mon.json("/api/health")["backlog"] == 0,
           timeout=180, what="the flood")
-    con = sqlite3.connect(str(mon.db))
-    try:
-        (pages,), = con.execute("pragma page_count").fetchall()
-        (free,), = con.execute("pragma freelist_count").fetchall()
-        (page,), = con.execute("pragma page_size").fetchall()
-    finally:
-        con.close()
-    used = (pages - free) * page / (1 << 20)
+    used = used_mib(mon.db)
     held = {t["id"]: t["status"] for t in tasks_of(mon, "good")}
     print(f"after the flood: {used:.1f} MiB in use (bound 8), the good device's tasks held: {len(held)} of 200")
     assert used < 8 + 3
