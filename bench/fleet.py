@@ -1,16 +1,16 @@
-"""The fleet: many real agents on one mosquitto, commanded and watched with :mod:`edge_agent.fleet`.
+"""The fleet: many real agents on one mosquitto, commanded and watched with :mod:`edge_agent.fleet.client`.
 
 - Group commands: 100 real agent processes (``edge-agent run``, each its own config and
   database, mock pins; quick: 5) in groups of their first 10, first 50 and all 100. A group
   ``agent.ping`` and a group ``gpio.set`` to each group, repeated: time from the call of
-  :func:`edge_agent.fleet.send` (what ``edge-agent fleet send`` does: read the retained
+  :func:`edge_agent.fleet.client.send` (what ``edge-agent fleet send`` does: read the retained
   states, publish one group command, collect the replies) until every final reply is in,
   p50 and p99. Baseline, in the same run: the same call for one device.
 - ``fleet ls`` of 1,000 devices whose retained ``status`` and ``state`` are published
   directly: ``edge-agent fleet ls --json`` as a process, spawn to exit. Baseline: a bare
   paho script reading the same 2,000 retained messages, also as a process.
 - Events consumed per second: 100 simulated devices publish task events (QoS 1) as fast as
-  one paho client can; the consumer is an :class:`edge_agent.fleet.EventStream` (in order,
+  one paho client can; the consumer is an :class:`edge_agent.fleet.client.EventStream` (in order,
   each once, gaps filled) in a process of its own. Baseline: a bare paho subscriber counting
   the same kind of stream.
 - Reconnects: the broker stopped for 20 s (quick: 3 s) under the 100 agents and started
@@ -64,7 +64,7 @@ def _groups_of(i: int, total: int) -> list[str]:
 def time_sends(client: Any, action: str, args_of: Any, runs: int, *, group: str | None = None,
                device: str | None = None, expect: int = 1) -> list[float]:
     """Seconds for each of ``runs`` calls of fleet.send, each checked: ``expect`` succeeded replies."""
-    from edge_agent import fleet
+    from edge_agent.fleet import client as fleet
 
     out = []
     for r in range(runs):
@@ -77,7 +77,7 @@ def time_sends(client: Any, action: str, args_of: Any, runs: int, *, group: str 
 
 
 def group_commands(ctx: Context, port: int, total: int, runs: int) -> dict[str, Any]:
-    from edge_agent import fleet
+    from edge_agent.fleet import client as fleet
 
     def lamp(r: int) -> dict[str, Any]:
         return {"device": "lamp", "value": "on" if r % 2 else "off"}
@@ -131,7 +131,7 @@ sys.exit(0 if ok else 1)
 
 
 def fleet_ls(ctx: Context, port: int, devices: int, runs: int) -> dict[str, Any]:
-    from edge_agent import fleet
+    from edge_agent.fleet import client as fleet
 
     from .simfleet import SimFleet
 
@@ -173,7 +173,7 @@ def fleet_ls(ctx: Context, port: int, devices: int, runs: int) -> dict[str, Any]
 
 def consume(kind: str, port: int, prefix: str, count: int) -> dict[str, Any]:
     """In a process of its own: take ``count`` events, print when the first and the last came."""
-    from edge_agent import fleet
+    from edge_agent.fleet import client as fleet
 
     got = 0
     first = last = 0.0

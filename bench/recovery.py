@@ -31,12 +31,12 @@ GOAL_RATIO = 2.0
 def _fill(db: Path, n: int, prefix: str, *, own_queue: bool) -> None:
     """``n`` no-op commands, as other processes write them (to be adopted) or as the daemon's own
     queue holds them (journal rows and Huey messages, as a SIGKILL leaves them)."""
-    from edge_agent.actions import Registry
-    from edge_agent.commands import NewCommand
-    from edge_agent.journal import Journal
-    from edge_agent.runner import Runner
-    from edge_agent.store import Store
-    from edge_agent.taskqueue import TaskQueue
+    from edge_agent.device.actions import Registry
+    from edge_agent.device.commands import NewCommand
+    from edge_agent.device.journal import Journal
+    from edge_agent.device.runner import Runner
+    from edge_agent.device.store import Store
+    from edge_agent.device.taskqueue import TaskQueue
 
     store = Store(str(db))
     try:
@@ -148,7 +148,7 @@ def repeats_after_crash(ctx: Context, commands: int, rate: float) -> dict[str, A
         by_reply[(doc["id"], doc["status"])].add(p)
     inflight = next(int(line.split()[1]) for line in broker.conf.read_text().splitlines()
                     if line.startswith("max_inflight_messages"))
-    from edge_agent.mqtt import WINDOW
+    from edge_agent.device.mqtt import WINDOW
 
     return {"repeats": sum(n - 1 for n in copies.values()), "replies": len(payloads), "killed_at": killed_at,
             "differing": sum(1 for v in by_reply.values() if len(v) > 1), "bound": min(WINDOW, inflight) - 4 + 64}

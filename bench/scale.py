@@ -5,7 +5,7 @@
   e.g. after an outage), then the daemon starts and runs them all. The rate comes
   from the journal's own times: count / (last ``finished`` - first ``started``).
 - Planning time for 1,000 jobs (solar, cron, every): one scheduler pass over them
-  (:meth:`edge_agent.scheduler.Scheduler.tick`), cold (first sight) and warm.
+  (:meth:`edge_agent.device.scheduler.Scheduler.tick`), cold (first sight) and warm.
 - Outbox delivery: 10,000 replies (quick: 1,000) produced while the broker is down,
   then the broker comes back; timed until a subscriber (a persistent session, so
   nothing published before it reconnects is missed) got them all.
@@ -29,10 +29,10 @@ FIGURES = ("drain rate, deep backlog", "planning 1,000 jobs (one scheduler pass)
 
 def queue_offline(db: Path, n: int, prefix: str, poke: bool = False, port: int = 0) -> None:
     """Write ``n`` no-op commands straight into the journal (one transaction), as other processes do."""
-    from edge_agent.commands import NewCommand
-    from edge_agent.journal import Journal
-    from edge_agent.poke import poke as poke_daemon
-    from edge_agent.store import Store
+    from edge_agent.device.commands import NewCommand
+    from edge_agent.device.journal import Journal
+    from edge_agent.device.poke import poke as poke_daemon
+    from edge_agent.device.store import Store
 
     store = Store(str(db))
     try:
@@ -77,8 +77,8 @@ def planning(ctx: Context, jobs: int) -> dict[str, Any] | str:
     try:
         import edge_agent.schedule.triggers  # noqa: F401
         from edge_agent.config import load_settings
-        from edge_agent.scheduler import Scheduler
-        from edge_agent.store import Store
+        from edge_agent.device.scheduler import Scheduler
+        from edge_agent.device.store import Store
     except ImportError as exc:
         return f"n/a (schedule module missing: {exc})"
     folder = ctx.workdir / "planning"

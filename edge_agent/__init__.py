@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from edge_agent.errors import (
     EdgeAgentError,
     NetworkUnavailable,
     PermanentError,
@@ -22,14 +22,14 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .tasks import Pending, task
+    from edge_agent.device.tasks import Pending, task
 
 
 def __getattr__(name: str) -> Any:
     # `task` and `Pending` pull in argument checking (inspect, typing): loaded on first
     # use so that `edge-agent --help` does not pay for them.
     if name in ("task", "Pending"):
-        from . import tasks
+        from edge_agent.device import tasks
 
         return getattr(tasks, name)
     raise AttributeError(f"module 'edge_agent' has no attribute {name!r}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .durations import format_duration, parse_duration
-from .errors import ConfigError
+from edge_agent.durations import format_duration, parse_duration
+from edge_agent.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -350,7 +350,7 @@ def _every(value: Any) -> str:
 
 def _solar(value: Any) -> str:
     """A solar event; an offset written into it (``"sunset-15m"``) is in the range of ``offset``."""
-    from .schedule.solar import parse_solar_expr
+    from edge_agent.schedule.solar import parse_solar_expr
 
     text = _nonempty_str(value)
     _, offset = parse_solar_expr(text)
@@ -750,8 +750,8 @@ def _check_schedules(settings: Settings) -> None:
         raise ConfigError("solar jobs need [location] latitude and longitude", path=settings.path, key=f"{needs_location[0].key}.solar")
     if not settings.jobs and not settings.windows:
         return
-    from .schedule.triggers import job_trigger
-    from .schedule.windows import parse_time_expr
+    from edge_agent.schedule.triggers import job_trigger
+    from edge_agent.schedule.windows import parse_time_expr
 
     for job in settings.jobs:
         try:

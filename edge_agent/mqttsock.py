@@ -7,7 +7,7 @@ reply. :class:`BufferedSocket` reads what the kernel holds in one call and serve
 paho's small reads from it, and gathers paho's writes until the link calls
 :meth:`BufferedSocket.flush` after each pass of the loop (or 64 KiB piled up).
 
-Only the network thread touches the socket (see :mod:`edge_agent.mqtt`), so the
+Only the network thread touches the socket (see :mod:`edge_agent.device.mqtt`), so the
 buffers need no lock. paho sees a normal socket: ``pending()`` tells its loop that
 buffered bytes wait (as for TLS), and ``want_write()`` stays true while ours hold
 unsent bytes, so a full kernel buffer is waited for, not forgotten.

@@ -38,10 +38,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.client import LocalClient
-from edge_agent.commands import NewCommand
 from edge_agent.config import load_settings
-from edge_agent.tasks import set_submitter
+from edge_agent.device.client import LocalClient
+from edge_agent.device.commands import NewCommand
+from edge_agent.device.tasks import set_submitter
 from tests.configs import agent_config
 from tests.tasks.chaos_server import TestServer
 

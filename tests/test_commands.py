@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.commands import MAX_DEPTH, Param, check_id, params_from_signature, parse_payload, validate_args
+from edge_agent.device.commands import MAX_DEPTH, Param, check_id, params_from_signature, parse_payload, validate_args
 from edge_agent.errors import InvalidArguments, InvalidCommand
 
 MAX = 65536

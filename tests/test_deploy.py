@@ -118,7 +118,7 @@ if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Li
     sys.exit(77)
 import sqlite3, paho.mqtt.client, huey, gpiozero
 from edge_agent.schedule import solar
-from edge_agent import systemd
+from edge_agent.device import systemd
 systemd.clock_synchronized(marker="/nonexistent")
 sqlite3.connect(":memory:").execute("select 1")
 """

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from edge_agent.config import parse_settings
-from edge_agent.discovery import META_KEY, announce, discovery_messages, discovery_payloads
+from edge_agent.device.discovery import META_KEY, announce, discovery_messages, discovery_payloads
+from edge_agent.device.ingress import Topics
+from edge_agent.device.outbox import Outbox
+from edge_agent.device.store import Store
 from edge_agent.errors import StorageError
-from edge_agent.ingress import Topics
-from edge_agent.outbox import Outbox
-from edge_agent.store import Store
 from tests.configs import ISTANBUL, LAMP_DIM_DOOR, agent_config
 
 jinja2_sandbox = pytest.importorskip("jinja2.sandbox", reason="jinja2 renders Home Assistant's templates in these tests")
@@ -159,8 +159,8 @@ def ha_brightness_state(doc: dict[str, Any], payload: bytes | str) -> int | None
 
 def ingress_accepts(payload: str, kind: str) -> bool:
     """The agent's reading of a set payload (ingress._handle_set + gpio.normalize_value)."""
-    from edge_agent.actions.gpio import normalize_value
     from edge_agent.config import DeviceSpec
+    from edge_agent.device.actions.gpio import normalize_value
     from edge_agent.errors import EdgeAgentError
 
     text = payload.strip()
@@ -345,7 +345,7 @@ def test_no_sunset_sensor_without_a_location():
 
 
 def test_button_payload_is_a_command_the_agent_accepts():
-    from edge_agent.commands import parse_payload
+    from edge_agent.device.commands import parse_payload
 
     [(_, doc)] = _by_component(discovery_payloads(_settings()))["button"]
     assert doc["command_topic"].endswith("/cmd/agent.ping")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.client import LocalClient
-from edge_agent.commands import NewCommand
 from edge_agent.config import load_settings
+from edge_agent.device.client import LocalClient
+from edge_agent.device.commands import NewCommand
 from tests.configs import agent_config
 from tests.conftest import ROOT
 

@@ -12,11 +12,11 @@ import uuid
 
 import pytest
 
-from edge_agent.actions import Runtime, build_registry
 from edge_agent.config import parse_settings
+from edge_agent.device.actions import Runtime, build_registry
+from edge_agent.device.events import EventLog
+from edge_agent.device.store import Store
 from edge_agent.errors import InvalidArguments
-from edge_agent.events import EventLog
-from edge_agent.store import Store
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT
 
@@ -116,7 +116,7 @@ class _Paho:
 
 def test_the_publish_position_is_remembered(store):
     """EventPublisher hands events to the client in order, counts acks, and saves its position."""
-    from edge_agent.events import EventPublisher
+    from edge_agent.device.events import EventPublisher
 
     log = EventLog(store, "porch")
     _emit(log, 4)
@@ -140,7 +140,7 @@ def test_the_publish_position_is_remembered(store):
 def test_the_first_event_after_a_pause_waits_for_the_next_ones(store):
     """With linger, an event waits that long (from when the publisher first saw it) for the
     ones after it: a command's three events leave in one message, not three."""
-    from edge_agent.events import EventPublisher
+    from edge_agent.device.events import EventPublisher
 
     clock = Clock(100.0)
     log = EventLog(store, "porch")
@@ -163,7 +163,7 @@ def test_the_first_event_after_a_pause_waits_for_the_next_ones(store):
 def test_a_batch_is_an_array_of_the_events_a_single_one_an_object(store):
     """One event ready: the object, as agent.history gives it; several: an array of those objects
     in seq order, at most BATCH_MAX events or about BATCH_BYTES per message."""
-    from edge_agent.events import EventPublisher
+    from edge_agent.device.events import EventPublisher
 
     log = EventLog(store, "porch")
     _emit(log, 1)
@@ -392,10 +392,10 @@ def test_events_beyond_the_outbox_bound_are_dropped_and_refetched_by_seq(own_bro
     import sqlite3
     import threading
 
-    from edge_agent.client import LocalClient
-    from edge_agent.commands import NewCommand
     from edge_agent.config import MqttSettings, load_settings
-    from edge_agent.fleet import EventStream, FleetClient
+    from edge_agent.device.client import LocalClient
+    from edge_agent.device.commands import NewCommand
+    from edge_agent.fleet.client import EventStream, FleetClient
 
     prefix = f"ob{uuid.uuid4().hex[:6]}"
     cfg = agent_config(tmp_path, device="porch", mqtt_port=own_broker.port, prefix=prefix, events={"outbox_max": 20})
@@ -504,7 +504,7 @@ def test_a_burst_of_1000_commands_costs_at_most_2_5_messages_each_and_every_even
     import paho.mqtt.client as mqtt
 
     from edge_agent.config import MqttSettings
-    from edge_agent.fleet import EventStream, FleetClient
+    from edge_agent.fleet.client import EventStream, FleetClient
 
     n = 1000
     prefix = f"bu{uuid.uuid4().hex[:6]}"

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from edge_agent.config import LocationSettings, load_settings
+from edge_agent.device.scheduler import build_jobs, build_windows
 from edge_agent.schedule.conflicts import order_changes
 from edge_agent.schedule.cron import wall_to_instant
 from edge_agent.schedule.solar import solar_event_of_day
 from edge_agent.schedule.windows import window_state
-from edge_agent.scheduler import build_jobs, build_windows
 from tests.configs import agent_config
 
 ROOT = Path(__file__).resolve().parent.parent

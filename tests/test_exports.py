@@ -59,7 +59,7 @@ def test_every_module_all_names_exist():
 def test_importing_the_package_stays_light():
     """`import edge_agent` (what every .delay() caller pays) does not pull in Huey, paho, gpiozero or the daemon."""
     code = ("import sys, edge_agent\n"
-            "heavy = [m for m in ('huey', 'paho', 'gpiozero', 'edge_agent.agent', 'edge_agent.mqtt', 'sqlite3') "
+            "heavy = [m for m in ('huey', 'paho', 'gpiozero', 'edge_agent.device.agent', 'edge_agent.device.mqtt', 'sqlite3') "
             "if m in sys.modules]\n"
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)

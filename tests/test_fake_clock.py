@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load_settings
-from edge_agent.scheduler import FAKE_TIME, Scheduler
-from edge_agent.store import Store
+from edge_agent.device.scheduler import FAKE_TIME, Scheduler
+from edge_agent.device.store import Store
 from tests.configs import ISTANBUL, LAMP, agent_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,8 @@ def test_jobs_and_status_follow_the_fake_clock_and_a_real_run_refuses_its_databa
 def test_a_fake_run_refuses_a_database_with_a_real_schedule(tmp_path: Path) -> None:
     """A fake clock on a database whose schedule a real run used would record fake firings
     there: refused with a message (ConfigError), the database left as it was."""
+    from edge_agent.device.scheduler import claim_clock
     from edge_agent.errors import ConfigError
-    from edge_agent.scheduler import claim_clock
 
     store = Store(str(tmp_path / "agent.db"))
     try:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.client import LocalClient
-from edge_agent.commands import Command
 from edge_agent.config import load_settings
+from edge_agent.device.client import LocalClient
+from edge_agent.device.commands import Command
 from tests.configs import agent_config
 from tests.conftest import Daemon
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge_agent.config import MqttSettings
-from edge_agent.fleet import EventStream, FleetClient
+from edge_agent.fleet.client import EventStream, FleetClient
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, Broker, Daemon, Listener, fleet_cli, start_all
 
@@ -120,7 +120,7 @@ def test_a_long_lived_client_does_not_pile_up_handlers_or_subscriptions(fleet):
     """One FleetClient used for many sends and listings (a script, the monitor): each call's
     handlers and its sync-marker subscription go when it returns, so the tenth send costs what
     the first did (before, every message went through every earlier call's handlers)."""
-    from edge_agent import fleet as fleetlib
+    from edge_agent.fleet import client as fleetlib
 
     fleet.wait_ls(_all_up)
     mqtt = MqttSettings(host="127.0.0.1", port=fleet.broker.port, topic_prefix=fleet.prefix)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent import fleet as fleetlib
+from edge_agent.fleet import client as fleetlib
 from edge_agent.config import DEFAULT_CONFIG_PATH, MqttSettings
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, Broker, Daemon, fleet_cli

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from edge_agent.fleet import EventStream
+from edge_agent.fleet.client import EventStream
 
 
 class Msg:
@@ -111,7 +111,7 @@ def test_a_gap_never_filled_keeps_the_buffer_bounded(monkeypatch):
     stream hold its events without bound: beyond STREAM_BUFFER the gap is counted lost and the
     held events are given. Malformed events (a seq that is not a number, a ts that is not a
     time) are dropped at the boundary."""
-    from edge_agent import fleet
+    from edge_agent.fleet import client as fleet
 
     monkeypatch.setattr(fleet, "STREAM_BUFFER", 50)
     client = FakeClient()

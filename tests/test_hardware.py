@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.actions import Runtime, build_registry
 from edge_agent.config import DeviceSpec, parse_settings
+from edge_agent.device.actions import Runtime, build_registry
+from edge_agent.device.hardware import Hardware, check_pins
 from edge_agent.errors import ConfigError, HardwareError, InvalidArguments
-from edge_agent.hardware import Hardware, check_pins
 from tests.configs import LAMP, agent_config
 from tests.conftest import free_port
 
@@ -204,7 +204,7 @@ def test_check_pins_accepts_every_way_of_naming_a_gpio():
 
 def test_check_pins_off_a_pi_checks_against_a_pi_and_says_so():
     """A config for real pins checked on a machine that is not a Pi is checked against a Pi 3B's header, with a note."""
-    from edge_agent.hardware import _is_raspberry_pi
+    from edge_agent.device.hardware import _is_raspberry_pi
 
     if _is_raspberry_pi():
         pytest.skip("this machine is a Raspberry Pi")

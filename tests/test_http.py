@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.client import LocalClient
-from edge_agent.commands import Command
 from edge_agent.config import load_settings
+from edge_agent.device.client import LocalClient
+from edge_agent.device.commands import Command
 from tests.configs import agent_config
 from tests.conftest import ROOT, Daemon
 from tests.tasks.chaos_server import TestServer
@@ -383,7 +383,7 @@ def test_history_shows_retrying_and_parked_commands(web):
 @pytest.mark.slow
 def test_a_task_deadline_ends_parking_when_queued_with_apply_async(web):
     """@task(deadline="3s") queued with .apply_async() during an outage ends (expired or failed) soon after 3 s."""
-    from edge_agent.tasks import set_submitter
+    from edge_agent.device.tasks import set_submitter
     from tests.tasks import chaos_tasks
 
     web.server.stop()
@@ -410,7 +410,7 @@ def test_a_task_deadline_ends_parking_whoever_queued_it(web):
 
 def test_status_lists_parked_commands_behind_other_waiting_work(web):
     """A parked command is listed by status even when older commands wait for a later start time."""
-    from edge_agent.commands import NewCommand
+    from edge_agent.device.commands import NewCommand
 
     for i in range(10):
         web.client.submit(NewCommand(action="agent.ping", args={}, id=f"later-{i}", not_before=time.time() + 3600))
@@ -428,7 +428,7 @@ def test_status_lists_parked_commands_behind_other_waiting_work(web):
 @pytest.mark.slow
 def test_parked_work_does_not_hold_up_other_commands_when_failures_are_slow(web):
     """While ten network tasks wait out an outage whose failures take 5 s (DNS timeouts), agent.ping runs within 1 s."""
-    from edge_agent.commands import NewCommand
+    from edge_agent.device.commands import NewCommand
 
     for i in range(10):
         web.client.submit(NewCommand(action="chaos_slow_outage", args={"seconds": 5.0}, id=f"dns-{i}"))
@@ -447,7 +447,7 @@ def test_parked_work_does_not_hold_up_other_commands_when_failures_are_slow(web)
 def test_one_probe_at_a_time_tries_a_target_that_is_down_and_its_return_releases_all(web, tmp_path):
     """Ten commands for a target that is down do not each retry: one probe every few seconds tries it; once
     it succeeds every parked command runs, within 5 s of the network's return, on attempt 1."""
-    from edge_agent.commands import NewCommand
+    from edge_agent.device.commands import NewCommand
 
     flag, log = tmp_path / "uplink-down", tmp_path / "uplink.log"
     flag.touch()
@@ -470,7 +470,7 @@ def test_one_probe_at_a_time_tries_a_target_that_is_down_and_its_return_releases
 
 def test_a_target_that_is_down_does_not_hold_up_another(web):
     """While one host refuses connections (its commands parked), requests to another host run at once."""
-    from edge_agent.commands import NewCommand
+    from edge_agent.device.commands import NewCommand
 
     for i in range(5):
         web.client.submit(NewCommand(action="http.request", args={"url": f"http://127.0.0.1:9/?id=d{i}"}, id=f"down-{i}"))
@@ -490,7 +490,7 @@ def test_hung_web_requests_do_not_hold_up_local_commands(web):
     """Work that needs the network has its own workers ([queue] network_workers): with more web
     requests hanging than there are workers of either kind, a local command still runs at once,
     before any of the hung requests ends."""
-    from edge_agent.commands import NewCommand
+    from edge_agent.device.commands import NewCommand
 
     web.server.set("slow", slow_s=4.0)
     for i in range(5):  # more than the 4 local workers could hold: with one shared pool, all 4 hang

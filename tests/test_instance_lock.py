@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.device.lock import InstanceLock, daemon_running
 from edge_agent.errors import AlreadyRunning
-from edge_agent.lock import InstanceLock, daemon_running
 from tests.configs import LAMP, agent_config
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.commands import NewCommand
-from edge_agent.journal import Journal
-from edge_agent.store import Store
+from edge_agent.device.commands import NewCommand
+from edge_agent.device.journal import Journal
+from edge_agent.device.store import Store
 
 
 class FakeClock:
@@ -147,7 +147,7 @@ def test_recover_uses_the_index_of_running_commands(env):
 
 def test_a_command_interrupted_again_and_again_fails_instead_of_crash_looping(env):
     """A command that a kill interrupts MAX_INTERRUPTS times (it may be what crashes the agent) ends failed, interrupted."""
-    from edge_agent.journal import MAX_INTERRUPTS
+    from edge_agent.device.journal import MAX_INTERRUPTS
 
     store, journal, clock = env
     row, _ = _add(journal, store, "crashy", "t")
@@ -266,7 +266,7 @@ def test_an_at_most_once_command_that_a_kill_interrupted_fails_instead_of_runnin
 
 def test_the_registry_reruns_every_action_but_at_most_once_tasks(tmp_path: Path):
     """Built-ins and plain tasks run again after a kill; a task declared at_most_once does not."""
-    from edge_agent.actions import Action, Registry
+    from edge_agent.device.actions import Action, Registry
 
     registry = Registry([Action("plain", lambda: None, ()), Action("dose", lambda: None, (), at_most_once=True)])
     assert registry.reruns_after_a_kill("plain") and not registry.reruns_after_a_kill("dose")

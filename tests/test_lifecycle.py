@@ -117,7 +117,7 @@ def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory, tm
 
 _HANGING_STOP = """
 import logging, sys, time
-from edge_agent.agent import Agent
+from edge_agent.device.agent import Agent
 from edge_agent.config import load_settings
 
 class Stuck:  # a part whose stop never returns (a bug, or a lock nobody will release)
@@ -144,7 +144,7 @@ def test_a_stop_that_hangs_dumps_the_stacks_and_exits_within_its_bound(tmp_path)
     import subprocess
     import sys
 
-    from edge_agent.agent import STOP_MARGIN
+    from edge_agent.device.agent import STOP_MARGIN
     from tests.conftest import ROOT
 
     cfg = _config(tmp_path, name="c.toml", queue={"drain_timeout": "1s"})

@@ -33,7 +33,7 @@ def ev(seq: int, kind: str, cid: str = "c1", action: str = "gpio.set", ts: float
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Any]:
-    from edge_agent.monitor.store import MonitorStore
+    from edge_agent.fleet.monitor.store import MonitorStore
 
     s = MonitorStore(str(tmp_path / "m.db"))
     yield s
@@ -53,7 +53,7 @@ def write_events(store: Any, device: str, events: list[dict[str, Any]]) -> None:
 def test_help_does_not_import_the_monitor_or_its_web_stack() -> None:
     """``edge-agent --help`` stays fast: neither the monitor nor Starlette, uvicorn or Jinja is imported."""
     code = ("import sys\nfrom edge_agent import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('edge_agent.monitor', 'starlette', 'uvicorn', 'jinja2'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('edge_agent.fleet.monitor', 'starlette', 'uvicorn', 'jinja2'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "monitor" in out  # the subcommand is listed
     assert out.strip().splitlines()[-1] == "[]"
@@ -114,7 +114,7 @@ def test_the_monitors_own_queries_are_not_tasks(store: Any) -> None:
 
 def test_filtered_tasks_page_back_newest_first(store: Any) -> None:
     """Filters by device, action and status; ``before`` pages back; ``more`` says there is more."""
-    from edge_agent.monitor.store import TaskQuery
+    from edge_agent.fleet.monitor.store import TaskQuery
 
     events = []
     for i in range(30):
@@ -133,7 +133,7 @@ def test_filtered_tasks_page_back_newest_first(store: Any) -> None:
 
 def test_retention_deletes_by_age_and_by_count(tmp_path: Path) -> None:
     """Rows older than ``keep`` go, and beyond ``max_tasks``/``max_events`` the oldest go first."""
-    from edge_agent.monitor.store import MonitorStore
+    from edge_agent.fleet.monitor.store import MonitorStore
 
     s = MonitorStore(str(tmp_path / "m.db"), keep=100.0, max_tasks=10, max_events=15)
     now = 10_000.0
@@ -157,8 +157,8 @@ class Recorder:
 
 
 def make_ingest(store: Any) -> tuple[Any, Recorder]:
-    from edge_agent.monitor.hub import Hub
-    from edge_agent.monitor.ingest import Ingest
+    from edge_agent.fleet.monitor.hub import Hub
+    from edge_agent.fleet.monitor.ingest import Ingest
 
     ingest = Ingest(store, Hub())
     rec = Recorder()
@@ -242,7 +242,7 @@ def test_a_stream_that_falls_behind_is_closed_not_grown() -> None:
     """Past QUEUE_MAX waiting messages the stream's queue is emptied and closed (the browser reconnects)."""
     import asyncio
 
-    from edge_agent.monitor import hub as hub_mod
+    from edge_agent.fleet.monitor import hub as hub_mod
 
     async def run() -> list[str]:
         h = hub_mod.Hub()
@@ -268,7 +268,7 @@ def request(host: str = "127.0.0.1", cookies: dict[str, str] | None = None, head
 
 def test_viewing_is_open_on_localhost_only() -> None:
     """Without a login, 127.0.0.1 and ::1 may view; another address may not; with --login-always nobody may."""
-    from edge_agent.monitor.auth import Auth
+    from edge_agent.fleet.monitor.auth import Auth
 
     auth = Auth("pw", "salt")
     assert auth.may_view(request("127.0.0.1")) and auth.may_view(request("::1"))
@@ -279,7 +279,7 @@ def test_viewing_is_open_on_localhost_only() -> None:
 
 def test_acting_needs_a_session_and_the_csrf_token() -> None:
     """A send needs a valid session cookie and the CSRF token that matches its cookie; a bearer token needs neither."""
-    from edge_agent.monitor.auth import CSRF_COOKIE, SESSION_COOKIE, Auth
+    from edge_agent.fleet.monitor.auth import CSRF_COOKIE, SESSION_COOKIE, Auth
 
     auth = Auth("pw", "salt")
     session = auth.new_session()
@@ -296,7 +296,7 @@ def test_acting_needs_a_session_and_the_csrf_token() -> None:
 
 def test_sessions_expire_and_end_when_the_password_changes() -> None:
     """A session is signed with a key derived from the password: an old one or another password's is refused."""
-    from edge_agent.monitor.auth import SESSION_SECONDS, Auth
+    from edge_agent.fleet.monitor.auth import SESSION_SECONDS, Auth
 
     auth = Auth("pw", "salt")
     s = auth.new_session(now=1000.0)
@@ -314,7 +314,7 @@ def test_day_picture_bands_cover_the_day_in_order_with_daylight_at_noon() -> Non
     """Istanbul in December: contiguous bands from midnight to midnight, night at 02:00, daylight at 12:00."""
     from datetime import datetime
 
-    from edge_agent.monitor.day import SUN_NAMES, day_picture
+    from edge_agent.fleet.monitor.day import SUN_NAMES, day_picture
 
     day = date(2026, 12, 7)
     pic = day_picture("d1", day, tz=ISTANBUL, latitude=41.0082, longitude=28.9784, jobs_doc=None, state={}, tasks=[],
@@ -334,7 +334,7 @@ def test_day_picture_shows_firings_gpio_and_failures_and_escapes_everything() ->
     """A planned and an actual firing, a GPIO on-span, a failure cross; ids with markup stay text."""
     from datetime import datetime
 
-    from edge_agent.monitor.day import day_picture, render_svg
+    from edge_agent.fleet.monitor.day import day_picture, render_svg
 
     day = date(2026, 12, 7)
     t0 = datetime(2026, 12, 7, 18, tzinfo=ISTANBUL).timestamp()
@@ -358,7 +358,7 @@ def test_day_picture_takes_a_firing_without_ts_or_task() -> None:
     """A device's `fired` event without its ts, of a task not known yet: planned is drawn, no ran mark (no crash)."""
     from datetime import datetime
 
-    from edge_agent.monitor.day import day_picture
+    from edge_agent.fleet.monitor.day import day_picture
 
     t0 = datetime(2026, 12, 7, 18, tzinfo=ISTANBUL).timestamp()
     pic = day_picture("d1", date(2026, 12, 7), tz=ISTANBUL, latitude=None, longitude=None, jobs_doc=None, state={},
@@ -368,8 +368,8 @@ def test_day_picture_takes_a_firing_without_ts_or_task() -> None:
 
 def test_metrics_escape_label_values() -> None:
     """Device ids with quotes and backslashes are escaped in label values; the text ends with a newline."""
-    from edge_agent.monitor.metrics import render_metrics
-    from edge_agent.monitor.store import DeviceRow
+    from edge_agent.fleet.monitor.metrics import render_metrics
+    from edge_agent.fleet.monitor.store import DeviceRow
 
     d = DeviceRow('a"b\\c', True, 1.0, {"queue": 3, "outbox": 1}, 1.0, 1.0, 0, True, None)
     text = render_metrics([d], {"tasks_by_status": {"failed": 2}, "events": 5}, lag=0.25, backlog=0, ingested=5)
@@ -498,7 +498,7 @@ def test_metrics_and_api_answer(mon: Any) -> None:
 
 def test_a_login_redirects_only_to_local_paths() -> None:
     """``next`` after a login may be a path on this site, never another site."""
-    from edge_agent.monitor.web import _safe_next
+    from edge_agent.fleet.monitor.web import _safe_next
 
     assert _safe_next("/device/x") == "/device/x"
     assert _safe_next("//evil.example/") == "/" and _safe_next("https://evil.example/") == "/" and _safe_next(None) == "/"

@@ -257,9 +257,9 @@ def test_a_rogue_devices_events_cannot_erase_another_devices_history(monitor, de
 def test_one_devices_part_of_a_batch_that_fails_to_store_rolls_back_alone(tmp_path: Path) -> None:
     """A fault in storing one device's events (a mock: the boundary lets nothing through that would fail) rolls
     back that device's part only; its watermark stays where its stored events end, so they are fetched again."""
-    from edge_agent.monitor.hub import Hub
-    from edge_agent.monitor.ingest import Ingest
-    from edge_agent.monitor.store import MonitorStore, Writer
+    from edge_agent.fleet.monitor.hub import Hub
+    from edge_agent.fleet.monitor.ingest import Ingest
+    from edge_agent.fleet.monitor.store import MonitorStore, Writer
 
     store = MonitorStore(str(tmp_path / "m.db"))
     ingest = Ingest(store, Hub())
@@ -293,7 +293,7 @@ def test_one_devices_part_of_a_batch_that_fails_to_store_rolls_back_alone(tmp_pa
 def test_the_boundary_rejects_bad_numbers_and_bounds_free_form_fields() -> None:
     """Meaningful numbers out of range reject the event; args/result past FIELD_MAX become a marker saying so;
     NaN inside free-form data becomes null; text is cut and made valid UTF-8; unknown keys are bounded."""
-    from edge_agent.monitor.validate import FIELD_MAX, Rejected, clean_event, clean_state
+    from edge_agent.fleet.monitor.validate import FIELD_MAX, Rejected, clean_event, clean_state
 
     base = {"seq": 1, "event": "succeeded", "id": "c", "action": "a", "ts": 1000.0}
     for bad in ({"seq": 2**64}, {"seq": 0}, {"seq": True}, {"seq": 1.5}, {"ts": float("nan")}, {"ts": float("inf")},
@@ -323,7 +323,7 @@ def test_the_boundary_rejects_bad_numbers_and_bounds_free_form_fields() -> None:
 def test_a_nan_in_a_retained_state_breaks_no_page_also_one_stored_before(monitor, devices, tmp_path: Path) -> None:
     """A rogue's retained state with NaN is dropped (logged); a NaN state an older monitor stored reads as null:
     the fleet page and /api/devices answer 200 with every device, before and after a restart."""
-    from edge_agent.monitor.store import MonitorStore
+    from edge_agent.fleet.monitor.store import MonitorStore
 
     s = MonitorStore(str(tmp_path / "m.db"))  # what an older monitor left: a stored state with NaN
     with s.transaction() as w:
@@ -405,7 +405,7 @@ def test_the_size_bound_prunes_the_heaviest_device_first_and_keeps_its_tally(tmp
     """The store alone, a 2 MiB bound: a good device's 200 tasks, then a heavy one's events of ~21 KB (one batch each,
     pruned after each like the ingest does): the heavy device's oldest rows go, the good device loses nothing, its
     seq_hi stays; the byte tally the triggers keep is what a fresh scan finds (inserts, upserts, deletes)."""
-    from edge_agent.monitor.store import _TALLY_SCAN, MonitorStore, TaskQuery
+    from edge_agent.fleet.monitor.store import _TALLY_SCAN, MonitorStore, TaskQuery
 
     store = MonitorStore(str(tmp_path / "m.db"), max_bytes=2 << 20)
     with store.transaction() as w:
@@ -477,7 +477,7 @@ def test_a_live_stream_is_bounded_in_bytes_too() -> None:
     """Large live messages: a stream more than QUEUE_BYTES behind is closed (the browser reconnects), not grown."""
     import asyncio
 
-    from edge_agent.monitor import hub as hub_mod
+    from edge_agent.fleet.monitor import hub as hub_mod
 
     async def run() -> list[str]:
         h = hub_mod.Hub()
@@ -555,7 +555,7 @@ def test_live_streams_are_capped_and_the_monitor_stays_reachable(monitor) -> Non
 
 def test_the_stream_cap_counts_all_clients_and_each_client() -> None:
     """The total cap holds across clients; the per-client cap per address; leaving gives the place back."""
-    from edge_agent.monitor.hub import Hub
+    from edge_agent.fleet.monitor.hub import Hub
 
     hub = Hub(streams_max=5, per_client=2)
     assert [hub.admit(c) for c in ("a", "a", "a")] == ["", "", "too many live streams from a (2)"]
@@ -582,7 +582,7 @@ def test_only_allowed_host_names_are_served(monitor) -> None:
 
 def test_host_names_are_compared_without_port_case_or_a_trailing_dot() -> None:
     """The check itself: names, ports, IPv6 literals, a trailing dot; '*' allows any."""
-    from edge_agent.monitor.web import HostCheck
+    from edge_agent.fleet.monitor.web import HostCheck
 
     check = HostCheck(None, ["Monitor.LAN"])
     assert all(check.allowed(h) for h in ("monitor.lan", "monitor.lan.:80", "localhost:5555", "[::1]:5555", "10.0.0.2",
@@ -649,7 +649,7 @@ def test_the_row_caps_take_the_rows_of_the_device_that_holds_the_most(tmp_path: 
     """Row caps (--max-tasks and the event and GPIO caps) are shared fairly: a good device's 200 tasks, then a rogue's
     1,000 over a cap of 500: the rogue is cut to 300 (its oldest go), the good device keeps all 200 (it lost its oldest
     before); with three devices over a tight cap each keeps the same share."""
-    from edge_agent.monitor.store import MonitorStore, TaskQuery
+    from edge_agent.fleet.monitor.store import MonitorStore, TaskQuery
 
     store = MonitorStore(str(tmp_path / "m.db"), max_tasks=500, max_events=1000, max_gpio=500)
     with store.transaction() as w:

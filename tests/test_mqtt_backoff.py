@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 from edge_agent.config import parse_settings
-from edge_agent.mqtt import MAX_BACKOFF, STABLE_AFTER, MqttLink, reconnect_delay
-from edge_agent.store import Store
+from edge_agent.device.mqtt import MAX_BACKOFF, STABLE_AFTER, MqttLink, reconnect_delay
+from edge_agent.device.store import Store
 
 
 def test_delays_are_full_jitter_under_a_doubling_capped_ceiling():
@@ -74,9 +74,9 @@ def test_the_backoff_grows_until_a_connection_holds_then_starts_again(tmp_path, 
         link = MqttLink(settings, store, agent=None)
         link._stop = _Waits()  # type: ignore[assignment]
         seen: list[int] = []
-        monkeypatch.setattr("edge_agent.mqtt.reconnect_delay", lambda failures, rng: seen.append(failures) or 0.0)
+        monkeypatch.setattr("edge_agent.device.mqtt.reconnect_delay", lambda failures, rng: seen.append(failures) or 0.0)
         now = [1000.0]
-        monkeypatch.setattr("edge_agent.mqtt.time.monotonic", lambda: now[0])
+        monkeypatch.setattr("edge_agent.device.mqtt.time.monotonic", lambda: now[0])
         for _ in range(4):
             link._wait_backoff()
         assert seen == [0, 1, 2, 3]

@@ -574,7 +574,7 @@ JSON = st.recursive(
            lambda v: json.dumps(v).encode()))
 @pytest.mark.slow
 def test_parse_payload_raises_only_invalid_command(payload):
-    from edge_agent.commands import parse_payload
+    from edge_agent.device.commands import parse_payload
     from edge_agent.errors import InvalidCommand
 
     try:
@@ -588,8 +588,8 @@ def test_parse_payload_raises_only_invalid_command(payload):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    from edge_agent.actions import build_registry
     from edge_agent.config import load_settings
+    from edge_agent.device.actions import build_registry
 
     folder = tmp_path_factory.mktemp("fuzzreg")
     path = _config(folder, "fz", 1883, "fz")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.network import PROBE_INTERVAL, NetworkGate
+from edge_agent.device.network import PROBE_INTERVAL, NetworkGate
 from tests.configs import agent_config
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.mqtt import REMOVE_BATCH, WINDOW
+from edge_agent.device.mqtt import REMOVE_BATCH, WINDOW
 from tests.configs import agent_config
 from tests.conftest import Daemon
 

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from edge_agent.commands import NewCommand, check_id, parse_payload
+from edge_agent.device.commands import NewCommand, check_id, parse_payload
 from edge_agent.errors import InvalidCommand
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT
@@ -35,8 +35,8 @@ def test_reserved_ids_are_refused_and_the_mqtt_rejection_names_the_id(cid):
 
 def test_the_local_client_and_apply_async_refuse_them(tmp_path):
     """Other processes queue through LocalClient (the CLI, ``.delay()``): nothing is written."""
-    from edge_agent.client import LocalClient
     from edge_agent.config import load_settings
+    from edge_agent.device.client import LocalClient
 
     client = LocalClient(load_settings(str(agent_config(tmp_path, device="ids", devices=LAMP))))
     try:

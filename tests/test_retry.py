@@ -11,6 +11,7 @@ import urllib.error
 
 import pytest
 
+from edge_agent.device.retry import RetryPolicy, classify
 from edge_agent.errors import (
     InvalidArguments,
     NetworkUnavailable,
@@ -18,7 +19,6 @@ from edge_agent.errors import (
     RetryableError,
     TaskError,
 )
-from edge_agent.retry import RetryPolicy, classify
 
 # --------------------------------------------------------------------------- delays
 

@@ -94,7 +94,7 @@ def test_a_stop_replies_before_offline_and_leaves_new_commands_with_the_broker(b
 def test_a_stop_asks_systemd_for_the_time_it_may_take(daemon_factory, tmp_path):
     """STOPPING=1 comes with EXTEND_TIMEOUT_USEC covering drain_timeout + STOP_MARGIN (and the
     guard's last resort), so a drain_timeout raised past the unit's TimeoutStopSec is not cut short."""
-    from edge_agent.agent import STOP_MARGIN
+    from edge_agent.device.agent import STOP_MARGIN
 
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import edge_agent.store as store_module
-from edge_agent.store import CHECKPOINT_EVERY, TIGHT_EVERY, DiskFull, Store, disk_report
+import edge_agent.device.store as store_module
+from edge_agent.device.store import CHECKPOINT_EVERY, TIGHT_EVERY, DiskFull, Store, disk_report
 from tests.conftest import fill_disk, small_tmpfs
 
 

@@ -1,4 +1,4 @@
-"""Tests for edge_agent.systemd: sd_notify, watchdog bookkeeping and clock trust."""
+"""Tests for edge_agent.device.systemd: sd_notify, watchdog bookkeeping and clock trust."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import systemd
-from edge_agent.systemd import Watchdog, clock_synchronized, notify, watchdog_interval
+from edge_agent.device import systemd
+from edge_agent.device.systemd import Watchdog, clock_synchronized, notify, watchdog_interval
 
 
 @pytest.fixture

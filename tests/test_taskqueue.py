@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.commands import NewCommand
-from edge_agent.journal import Journal
-from edge_agent.store import Store
-from edge_agent.taskqueue import TaskQueue
+from edge_agent.device.commands import NewCommand
+from edge_agent.device.journal import Journal
+from edge_agent.device.store import Store
+from edge_agent.device.taskqueue import TaskQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,8 +214,8 @@ def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
     """Rows another process committed (enqueued=0) are adopted into the queue once (the queue remembers how far
     it took them, so adopting writes nothing to the journal rows)."""
     store, journal, queue, _ = parts
-    code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
-            "from edge_agent.commands import NewCommand\n"
+    code = ("import sys; from edge_agent.device.store import Store; from edge_agent.device.journal import Journal; "
+            "from edge_agent.device.commands import NewCommand\n"
             "s = Store(sys.argv[1]); j = Journal(s)\n"
             "with s.transaction() as cur:\n"
             "    for i in range(3): j.add(cur, NewCommand(action='t', args={'i': i}, id=f'x{i}'), enqueued=False)\n")
@@ -231,8 +231,8 @@ def test_a_poked_daemon_runs_a_command_another_process_queued(parts, tmp_path: P
     """With workers started, a command written and poked by another process (the CLI's path) is executed."""
     _, journal, queue, recorder = parts
     queue.start(str(tmp_path / "agent.db"))
-    code = ("import sys; from edge_agent.store import Store; from edge_agent.journal import Journal; "
-            "from edge_agent.commands import NewCommand; from edge_agent.poke import poke\n"
+    code = ("import sys; from edge_agent.device.store import Store; from edge_agent.device.journal import Journal; "
+            "from edge_agent.device.commands import NewCommand; from edge_agent.device.poke import poke\n"
             "s = Store(sys.argv[1]); j = Journal(s)\n"
             "with s.transaction() as cur: j.add(cur, NewCommand(action='t', args={}, id='poked'), enqueued=False)\n"
             "assert poke(sys.argv[1])\n")

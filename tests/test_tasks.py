@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edge_agent.commands import Command, NewCommand
-from edge_agent.tasks import Pending, running, set_submitter, task
+from edge_agent.device.commands import Command, NewCommand
+from edge_agent.device.tasks import Pending, running, set_submitter, task
 
 
 def _capture() -> list[NewCommand]:

@@ -13,8 +13,8 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from .triggers import Trigger, job_trigger
-from .windows import Window, window_state
+from edge_agent.schedule.triggers import Trigger, job_trigger
+from edge_agent.schedule.windows import Window, window_state
 
 __all__ = ["empty_windows", "order_changes", "schedule_warnings"]
 

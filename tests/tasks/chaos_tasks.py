@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any
 
 from edge_agent import task
-from edge_agent.actions.http import http_request
+from edge_agent.device.actions.http import http_request
 from edge_agent.errors import NetworkUnavailable, PermanentError, RetryableError
 
 

@@ -1,0 +1,397 @@
+"""The daemon: wiring and lifecycle only.
+
+Start-up order matters: take the instance lock, open the database, recover what a
+crash left, open GPIO (outputs to ``initial``), start the workers, then tell systemd
+READY. Everything else (the broker, the clock sync) may come later: the agent works
+offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
+``drain_timeout``, then outputs go to their safe state. SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import functools
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import Settings, load_settings
+from edge_agent.device import systemd
+from edge_agent.device.actions import Runtime, build_registry, check_jobs
+from edge_agent.device.events import EventLog, EventReporter
+from edge_agent.device.hardware import Hardware
+from edge_agent.device.journal import Journal
+from edge_agent.device.lock import InstanceLock
+from edge_agent.device.runner import Runner
+from edge_agent.device.store import Store
+from edge_agent.device.taskqueue import TaskQueue
+from edge_agent.device.tasks import set_submitter
+from edge_agent.errors import EdgeAgentError
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("edge_agent.agent")
+
+
+IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
+STOP_MARGIN = 6.0  # seconds for the rest of a stop besides the drain (TimeoutStopSec=20s covers both)
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc
+
+
+def _limit_arenas() -> None:
+    """Two malloc arenas instead of one per thread (up to 8 x cores): freed memory is
+    less scattered, so more of it goes back to the OS. Before any thread starts."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+class Agent:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        # The main loop sleeps on this socket pair. Signals write to it too (set_wakeup_fd): the
+        # kernel may deliver SIGTERM to any thread, and then only the written byte wakes the main
+        # thread at once (a sleep on a lock would last until its timeout, up to a minute).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._signals_installed = False
+        self._stop_requested = False
+        self._reload_requested = False
+        self._lock: InstanceLock | None = None
+        self.store: Store | None = None
+        self.hardware: Hardware | None = None
+        self.queue: TaskQueue | None = None
+        self.link: Any = None
+        self.scheduler: Any = None
+        self.watchdog: Any = None
+        self._components: list[Any] = []
+        self._last_problems: list[str] = []
+
+    # ----------------------------------------------------------------- start
+
+    def start(self) -> None:
+        s = self.settings
+        _limit_arenas()
+        # The whole config is checked before anything is created or locked.
+        runtime = Runtime(started_monotonic=self.started_monotonic)
+        self.registry = build_registry(s, runtime)
+        check_jobs(s, self.registry)
+        self._lock = InstanceLock(s.db_path)
+        self.store = Store(s.db_path, sync=s.sync, background=True)
+        from edge_agent.device.scheduler import claim_clock, scheduler_clock
+
+        self._schedule_clock = scheduler_clock()  # one clock: the one recorded is the one that runs
+        if s.jobs or s.windows:
+            claim_clock(self.store, self._schedule_clock)
+        journal = Journal(self.store)
+
+        self.link = self._make_link()
+        self.events = self._make_events()
+        reporter = self.reporter = EventReporter(self.events, self.link.reporter if self.link else None,
+                                                 accepted=self.link.accepted if self.link else None)
+        self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, cmd, when: queue.retry_at(cur, cmd, when),
+                             reporter=reporter, release_parked=lambda: queue.release_parked(),
+                             stopping=lambda: queue.storage.stopping)
+        queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
+                                       network_workers=s.network_workers, is_network=self.registry.needs_network,
+                                       on_submitted=reporter.received)
+        self.runner.acting = queue.acting
+        runtime.submit = queue.submit
+        runtime.publish = self.link.publish if self.link else None
+        runtime.store, runtime.events, runtime.reporter = self.store, self.events, reporter
+        runtime.settings = lambda: self.settings
+        set_submitter(queue.submit)
+
+        self.hardware = Hardware(s.devices, s.pin_factory, on_change=self._on_gpio_change)
+        runtime.hardware = self.hardware
+        self.hardware.open()
+
+        interrupted = queue.recover(lambda cmd: self.registry.reruns_after_a_kill(cmd.action))
+        if interrupted:
+            with self.store.transaction() as cur:
+                for cmd in interrupted:
+                    reporter.finished(cur, cmd)
+        with self.store.transaction() as cur:
+            self.store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
+        queue.start(s.db_path)
+        self._components = []
+        self.scheduler = self._make_scheduler()
+        if self.scheduler is not None:
+            self.scheduler.start()
+            self._components.append(self.scheduler)
+        if self.link is not None:
+            self.link.start(hardware_states=self.hardware.states())
+            self._components.append(self.link)
+        log.info("edge-agent %s ready: device %r, %d device(s), %d job(s), %d window(s), MQTT %s, database %s",
+                 __version__, s.device_id, len(s.devices), len(s.jobs), len(s.windows),
+                 f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt else "off", s.db_path)
+        systemd.notify("READY=1\nSTATUS=running")
+
+    def _make_link(self) -> Any:
+        if self.settings.mqtt is None:
+            return None
+        from edge_agent.device.mqtt import MqttLink
+
+        assert self.store is not None
+        return MqttLink(self.settings, self.store, agent=self)
+
+    def _make_events(self) -> EventLog:
+        assert self.store is not None
+        s = self.settings
+        return EventLog(self.store, s.device_id, keep=s.events.keep, max_rows=s.events.max_rows,
+                        outbox=self.link.outbox if self.link else None,
+                        topic=self.link.topics.events if self.link else None, outbox_max=s.events.outbox_max,
+                        enabled=s.events.enabled)
+
+    def _make_scheduler(self) -> Any:
+        if not self.settings.jobs and not self.settings.windows:
+            return None
+        from edge_agent.device.scheduler import Scheduler
+
+        assert self.store is not None and self.queue is not None
+        return Scheduler(self.settings, self.store, submit=self.queue.submit, on_fired=self.reporter.fired,
+                         clock=self._schedule_clock)
+
+    def next_solar(self, event: str) -> str | None:
+        """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""
+        loc = self.settings.location
+        if loc.latitude is None or loc.longitude is None:
+            return None
+        from datetime import UTC, datetime
+
+        from edge_agent.schedule.solar import next_solar
+
+        nxt = next_solar(event, datetime.now(UTC), loc.latitude, loc.longitude)
+        return nxt.astimezone(loc.tz).isoformat(timespec="seconds") if nxt is not None else None
+
+    def clock_trusted(self) -> bool:
+        if self.scheduler is not None:
+            return bool(self.scheduler.clock_trusted())
+        return self.settings.clock_trust == "always" or systemd.clock_synchronized()
+
+    def _on_gpio_change(self, name: str, value: Any) -> None:
+        if self.link is not None:
+            self.link.gpio_changed(name, value)
+
+    def _prune(self) -> None:
+        assert self.store is not None
+        removed = Journal(self.store).prune(time.time() - self.settings.keep)
+        if removed:
+            log.info("forgot %d finished command(s) older than %.0f days", removed, self.settings.keep / 86400)
+        if getattr(self, "events", None) is not None:
+            self.events.prune()
+
+    # ----------------------------------------------------------------- run
+
+    def install_signal_handlers(self) -> None:
+        """From the main thread. Handlers only set flags (no locks in a signal handler); the
+        wake-up byte that Python's C-level handler writes ends the main loop's sleep."""
+        def stop(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+
+        def reload(signum: int, frame: Any) -> None:
+            self._reload_requested = True
+
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._signals_installed = True
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a signal, :meth:`request_stop` or ``timeout`` seconds."""
+        readable, _, _ = select.select([self._wake_r], [], [], timeout)
+        if readable:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(512):
+                    pass
+
+    def run_forever(self, *, on_tick: Callable[[], None] | None = None) -> None:
+        interval = systemd.watchdog_interval()
+        # The first prune 5 minutes after start-up: not before READY, nor in a backlog's drain.
+        last_prune = time.monotonic() - 3600 + 300
+        trimmed_at = 0
+        while not self._stop_requested:
+            self._sleep(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
+            if self.queue is not None and self.queue.busy == 0 and self.queue.processed - trimmed_at > 1000:
+                # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
+                # and an idle daemon on a 512 MB Pi should be small again).
+                trimmed_at = self.queue.processed
+                _release_memory()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if interval and self.alive():
+                systemd.notify("WATCHDOG=1")
+            if time.monotonic() - last_prune > 3600:
+                last_prune = time.monotonic()
+                self._prune()
+            if on_tick:
+                on_tick()
+
+    def alive(self) -> bool:
+        """Whether every loop that must run is running (the watchdog is fed only then)."""
+        problems = [type(c).__name__ for c in self._components if not c.alive()]
+        if self.queue is not None:
+            problems += self.queue.wedged(self.settings.task_timeout)
+        if problems:
+            if problems != self._last_problems:
+                log.error("not feeding the watchdog: %s", ", ".join(problems))
+            self._last_problems = problems
+            return False
+        self._last_problems = []
+        return True
+
+    def reload(self) -> None:
+        """Re-read the config (SIGHUP): jobs, windows and log level change live; the rest needs a restart."""
+        try:
+            new = load_settings(self.settings.path)
+            check_jobs(new, self.registry)
+        except EdgeAgentError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old = self.settings
+        needs_restart = [name for name in ("device_id", "groups", "db_path", "sync", "mqtt", "pin_factory", "devices",
+                                           "task_modules", "task_paths", "workers", "network_workers")
+                         if getattr(old, name) != getattr(new, name)]
+        self.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.scheduler is not None:
+            self.scheduler.reload(new)
+        elif new.jobs or new.windows:
+            self.scheduler = self._make_scheduler()
+            if self.scheduler is not None:
+                self.scheduler.start()
+                self._components.append(self.scheduler)
+        if needs_restart:
+            log.warning("reloaded; these changes take effect at the next restart: %s", ", ".join(needs_restart))
+        else:
+            log.info("reloaded %s", new.path)
+
+    # ----------------------------------------------------------------- stop
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        """No new work (MQTT commands stay with the broker); running commands get
+        ``drain_timeout``; outputs to their safe state; the link says ``offline`` after the
+        drained commands' replies; the database is flushed. Bounded: should a step hang, the
+        stop guard puts the outputs in their safe state, writes every thread's stack to the
+        log and exits 1 after ``drain_timeout`` + STOP_MARGIN s, within TimeoutStopSec."""
+        bound = self.settings.drain_timeout + STOP_MARGIN
+        # Under systemd: at least the time this stop may take, even if a raised drain_timeout
+        # exceeds the unit's TimeoutStopSec (systemd only ever extends, never shortens).
+        systemd.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={int((bound + 4) * 1e6)}")
+        if self.link is not None:
+            self.link.pause_ingress()
+        log.info("stopping")
+        done = self._guard(bound)
+        try:
+            for component in self._components:
+                if component is not self.link:
+                    self._timed(component.stop)
+            self._drain()
+            if self.link is not None:
+                self._timed(self.link.stop)
+            set_submitter(None)
+            if self.store is not None:
+                self.store.flush()
+                self.store.close()
+            if self._lock is not None:
+                self._lock.release()
+            self._close_wakeup()
+        finally:
+            done.set()
+            with contextlib.suppress(Exception):
+                faulthandler.cancel_dump_traceback_later()
+        log.info("stopped")
+
+    def _guard(self, seconds: float) -> threading.Event:
+        """Set the returned event when the stop is done; if it is not done in ``seconds``:
+        outputs to their safe state, every thread's stack to stderr (the journal), exit 1.
+        faulthandler's own timer, 2 s later, covers a guard thread that cannot run."""
+        done = threading.Event()
+
+        def watch() -> None:
+            if done.wait(seconds):
+                return
+            log.critical("the stop hung for %.0fs: outputs to their safe state, thread stacks follow, exiting", seconds)
+            with contextlib.suppress(Exception):
+                if self.hardware is not None:
+                    self.hardware.safe_state()
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback(all_threads=True)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="stop-guard", daemon=True).start()
+        with contextlib.suppress(Exception):  # no usable stderr (embedded): the guard thread still works
+            faulthandler.dump_traceback_later(seconds + 2.0, exit=True)
+        return done
+
+    @staticmethod
+    def _timed(stop: Callable[[], None]) -> None:
+        name = type(getattr(stop, "__self__", stop)).__name__
+        began = time.monotonic()
+        try:
+            stop()
+        except Exception:
+            log.exception("stopping %s", name)
+        if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
+            log.warning("stopping %s took %.1fs", name, time.monotonic() - began)
+
+    def _close_wakeup(self) -> None:
+        if self._signals_installed and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(-1)
+            self._signals_installed = False
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _drain(self) -> None:
+        if self.queue is not None:
+            log.info("draining: %d command(s) running, up to %.0fs", self.queue.busy, self.settings.drain_timeout)
+            if not self.queue.stop(self.settings.drain_timeout):
+                log.warning("commands still running after %.0fs; they will be recovered at the next start",
+                            self.settings.drain_timeout)
+        if self.hardware is not None:
+            self.hardware.close()
+
+    def announce_discovery(self) -> None:
+        """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""
+        if self.link is not None and self.store is not None and self.settings.mqtt:
+            from edge_agent.device.discovery import announce
+
+            announce(self.settings, self.store, self.link.outbox)

@@ -1,0 +1,86 @@
+"""``edge-agent jobs``: every job and window, its trigger, next firings and last firing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["jobs_report", "render_jobs"]
+
+
+def _iso(ts: float | None, tz: Any) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).astimezone(tz).isoformat(timespec="seconds") if ts is not None else None
+
+
+def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, store: Any = None) -> dict[str, Any]:
+    """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting"}], "windows": [...]}``."""
+    from edge_agent.errors import ConfigError
+    from edge_agent.schedule.triggers import job_trigger, next_firings
+    from edge_agent.schedule.windows import Window, window_state
+
+    tz = settings.location.tz
+    if start:
+        try:
+            after = datetime.fromisoformat(start)
+        except ValueError:
+            raise ConfigError(f"--from must be ISO-8601 like 2026-06-01T12:00+03:00, got {start!r}") from None
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=tz)
+    if store is None:
+        try:
+            from edge_agent.device.client import LocalClient
+
+            store = LocalClient(settings, create=False).store
+        except Exception:
+            store = None
+    if not start:
+        from edge_agent.device.scheduler import reading_clock
+
+        after = datetime.fromtimestamp(reading_clock(store)(), UTC)
+    last: dict[str, float | None] = {}
+    if store is not None:
+        try:
+            last = {job: fired for job, fired in store.query("select job, fired from firings")}
+        except Exception:
+            last = {}
+    loc = settings.location
+    jobs = []
+    for spec in settings.jobs:
+        trigger = job_trigger(spec, loc)
+        jobs.append({
+            "name": spec.name,
+            "trigger": trigger.describe(),
+            "action": spec.action,
+            "next": [t.astimezone(tz).isoformat(timespec="seconds") for t in next_firings(trigger, after, count)],
+            "last_fired": _iso(last.get(spec.name), tz),
+            "waiting": trigger.waiting_reason(after),
+            "missed": spec.missed,
+        })
+    windows = []
+    for spec in settings.windows:
+        active, boundary = window_state(Window(spec.device, spec.start, spec.until), after, loc.latitude, loc.longitude, tz)
+        windows.append({
+            "device": spec.device, "from": spec.start, "until": spec.until, "value": spec.value, "active": active,
+            "changes_at": boundary.astimezone(tz).isoformat(timespec="seconds") if boundary else None,
+        })
+    return {"jobs": jobs, "windows": windows}
+
+
+def render_jobs(doc: dict[str, Any]) -> str:
+    if not doc["jobs"] and not doc["windows"]:
+        return "no jobs or windows configured"
+    lines = []
+    for j in doc["jobs"]:
+        lines.append(f"{j['name']}  ({j['trigger']} -> {j['action']}, missed: {j['missed']})")
+        lines.append(f"    last fired  {j['last_fired'] or 'never'}")
+        if j["waiting"]:
+            lines.append(f"    waiting     {j['waiting']}")
+        for i, n in enumerate(j["next"]):
+            lines.append(f"    {'next' if i == 0 else '':<11} {n}")
+        if not j["next"]:
+            lines.append("    next        none")
+    for w in doc["windows"]:
+        state = "ACTIVE" if w["active"] else "inactive"
+        lines.append(f"window {w['device']} = {w['value']}  from {w['from']} until {w['until']}: {state}, "
+                     f"changes at {w['changes_at'] or 'never'}")
+    return "\n".join(lines)
