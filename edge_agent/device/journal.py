@@ -106,6 +106,12 @@ class Journal:
         ).fetchone()
         return _row(row)
 
+    def release_parked(self, cur: sqlite3.Cursor, when: float) -> list[tuple[int, str]]:
+        """Make every command parked for the network due at ``when``; their (seq, action)."""
+        rows = cur.execute("update commands set next_attempt = ? where state = 'queued' and parked = 1 "
+                           "returning seq, action", (when,)).fetchall()
+        return [(int(seq), str(action)) for seq, action in rows]
+
     def unadopted(self, cur: sqlite3.Cursor, after_seq: int, upto_seq: int) -> list[Command]:
         """Commands other processes wrote (``enqueued = 0``) with ``after_seq < seq <= upto_seq``.
 
@@ -119,8 +125,18 @@ class Journal:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def last_seq(self, cur: sqlite3.Cursor) -> int:
-        return int(cur.execute("select coalesce(max(seq), 0) from commands").fetchone()[0])
+    def last_seq(self, cur: sqlite3.Cursor | None = None) -> int:
+        """The highest seq written so far (0 for none); in ``cur``'s transaction if given."""
+        sql = "select coalesce(max(seq), 0) from commands"
+        return int(cur.execute(sql).fetchone()[0] if cur is not None else self.store.query(sql)[0][0])
+
+    def seq_state(self, cur: sqlite3.Cursor, command_id: str) -> tuple[int, str] | None:
+        """(seq, state) of the command ``command_id``, None if unknown."""
+        row = cur.execute("select seq, state from commands where id = ?", (command_id,)).fetchone()
+        return (int(row[0]), str(row[1])) if row is not None else None
+
+    def is_queued(self, cur: sqlite3.Cursor, seq: int) -> bool:
+        return cur.execute("select 1 from commands where seq = ? and state = 'queued'", (seq,)).fetchone() is not None
 
     def recover(self, cur: sqlite3.Cursor, reruns: Callable[[Command], bool] = lambda cmd: True) -> Recovery:
         """Settle the commands a kill left ``running`` (found by their index, so the cost does not
@@ -169,11 +185,14 @@ class Journal:
         rows = self.store.query(f"select {_COLUMNS} from commands {skip}order by seq desc limit ?", (*exclude, limit))
         return [_row(r) for r in rows]
 
-    def open_commands(self, limit: int = 50) -> list[Command]:
-        rows = self.store.query(
-            f"select {_COLUMNS} from commands where state in ('queued', 'running') order by seq limit ?", (limit,)
-        )
-        return [_row(r) for r in rows]
+    def depth(self) -> int:
+        """How many commands are queued or running."""
+        return int(self.store.query("select count(*) from commands where state in ('queued', 'running')")[0][0])
+
+    def failures_since(self, since: float) -> int:
+        """How many commands ended ``failed`` or ``expired`` after ``since`` (unix time)."""
+        return int(self.store.query("select count(*) from commands where state in ('failed', 'expired') "
+                                    "and finished > ?", (since,))[0][0])
 
     def waiting(self, limit: int = 10) -> list[Command]:
         """Commands parked for the network or waiting for their next attempt, oldest first."""
