@@ -10,7 +10,7 @@
   directly: ``edge-agent fleet ls --json`` as a process, spawn to exit. Baseline: a bare
   paho script reading the same 2,000 retained messages, also as a process.
 - Events consumed per second: 100 simulated devices publish task events (QoS 1) as fast as
-  one paho client can; the consumer is an :class:`edge_agent.fleet.client.EventStream` (in order,
+  one paho client can; the consumer is an :class:`edge_agent.fleet.stream.EventStream` (in order,
   each once, gaps filled) in a process of its own. Baseline: a bare paho subscriber counting
   the same kind of stream.
 - Reconnects: the broker stopped for 20 s (quick: 3 s) under the 100 agents and started
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,7 +34,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .harness import PY, ROOT, BenchError, Broker, Daemon, MqttClient, Row, fleet_agent_config, median, percentile
+from .harness import (
+    PY,
+    ROOT,
+    BenchError,
+    Broker,
+    Daemon,
+    MqttClient,
+    Row,
+    WaitTimeout,
+    fleet_agent_config,
+    median,
+    percentile,
+    wait_until,
+)
 from .lab import Context, Lab
 
 FIGURES = ("group agent.ping, 100 devices, p99", "group gpio.set, 100 devices, p99", "fleet ls, 1,000 devices",
@@ -85,11 +99,10 @@ def group_commands(ctx: Context, port: int, total: int, runs: int) -> dict[str, 
     out: dict[str, Any] = {}
     with fleet.FleetClient(_settings(port), timeout=30) as client:
         # READY does not wait for the broker (an agent works offline): wait until all are connected.
-        end = time.monotonic() + 60
-        while (online := sum(1 for r in fleet.ls(client) if r["online"])) != total:
-            if time.monotonic() > end:
-                raise BenchError(f"fleet ls sees {online} of {total} agents online after 60 s")
-            time.sleep(0.5)
+        def online() -> int:
+            return sum(1 for r in fleet.ls(client) if r["online"])
+
+        wait_until(lambda: online() == total, 60, interval=0.5, message=lambda: f"fleet ls sees {online()} of {total} agents online")
         time_sends(client, "agent.ping", lambda r: {}, 3, group=f"n{total}", expect=total)  # warm-up
         out["single_ping"] = time_sends(client, "agent.ping", lambda r: {}, runs, device="a000")
         out["single_gpio"] = time_sends(client, "gpio.set", lamp, runs, device="a000")
@@ -193,7 +206,9 @@ def consume(kind: str, port: int, prefix: str, count: int) -> dict[str, Any]:
     if kind == "stream":
         client = fleet.FleetClient(_settings(port, prefix), timeout=30)
         client.connect()
-        stream = fleet.EventStream(client, take)
+        from edge_agent.fleet.stream import EventStream
+
+        stream = EventStream(client, take)
         stream.start()
         print("ready", flush=True)
         ok = done.wait(300)
@@ -278,12 +293,12 @@ def reconnects(ctx: Context, broker: Broker, devices: list[str], outage: float) 
         sender.publish(f"{PREFIX}/group/n{len(devices)}/cmd/agent.ping", json.dumps({"id": cid, "args": {}})
                        ).wait_for_publish(10)
         sender.close()
-        end = time.time() + 180
-        while time.time() < end:
+        def all_back() -> bool:
             with lock:
-                if len(back) == len(devices) and len(replies) == len(devices):
-                    break
-            time.sleep(0.2)
+                return len(back) == len(devices) and len(replies) == len(devices)
+
+        with contextlib.suppress(WaitTimeout):  # (those not back are counted below)
+            wait_until(all_back, 180, interval=0.2)
     finally:
         watcher.close()
     with lock:

@@ -21,6 +21,7 @@ Flower ~140 s after the first; 300 table requests then take ~70 s (~0.23 s each)
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import free_port, percentile, wait_port
+from .harness import WaitTimeout, free_port, percentile, wait_port, wait_until
 
 __all__ = ["flower_problem", "measure_flower"]
 
@@ -143,28 +144,33 @@ def measure_flower(folder: Path, tasks: int, requests: int, say: Any, deadline: 
                                        "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
                                       cwd=folder, env=env, stdout=log, stderr=log))
         # events go over Redis pub/sub, lost while nobody listens: feed only once Flower hears the worker
-        end = time.monotonic() + 60
-        while not _worker_heard(port):
-            if time.monotonic() > end or any(p.poll() is not None for p in procs):
+        def heard() -> bool:
+            if _worker_heard(port):
+                return True
+            if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"Flower heard no event from the worker in 60 s (see {folder / 'flower.log'})")
-            time.sleep(0.5)
+            return False
+
+        wait_until(heard, 60, interval=0.5, message=f"Flower heard no event from the worker (see {folder / 'flower.log'})")
         t0 = time.monotonic()
         subprocess.run([py, "-c", f"from fbapp import noop\nfor i in range({tasks}): noop.delay(i)"], cwd=folder, env=env,
                        check=True)
         feed_s = time.monotonic() - t0
         say(f"flower: {tasks:,} tasks queued in {feed_s:.0f} s (--max_tasks={max_tasks:,}); waiting for the worker and Flower")
         seen = done = 0
-        end = t0 + deadline
         next_say = time.monotonic() + 30
-        while True:
+
+        def all_done() -> bool:
+            nonlocal seen, done, next_say
             page = _datatable(port, "state:SUCCESS", 1)
             seen, done = page["recordsTotal"], page["recordsFiltered"]
-            if done >= tasks or time.monotonic() > end:
-                break
-            if time.monotonic() > next_say:
+            if done < tasks and time.monotonic() > next_say:
                 say(f"flower: {done:,} of {tasks:,} tasks SUCCESS after {time.monotonic() - t0:.0f} s")
                 next_say += 30
-            time.sleep(1)
+            return bool(done >= tasks)
+
+        with contextlib.suppress(WaitTimeout):  # said below, with the counts
+            wait_until(all_done, t0 + deadline - time.monotonic(), interval=1)
         took = time.monotonic() - t0
         if done < tasks:
             raise RuntimeError(f"Flower held {seen:,} tasks, {done:,} SUCCESS, of {tasks:,} after {took:.0f} s")

@@ -25,10 +25,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -39,10 +39,39 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREFIX = "bench"
 DEVICE = "bench"
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
     """A benchmark could not run (a process died, a reply never came)."""
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class WaitTimeout(AssertionError):
+    """A condition waited for with :func:`wait_until` did not come true in time (in a test: a failure)."""
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02,
+               message: str | Callable[[], str] = "condition") -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns something true, and return that.
+
+    When it is still false at ``timeout`` seconds (it is asked once more at the end), raise
+    :class:`WaitTimeout` with ``message`` (a callable is called then, so it can describe what it
+    found). The one polling loop of the tests and the benchmarks: what cannot be waited for on an
+    event (a row in another process's database, a line in a log, a port) is waited for here.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        left = end - time.monotonic()
+        if left <= 0:
+            text = message() if callable(message) else message
+            raise WaitTimeout(f"{text} (waited {timeout:g} s)")
+        time.sleep(min(interval, left))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -112,15 +141,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listens(port: int) -> bool:
+    """Whether something accepts a TCP connection on ``127.0.0.1:port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.01)
-    raise BenchError(f"nothing listens on port {port} after {timeout}s")
+    wait_until(lambda: listens(port), timeout, interval=0.01, message=f"nothing listens on port {port}")
 
 
 def db_files_size(db_path: str | Path) -> int:
@@ -378,12 +409,14 @@ class Daemon:
 
     def wait_idle(self, timeout: float, poll: float = 0.05) -> None:
         """Until no command is queued or running."""
-        end = time.monotonic() + timeout
-        while self.open_count():
+
+        def idle() -> bool:
+            if not self.open_count():
+                return True
             self.check_alive()
-            if time.monotonic() > end:
-                raise BenchError(f"daemon still has {self.open_count()} open command(s) after {timeout}s")
-            time.sleep(poll)
+            return False
+
+        wait_until(idle, timeout, interval=poll, message=lambda: f"daemon still has {self.open_count()} open command(s)")
 
 
 # --------------------------------------------------------------------------- plain Huey

@@ -36,7 +36,19 @@ from pathlib import Path
 from typing import Any
 
 from .flower_baseline import flower_problem, measure_flower
-from .harness import PY, ROOT, Broker, Daemon, Row, fleet_agent_config, free_port, percentile, proc_snapshot, wait_port
+from .harness import (
+    PY,
+    ROOT,
+    Broker,
+    Daemon,
+    Row,
+    fleet_agent_config,
+    free_port,
+    percentile,
+    proc_snapshot,
+    wait_port,
+    wait_until,
+)
 from .lab import Context, Lab
 
 FIGURES = ("events ingested", "fleet page (100 devices), p99", "tasks page (filtered), p99", "RSS after the events",
@@ -76,14 +88,15 @@ class MonitorProcess:
                                           f"127.0.0.1:{self.port}", "--db", str(self.workdir / "monitor.db")],
                                          stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
         wait_port(self.port, 30)
-        while True:
+
+        def serves() -> float | None:
             try:
                 status, _ = self.get("/")
             except OSError:
                 status = 0
-            if status == 200:
-                return time.perf_counter() - t0
-            time.sleep(0.01)
+            return time.perf_counter() - t0 if status == 200 else None
+
+        return wait_until(serves, 60, interval=0.01, message="the monitor does not serve its page")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -111,12 +124,9 @@ class MonitorProcess:
         return int(json.loads(self.get("/api/health")[1])["ingested"])
 
     def wait_ingested(self, count: int, timeout: float) -> float:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.ingested() >= count:
-                return time.perf_counter()
-            time.sleep(0.05)
-        raise RuntimeError(f"the monitor stored {self.ingested()} of {count} events")
+        """Until the monitor stored ``count`` events; returns ``time.perf_counter()`` then."""
+        return wait_until(lambda: time.perf_counter() if self.ingested() >= count else None, timeout, interval=0.05,
+                          message=lambda: f"the monitor stored {self.ingested()} of {count} events")
 
 
 def timed_gets(mon: MonitorProcess, path: str, n: int) -> list[float]:

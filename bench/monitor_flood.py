@@ -17,6 +17,7 @@ Run: ``python -m bench.monitor_flood [--seconds 60] [--max-db-mb 32] [--good 200
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -30,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .harness import Broker, db_files_size, free_port, proc_snapshot, wait_port
+from .harness import Broker, WaitTimeout, db_files_size, free_port, proc_snapshot, wait_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,9 +113,8 @@ def run(seconds: float, max_db_mb: int, work: Path, good_tasks: int = 200) -> di
         client.connect("127.0.0.1", broker.port)
         client.loop_start()
         good_seq, last = _publish_good(client, good_tasks), None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _good_seq(url) < good_seq:
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeout):  # (what the monitor did not store shows in the figures)
+            wait_until(lambda: _good_seq(url) >= good_seq, 60, interval=0.2)
 
         def watch() -> None:
             t0 = time.monotonic()
@@ -142,13 +142,14 @@ def run(seconds: float, max_db_mb: int, work: Path, good_tasks: int = 200) -> di
         published_s = time.monotonic() - t0
         if last is not None:
             last.wait_for_publish(60)
-        deadline = time.monotonic() + 120
         health: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            health = json.loads(_get(url + "/api/health")[1])
-            if health["ingested"] + health["rejected"] >= seq + good_seq and health["backlog"] == 0:
-                break
-            time.sleep(0.5)
+
+        def drained() -> bool:
+            health.update(json.loads(_get(url + "/api/health")[1]))
+            return bool(health["ingested"] + health["rejected"] >= seq + good_seq and health["backlog"] == 0)
+
+        with contextlib.suppress(WaitTimeout):  # (what is not drained shows in the figures)
+            wait_until(drained, 120, interval=0.5)
         drained_s = time.monotonic() - t0
         stop.set()
         watcher.join(5)

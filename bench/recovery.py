@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import PREFIX, REPLY_TOPIC, BenchError, Broker, Daemon, MqttClient, Row, median, write_daemon_config
+from .harness import PREFIX, REPLY_TOPIC, BenchError, Broker, Daemon, MqttClient, Row, median, wait_until, write_daemon_config
 from .lab import Context, Lab
 
 FIGURES = ("READY with 100,000 queued by other processes", "READY with 100,000 in the daemon's own queue",
@@ -31,20 +31,16 @@ GOAL_RATIO = 2.0
 def _fill(db: Path, n: int, prefix: str, *, own_queue: bool) -> None:
     """``n`` no-op commands, as other processes write them (to be adopted) or as the daemon's own
     queue holds them (journal rows and Huey messages, as a SIGKILL leaves them)."""
-    from edge_agent.device.actions import Registry
     from edge_agent.device.commands import NewCommand
     from edge_agent.device.journal import Journal
-    from edge_agent.device.runner import Runner
     from edge_agent.device.store import Store
     from edge_agent.device.taskqueue import TaskQueue
 
     store = Store(str(db))
     try:
         journal = Journal(store)
-        # The daemon's own classes write the queue as the daemon does (Huey names its messages
-        # after the runner's module); nothing runs here.
-        runner = Runner(store, journal, Registry(), retry_at=lambda cur, cmd, when: None)
-        queue = TaskQueue(store, journal, runner, workers=1)
+        # The daemon's own queue writes the messages as the daemon does; nothing runs here.
+        queue = TaskQueue(store, journal, workers=1)
         with store.transaction() as cur:
             for i in range(n):
                 new = NewCommand(action="noop", args={"i": i}, id=f"{prefix}-{i}", source="api")
@@ -98,15 +94,16 @@ def repeats_after_crash(ctx: Context, commands: int, rate: float) -> dict[str, A
             raise BenchError("repeats: the subscriber did not subscribe")
         ping = f"{PREFIX}/bench/cmd/agent.ping"
         # READY comes before the agent's subscription exists (it works offline): ping until it answers.
-        end = time.monotonic() + 20
-        for attempt in range(1000):
-            client.client.publish(ping, json.dumps({"id": f"warm{attempt}"}), qos=1)
-            time.sleep(0.05)
+        attempts = iter(range(1 << 30))
+
+        def answered() -> bool:
             with lock:
                 if any(b'"warm' in p for p in payloads):
-                    break
-            if time.monotonic() > end:
-                raise BenchError("repeats: the agent never answered")
+                    return True
+            client.client.publish(ping, json.dumps({"id": f"warm{next(attempts)}"}), qos=1)
+            return False
+
+        wait_until(answered, 20, interval=0.05, message="repeats: the agent never answered")
         time.sleep(0.3)  # the last pings' replies
         with lock:
             payloads.clear()
@@ -123,17 +120,13 @@ def repeats_after_crash(ctx: Context, commands: int, rate: float) -> dict[str, A
                 with lock:
                     killed_at = len(payloads)
                 daemon.start()
-        end = time.monotonic() + 60
-
         def finals() -> int:
             with lock:
                 docs = [json.loads(p) for p in payloads]
             return len({d["id"] for d in docs if d["status"] == "succeeded" and not d["id"].startswith("warm")})
 
-        while finals() < commands:
-            if time.monotonic() > end:
-                raise BenchError(f"repeats: {finals()} of {commands} final replies")
-            time.sleep(0.05)
+        wait_until(lambda: finals() >= commands, 60, interval=0.05,
+                   message=lambda: f"repeats: {finals()} of {commands} final replies")
         time.sleep(0.5)
     finally:
         if client is not None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import REPLY_TOPIC, BenchError, Broker, Daemon, MqttClient, Row, wait_port, write_daemon_config
+from .harness import REPLY_TOPIC, BenchError, Broker, Daemon, MqttClient, Row, wait_port, wait_until, write_daemon_config
 from .lab import Context, Lab
 
 GOAL_OUTBOX_S = 3.0
@@ -143,15 +143,16 @@ def outbox_delivery(ctx: Context, n: int) -> dict[str, Any]:
         broker.stop(check_saved=True)  # the subscriber's session (and subscription) must survive
         t_down = time.time()
         queue_offline(daemon.db, n, prefix, poke=True)
-        deadline = time.monotonic() + 60 + n / 50
-        while True:
-            waiting = daemon.query("select count(*) from outbox where topic = ?", (REPLY_TOPIC,))[0][0]
-            if waiting >= n and daemon.open_count() == 0:
-                break
+        def waiting() -> int:
+            return int(daemon.query("select count(*) from outbox where topic = ?", (REPLY_TOPIC,))[0][0])
+
+        def all_waiting() -> bool:
+            if waiting() >= n and daemon.open_count() == 0:
+                return True
             daemon.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"outbox: only {waiting} of {n} replies waiting")
-            time.sleep(0.1)
+            return False
+
+        wait_until(all_waiting, 60 + n / 50, interval=0.1, message=lambda: f"outbox: only {waiting()} of {n} replies waiting")
         filled = time.time()
         broker.start()  # same port and persistence: the subscriber's session is back
         wait_port(broker.port)

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from .harness import DEVICE, PREFIX, REPLY_TOPIC, BenchError, HueyConsumer, MqttClient, Row, Submitter, cmd_topic
+from .harness import DEVICE, PREFIX, REPLY_TOPIC, BenchError, HueyConsumer, MqttClient, Row, Submitter, cmd_topic, wait_until
 from .lab import Context, Lab
 from .scale import drain
 
@@ -123,17 +123,19 @@ def messages_per_command(lab: Lab, n: int) -> dict[str, Any]:
 
 def _wait_published(daemon: Any, timeout: float = 30.0) -> None:
     """Until the outbox is empty and every event is acknowledged (the position, written within 1 s)."""
-    end = time.monotonic() + timeout
-    while True:
+    def where() -> tuple[int, int, int]:
+        """Messages in the outbox, the events acknowledged, the last event."""
         left, = daemon.query("select count(*) from outbox")[0]
         sent = daemon.query("select value from meta where key = 'events_sent'")
         last = daemon.query("select coalesce(max(seq), 0) from events")[0][0]
-        if not left and (int(sent[0][0]) if sent else 0) >= last:
-            return
-        if time.monotonic() > end:
-            raise BenchError(f"messages per command: {left} message(s) still in the outbox, events sent up to "
-                             f"{sent} of {last}")
-        time.sleep(0.05)
+        return int(left), int(sent[0][0]) if sent else 0, int(last)
+
+    def published() -> bool:
+        left, sent, last = where()
+        return not left and sent >= last
+
+    wait_until(published, timeout, interval=0.05, message=lambda: "messages per command: {} message(s) still in the outbox, "
+               "events sent up to {} of {}".format(*where()))
 
 
 def delay_rate(lab: Lab, n: int) -> dict[str, Any]:

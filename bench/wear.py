@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .harness import REPLY_TOPIC, BenchError, Daemon, MqttClient, Row, cmd_topic, read_io
+from .harness import REPLY_TOPIC, BenchError, Daemon, MqttClient, Row, cmd_topic, read_io, wait_until
 from .lab import Context, Lab
 
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((\d+)(?:<([^>]*)>)?.*?(?:\)\s+=\s+(-?\d+)|<unfinished \.\.\.>)")
@@ -130,11 +130,7 @@ class _Probe:
 
 
 def _wait_outbox_empty(daemon: Daemon, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while daemon.query("select count(*) from outbox")[0][0]:
-        if time.monotonic() > end:
-            raise BenchError("the outbox did not empty")
-        time.sleep(0.02)
+    wait_until(lambda: not daemon.query("select count(*) from outbox")[0][0], timeout, message="the outbox did not empty")
 
 
 def edge_mqtt(ctx: Context, lab: Lab, n: int) -> dict[str, Any]:

@@ -508,7 +508,7 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
                                 enabled=t.get("enabled", _bool, True))
         t.finish()
 
-    jobs = tuple(_parse_jobs(top, devices))
+    jobs = tuple(_parse_jobs(top))
     windows = tuple(_parse_windows(top, devices))
     top.finish()
 
@@ -675,7 +675,7 @@ def _array_of_tables(top: _Table, name: str) -> list[tuple[str, _Table]]:
     return tables
 
 
-def _parse_jobs(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[JobSpec]:
+def _parse_jobs(top: _Table) -> list[JobSpec]:
     jobs: list[JobSpec] = []
     seen: set[str] = set()
     for key, t in _array_of_tables(top, "jobs"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["ago", "format_duration", "parse_duration"]
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -50,3 +51,14 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{rest // size}{unit}")
             rest %= size
     return sign + ("".join(parts) or "0s")
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """How long ago the unix time ``ts`` was, in its largest whole unit: ``'3h ago'`` (``-`` for none)."""
+    if not isinstance(ts, (int, float)):
+        return "-"
+    secs = max(0, int((time.time() if now is None else now) - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit} ago"
+    return f"{secs}s ago"

@@ -7,10 +7,15 @@ reply. :class:`BufferedSocket` reads what the kernel holds in one call and serve
 paho's small reads from it, and gathers paho's writes until the link calls
 :meth:`BufferedSocket.flush` after each pass of the loop (or 64 KiB piled up).
 
-Only the network thread touches the socket (see :mod:`edge_agent.device.mqtt`), so the
-buffers need no lock. paho sees a normal socket: ``pending()`` tells its loop that
-buffered bytes wait (as for TLS), and ``want_write()`` stays true while ours hold
+Only the network thread touches the socket (:func:`edge_agent.broker.make_client` sees to
+it), so the buffers need no lock. paho sees a normal socket: ``pending()`` tells its loop
+that buffered bytes wait (as for TLS), and ``want_write()`` stays true while ours hold
 unsent bytes, so a full kernel buffer is waited for, not forgotten.
+
+This module is the one place that relies on paho's private parts: ``Client._create_socket()``
+(made on every connect), ``Client._sock``, ``Client._packet_queue()`` and
+``Client._sockpairW`` (its wake-up socket). ``tests/test_mqttsock_hooks.py`` fails when a
+paho release changes them; ``pyproject.toml`` holds paho below its next major version.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["BufferedClient", "BufferedSocket"]
+__all__ = ["BufferedClient", "BufferedSocket", "UnwokenClient"]
 
 READ_SIZE = 65536
 WRITE_SIZE = 65536
@@ -102,3 +107,17 @@ class BufferedClient(mqtt.Client):
         sock = self._sock
         if isinstance(sock, BufferedSocket):
             sock.flush()
+
+
+class UnwokenClient(BufferedClient):
+    """:class:`BufferedClient` without paho's wake-up byte per queued packet, for a loop that
+    has its own wake-up (the monitor's link: it wakes only for other threads' publishes)."""
+
+    def _packet_queue(self, *args: Any, **kwargs: Any) -> Any:
+        # paho writes a byte to its own socket pair for every packet queued (a PUBACK per event),
+        # to wake a select() of loop(); the owner of this client does not wait in loop().
+        pair, self._sockpairW = self._sockpairW, None
+        try:
+            return super()._packet_queue(*args, **kwargs)
+        finally:
+            self._sockpairW = pair

@@ -18,26 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+from bench.harness import free_port, wait_port  # shared with the benchmarks (and bench.harness.wait_until)
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {port}")
+# Property tests (hypothesis). The "ci" profile, the default: no deadline and no too-slow health
+# check (a loaded machine must not fail a test on time), and a failure prints the blob that replays
+# it (@reproduce_failure). The example counts are each test's own: those in the fast subset stay
+# under a second; the big ones (400, 1,500) are in tests marked slow. EDGE_AGENT_HYPOTHESIS_PROFILE
+# picks another profile (hypothesis' own "default" included); pytest's --hypothesis-seed=N fixes the seed.
+settings.register_profile("ci", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("EDGE_AGENT_HYPOTHESIS_PROFILE", "ci"))
 
 
 class Broker:

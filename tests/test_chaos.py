@@ -26,6 +26,7 @@ once must be one of those, or one the journal shows retried (``attempts`` > 1).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -38,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import WaitTimeout, wait_until
 from edge_agent.config import load_settings
 from edge_agent.device.client import LocalClient
 from edge_agent.device.commands import NewCommand
@@ -228,14 +230,16 @@ def test_chaos_loses_nothing_fails_nothing_and_repeats_only_work_running_at_a_ki
         # READY comes before the agent's MQTT subscription exists (it works offline); a command
         # published before that is acknowledged by the broker and dropped (no subscriber yet). So
         # wait until the agent answers a ping over MQTT before the storm starts.
-        warm_end = time.monotonic() + 20
-        for attempt in range(400):
-            publisher.publish(f"{prefix}/chaos/cmd/agent.ping", {"id": f"warmup-{attempt}"})
-            time.sleep(0.05)
+        pings = iter(range(1 << 30))
+
+        def answers_a_ping() -> bool:
             with recorder.lock:
                 if any(str(r.get("id", "")).startswith("warmup-") for r in recorder.replies):
-                    break
-            assert time.monotonic() < warm_end, "the agent never answered a ping over MQTT"
+                    return True
+            publisher.publish(f"{prefix}/chaos/cmd/agent.ping", {"id": f"warmup-{next(pings)}"})
+            return False
+
+        wait_until(answers_a_ping, 20, interval=0.05, message="the agent never answered a ping over MQTT")
         client = LocalClient(load_settings(str(d.config)))
         set_submitter(client.submit)  # .apply_async() in this process writes through this client
         commands = _commands(rng, COMMANDS, work_log, server.url)
@@ -250,7 +254,7 @@ def test_chaos_loses_nothing_fails_nothing_and_repeats_only_work_running_at_a_ki
             for i, (channel, cid, action, args) in mine:
                 delay = t0 + i * (SECONDS * 0.85 / COMMANDS) - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    time.sleep(delay)  # pacing: the commands are spread over the run
                 try:
                     if channel == "mqtt":
                         mids.append((cid, publisher.publish(f"{prefix}/chaos/cmd/{action}", {"id": cid, "args": args})))
@@ -276,7 +280,7 @@ def test_chaos_loses_nothing_fails_nothing_and_repeats_only_work_running_at_a_ki
         for at, event in faults:
             delay = start + at - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # pacing: each fault at its planned moment
             if event == "kill":
                 d.kill()
                 running_at_kill.update(_running(db))
@@ -304,9 +308,8 @@ def test_chaos_loses_nothing_fails_nothing_and_repeats_only_work_running_at_a_ki
             assert not t.is_alive(), "a submitter did not finish"
         chaos_seconds = time.monotonic() - start
 
-        end = time.monotonic() + 30
-        while time.monotonic() < end and not all(mid in publisher.acked for _, mid in mids):
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):  # what the broker never acked is left out below
+            wait_until(lambda: all(mid in publisher.acked for _, mid in mids), 30, interval=0.05)
         with publisher.lock:
             acked = [cid for cid, mid in mids if mid in publisher.acked]
 
@@ -314,17 +317,15 @@ def test_chaos_loses_nothing_fails_nothing_and_repeats_only_work_running_at_a_ki
         assert d.terminate() == 0
         config()  # the same file, without the jobs
         d.start()
-        end = time.monotonic() + SETTLE
-        while True:
+        def settled() -> bool:
             journal = _journal(db)
             with recorder.lock:
                 finals = {r["id"] for r in recorder.replies if r["status"] in TERMINAL}
-            open_rows = [cid for cid, row in journal.items() if row[0] not in TERMINAL]
-            no_reply = [cid for cid in acked if cid not in finals]
-            if (not open_rows and not no_reply) or time.monotonic() > end:
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)  # late wire duplicates land in the count
+            return all(row[0] in TERMINAL for row in journal.values()) and all(cid in finals for cid in acked)
+
+        with contextlib.suppress(WaitTimeout):  # what did not end is reported below, command by command
+            wait_until(settled, SETTLE, interval=0.2)
+        time.sleep(0.5)  # not synchronisation: a pause in which late wire duplicates, if any, land in the count
         assert d.terminate() == 0
         journal = _journal(db)
         total_seconds = time.monotonic() - start

@@ -14,11 +14,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, free_port
 
@@ -47,14 +47,11 @@ def journal(db: Path) -> dict[str, tuple[str, str, int]]:
 
 
 def wait_state(db: Path, cid: str, states: tuple[str, ...] = ("succeeded", "failed", "expired"), timeout: float = 10) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if db.exists():
-            state = journal(db).get(cid, (None, None, 0))[1]
-            if state in states:
-                return state
-        time.sleep(0.02)
-    raise AssertionError(f"{cid} not in {states} after {timeout}s: {journal(db).get(cid)}")
+    def state() -> str | None:
+        got = journal(db).get(cid, (None, None, 0))[1] if db.exists() else None
+        return got if got in states else None
+
+    return wait_until(state, timeout, message=lambda: f"{cid} not in {states}: {journal(db).get(cid)}")
 
 
 @pytest.fixture

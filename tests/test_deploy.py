@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bench.harness import listens, wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "edge-agent.service"
@@ -416,15 +418,12 @@ def broker(tmp_path) -> Iterator[int]:
     log = open(tmp_path / "mosquitto.log", "w")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mosquitto did not start:\n" + (tmp_path / "mosquitto.log").read_text())
-                time.sleep(0.05)
+        def said() -> str:
+            return "mosquitto did not start:\n" + (tmp_path / "mosquitto.log").read_text()
+
+        wait_until(lambda: listens(port) or proc.poll() is not None, 10, interval=0.05, message=said)
+        if proc.poll() is not None:
+            pytest.fail(said())
         yield port
     finally:
         proc.terminate()
@@ -487,10 +486,9 @@ def test_mosquitto_config_authenticates_and_confines_devices(broker):
             ha.client.publish(topic, b"{}", qos=1).wait_for_publish(5)
         for topic in ("edge/porch/reply", "edge/kitchen/reply", "homeassistant/switch/porch/config"):
             porch.client.publish(topic, b"{}", qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and ("edge/porch/reply" not in ha.messages or len(porch.messages) < 2):
-            time.sleep(0.05)
-        time.sleep(0.3)  # room for a wrongly delivered message to arrive
+        wait_until(lambda: "edge/porch/reply" in ha.messages and len(porch.messages) >= 2, 5, interval=0.05,
+                   message=lambda: f"porch got {porch.messages}, homeassistant got {ha.messages}")
+        time.sleep(0.3)  # not synchronisation: room for a wrongly delivered message to arrive
         assert sorted(porch.messages) == ["edge/group/garden/cmd/agent.ping", "edge/porch/cmd/agent.ping"]
         assert "edge/kitchen/reply" not in ha.messages
         assert "edge/porch/reply" in ha.messages

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from edge_agent.config import parse_settings
+from edge_agent.contract import Topics
 from edge_agent.device.discovery import META_KEY, announce, discovery_messages, discovery_payloads
-from edge_agent.device.ingress import Topics
 from edge_agent.device.outbox import Outbox
 from edge_agent.device.store import Store
 from edge_agent.errors import StorageError
@@ -432,7 +432,7 @@ def _retained_configs(listener_factory: Any, port: int, dp: str, count: int) -> 
     # Only the messages the broker kept count: a message with the retain flag set on
     # delivery to a new subscriber is one the broker held (live ones arrive without it).
     fresh.wait_for(lambda m: m.retain and m.payload != b"", count=count, timeout=15)
-    time.sleep(0.3)  # retained messages arrive together: anything else would be here by now
+    time.sleep(0.3)  # not synchronisation: retained messages arrive together, a pause in which any more would
     with fresh.cond:
         msgs = {m.topic: m for m in fresh.messages if m.retain}
     return {t: json.loads(m.payload) for t, m in msgs.items() if m.payload}

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import agent_config
 from tests.conftest import fill_disk, small_tmpfs
 
@@ -41,11 +42,7 @@ def _runs(path: Path) -> list[str]:
 
 
 def _poll(pred: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {what}")
-        time.sleep(0.05)
+    wait_until(pred, timeout, interval=0.05, message=f"waiting for: {what}")
 
 
 def _final(listener: Any, command_id: str) -> dict[str, Any] | None:
@@ -125,12 +122,11 @@ def test_a_full_disk_pauses_intake_keeps_outcomes_and_recovers_when_space_return
     watching = threading.Event()
 
     def watch_wal() -> None:
-        while not watching.is_set():
+        while not watching.wait(0.01):  # a sample every 10 ms until told to stop
             try:
                 wal_max[0] = max(wal_max[0], os.path.getsize(str(db) + "-wal"))
             except OSError:
                 pass
-            time.sleep(0.01)
 
     watcher = threading.Thread(target=watch_wal)
     watcher.start()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import load_settings
 from edge_agent.device.client import LocalClient
 from edge_agent.device.commands import NewCommand
@@ -110,7 +111,7 @@ def test_sigkill_at_random_moments_loses_nothing_fails_nothing_and_repeats_only_
         if r in early:
             # Killed again while starting up (recovering, opening GPIO, adopting).
             daemon.start(wait_ready=False)
-            time.sleep(rng.uniform(0.05, 0.4))
+            time.sleep(rng.uniform(0.05, 0.4))  # a random moment of its start-up: not a timing assertion
             daemon.kill()
             kills += 1
         daemon.start()
@@ -122,10 +123,8 @@ def test_sigkill_at_random_moments_loses_nothing_fails_nothing_and_repeats_only_
         assert stdout.split() == [cid]
         assert "Traceback" not in stderr
 
-    end = time.monotonic() + FINISH_TIMEOUT
-    while (left := _open_count(db)) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert left == 0, f"{left} command(s) still open after {FINISH_TIMEOUT}s; seed {seed}"
+    wait_until(lambda: _open_count(db) == 0, FINISH_TIMEOUT, interval=0.1,
+               message=lambda: f"{_open_count(db)} command(s) still open; seed {seed}")
     assert daemon.terminate() == 0
     client.close()
 

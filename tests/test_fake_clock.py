@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import load_settings
 from edge_agent.device.scheduler import FAKE_TIME, Scheduler
 from edge_agent.device.store import Store
@@ -42,14 +43,12 @@ def test_a_fake_clock_counts_as_synchronised(tmp_path: Path, monkeypatch: pytest
 
 
 def _wait_fired(daemon, job_id: str) -> dict:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def succeeded() -> dict | None:
         out = daemon.cli("history", "--json")
         rows = [c for c in json.loads(out.stdout)["commands"] if c["id"] == job_id]
-        if rows and rows[0]["status"] == "succeeded":
-            return rows[0]
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} did not run; log:\n{daemon.log.read_text()[-3000:]}")
+        return rows[0] if rows and rows[0]["status"] == "succeeded" else None
+
+    return wait_until(succeeded, 20, interval=0.1, message=lambda: f"{job_id} did not run; log:\n{daemon.log.read_text()[-3000:]}")
 
 
 @pytest.mark.slow
@@ -111,14 +110,12 @@ def test_the_daemon_keeps_a_mixed_window_off_between_sunrise_and_06_00_and_warns
                           windows=[{"device": "lamp", "from": "06:00", "until": "sunrise"}])
     daemon = daemon_factory(config, env={FAKE_TIME: "2026-06-15T12:00:00+03:00"})
     daemon.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        rows = json.loads(daemon.cli("history", "--json").stdout)["commands"]
-        window = [c for c in rows if c["id"].startswith("window:")]
-        if window and window[0]["status"] == "succeeded":
-            break
-        time.sleep(0.1)
-    assert window and window[0]["args"] == {"device": "lamp", "value": "off"}, window
+    def window_succeeded() -> list[dict] | None:
+        window = [c for c in json.loads(daemon.cli("history", "--json").stdout)["commands"] if c["id"].startswith("window:")]
+        return window if window and window[0]["status"] == "succeeded" else None
+
+    window = wait_until(window_succeeded, 20, interval=0.1, message="no window command succeeded")
+    assert window[0]["args"] == {"device": "lamp", "value": "off"}, window
     read = json.loads(daemon.cli("send", "gpio.read", "device=lamp", "--wait", "5", "--json").stdout)
     assert read["result"]["value"] == "off"
     assert daemon.terminate() == 0
@@ -129,8 +126,6 @@ def test_the_daemon_keeps_a_mixed_window_off_between_sunrise_and_06_00_and_warns
         (tmp_path / extra).unlink(missing_ok=True)
     daemon = daemon_factory(config, env={FAKE_TIME: "2026-06-15T12:00:00-08:00"})
     daemon.start()
-    deadline = time.monotonic() + 20
-    while "'porch-on' fires after 'porch-off'" not in daemon.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "'porch-on' fires after 'porch-off'" in daemon.log.read_text(), daemon.log.read_text()[-2000:]
+    wait_until(lambda: "'porch-on' fires after 'porch-off'" in daemon.log.read_text(), 20, interval=0.1,
+               message=lambda: daemon.log.read_text()[-2000:])
     assert daemon.terminate() == 0

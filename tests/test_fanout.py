@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import load_settings
 from edge_agent.device.client import LocalClient
 from edge_agent.device.commands import Command
@@ -36,14 +36,15 @@ def _lines(path: Path) -> list[str]:
 
 
 def _wait_all(client: LocalClient, ids: list[str], timeout: float = 30.0) -> dict[str, Command]:
-    end = time.monotonic() + timeout
-    while True:
-        rows = {cid: client.journal.get(cid) for cid in ids}
-        if all(c is not None and c.terminal for c in rows.values()):
-            return rows  # type: ignore[return-value]
-        if time.monotonic() > end:
-            raise AssertionError(f"not finished after {timeout}s: {[c for c in rows.values() if not (c and c.terminal)]}")
-        time.sleep(0.05)
+    def rows() -> dict[str, Command | None]:
+        return {cid: client.journal.get(cid) for cid in ids}
+
+    def ended() -> dict[str, Command | None] | None:
+        got = rows()
+        return got if all(c is not None and c.terminal for c in got.values()) else None
+
+    return wait_until(ended, timeout, interval=0.05,  # type: ignore[return-value]
+                      message=lambda: f"not finished: {[c for c in rows().values() if not (c and c.terminal)]}")
 
 
 def _send(d: Daemon, action: str, cid: str, *extra: str, **args: Any) -> Any:
@@ -105,10 +106,7 @@ def test_a_kill_during_fan_out_reruns_the_parent_and_queues_no_child_twice(fan):
     users = [f"u{i:02d}" for i in range(30)]
     assert _send(d, "chaos_fanout", "parent-3", users=users, fail_first=[], state_dir=str(state),
                  pause_ms=100.0).returncode == 0
-    end = time.monotonic() + 20
-    while len(_lines(state / "queued.log")) < 8:
-        assert time.monotonic() < end, "the parent did not start fanning out"
-        time.sleep(0.01)
+    wait_until(lambda: len(_lines(state / "queued.log")) >= 8, 20, interval=0.01, message="the parent did not start fanning out")
     d.kill()
     queued_before_kill = [line.split()[1] for line in _lines(state / "queued.log")]
     with sqlite3.connect(f"file:{d.config.parent / 'agent.db'}?mode=ro", uri=True) as db:

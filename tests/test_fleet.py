@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import MqttSettings
-from edge_agent.fleet.client import EventStream, FleetClient
+from edge_agent.fleet.client import FleetClient
+from edge_agent.fleet.stream import EventStream
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, Broker, Daemon, Listener, fleet_cli, start_all
 
@@ -40,14 +42,11 @@ class Fleet:
         return {r["device"]: r for r in json.loads(out.stdout)["devices"]}
 
     def wait_ls(self, pred, timeout: float = 90) -> dict[str, dict[str, Any]]:
-        end = time.monotonic() + timeout
-        while True:
+        def matching() -> dict[str, dict[str, Any]] | None:
             rows = self.ls()
-            if pred(rows):
-                return rows
-            if time.monotonic() > end:
-                raise AssertionError(f"fleet ls never matched; last: {json.dumps(rows)[:3000]}")
-            time.sleep(0.5)
+            return rows if pred(rows) else None
+
+        return wait_until(matching, timeout, interval=0.5, message=lambda: f"fleet ls never matched; last: {json.dumps(self.ls())[:3000]}")
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
 from tests.conftest import Broker, Daemon, fleet_cli, start_all
 from tests.test_mqtt_auth import pki  # noqa: F401 - the throw-away CA and broker certificate (a fixture)
@@ -112,15 +112,16 @@ def _op(broker, secrets, *args):
 
 
 def _ls(broker, secrets, pred, timeout=60):
-    end = time.monotonic() + timeout
-    while True:
+    def rows():
         out = _op(broker, secrets, "ls", "--json")
         assert out.returncode == 0, out.stderr
-        rows = {r["device"]: r for r in json.loads(out.stdout)["devices"]}
-        if pred(rows):
-            return rows
-        assert time.monotonic() < end, rows
-        time.sleep(0.3)
+        return {r["device"]: r for r in json.loads(out.stdout)["devices"]}
+
+    def matching():
+        got = rows()
+        return got if pred(got) else None
+
+    return wait_until(matching, timeout, interval=0.3, message=lambda: str(rows()))
 
 
 def _history_ids(daemon: Daemon) -> set[str]:
@@ -198,15 +199,13 @@ def test_fleet_over_tls_with_the_acl(tmp_path, pki):  # noqa: F811 - pki is the 
     tls = ("--ca-file", str(pki / "ca.pem"), "--username", "operator", "--password-file", str(tmp_path / "operator.secret"))
     try:
         agent.start()
-        end = time.monotonic() + 60
-        while True:
+        def porch_online() -> bool:
             out = fleet_cli(broker.port, "edge", "ls", "--json", extra=tls)
             assert out.returncode == 0, out.stderr
             rows = {r["device"]: r for r in json.loads(out.stdout)["devices"]}
-            if rows.get("porch", {}).get("online") and rows["porch"]["version"]:
-                break
-            assert time.monotonic() < end, (rows, agent.log.read_text()[-2000:])
-            time.sleep(0.3)
+            return bool(rows.get("porch", {}).get("online") and rows["porch"]["version"])
+
+        wait_until(porch_online, 60, interval=0.3, message=lambda: agent.log.read_text()[-2000:])
         out = fleet_cli(broker.port, "edge", "send", "agent.ping", "-d", "porch", "--json", extra=tls)
         assert out.returncode == 0 and json.loads(out.stdout)["counts"] == {"succeeded": 1}, out.stdout + out.stderr
         untrusted = fleet_cli(broker.port, "edge", "ls", extra=("--ca-file", str(pki / "other-ca.pem"),

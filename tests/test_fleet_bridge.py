@@ -5,11 +5,11 @@ is seen offline there, and its command waits for it."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
 from tests.conftest import Broker, Daemon, fleet_cli, start_all
 
@@ -49,15 +49,16 @@ def bridged(tmp_path):
 
 
 def _ls(port, prefix, pred, timeout=60):
-    end = time.monotonic() + timeout
-    while True:
+    def rows():
         out = fleet_cli(port, prefix, "ls", "--json")
         assert out.returncode == 0, out.stderr
-        rows = {r["device"]: r for r in json.loads(out.stdout)["devices"]}
-        if pred(rows):
-            return rows
-        assert time.monotonic() < end, rows
-        time.sleep(0.3)
+        return {r["device"]: r for r in json.loads(out.stdout)["devices"]}
+
+    def matching():
+        got = rows()
+        return got if pred(got) else None
+
+    return wait_until(matching, timeout, interval=0.3, message=lambda: str(rows()))
 
 
 def test_ls_and_send_across_a_bridge(bridged):
@@ -79,11 +80,8 @@ def test_ls_and_send_across_a_bridge(bridged):
     assert doc["counts"] == {"succeeded": 2, "offline": 1} and doc["devices"]["b2"]["status"] == "offline"
     daemons["b2"].start()
     _ls(far.port, prefix, lambda r: r["b2"]["online"])
-    end = time.monotonic() + 60
-    while True:
+    def kinds():
         hist = fleet_cli(far.port, prefix, "history", "b2", "--id", "across", "--json")
-        kinds = [e["event"] for e in json.loads(hist.stdout)["events"]] if hist.returncode == 0 else []
-        if kinds == ["received", "started", "succeeded"]:
-            break
-        assert time.monotonic() < end, (kinds, hist.stderr)
-        time.sleep(0.3)
+        return [e["event"] for e in json.loads(hist.stdout)["events"]] if hist.returncode == 0 else hist.stderr
+
+    wait_until(lambda: kinds() == ["received", "started", "succeeded"], 60, interval=0.3, message=lambda: str(kinds()))

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.fleet import client as fleetlib
+from bench.harness import wait_until
 from edge_agent.config import DEFAULT_CONFIG_PATH, MqttSettings
+from edge_agent.fleet import client as fleetlib
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, Broker, Daemon, fleet_cli
 
@@ -94,14 +95,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     try:
         good.start()
         setup = Setup(broker, prefix)
-        end = time.monotonic() + 30
-        while True:  # the agent's retained state is on the broker
+        def good_is_listed() -> bool:  # the agent's retained state is on the broker
             out = setup.cli("ls", "--json")
-            if out.returncode == 0 and any(r["device"] == "good" and r["online"] and r["groups"] == ["g"]
-                                           for r in json.loads(out.stdout)["devices"]):
-                break
-            assert time.monotonic() < end, out.stdout + out.stderr
-            time.sleep(0.2)
+            return out.returncode == 0 and any(r["device"] == "good" and r["online"] and r["groups"] == ["g"]
+                                               for r in json.loads(out.stdout)["devices"])
+
+        wait_until(good_is_listed, 30, interval=0.2, message=lambda: str(setup.cli("ls", "--json")))
         yield setup
     finally:
         if good.proc is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
-from edge_agent.fleet.client import EventStream
+from bench.harness import wait_until
+from edge_agent.fleet.stream import EventStream
 
 
 class Msg:
@@ -53,13 +53,6 @@ def ev(seq: int, device: str = "porch") -> dict[str, Any]:
     return {"seq": seq, "device": device, "event": "started", "id": f"c{seq}", "action": "agent.ping", "ts": 0.0}
 
 
-def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end
-        time.sleep(0.01)
-
-
 def test_a_jump_in_seq_is_filled_from_history_in_order_once():
     """Live 1, 2, 5, 6 (and 2 again): the stream asks for what came after 2, then gives 1..6 once each."""
     client = FakeClient()
@@ -71,13 +64,13 @@ def test_a_jump_in_seq_is_filled_from_history_in_order_once():
             client.deliver("edge/porch/events", ev(seq))
         topic, req = client.wait_request(1)
         assert topic == "edge/porch/cmd/agent.history" and req["args"]["after"] == 2
-        _wait(lambda: got == [1, 2])
+        wait_until(lambda: got == [1, 2])
         client.deliver("edge/porch/reply", {"id": req["id"], "status": "succeeded", "result": {
             "device": "porch", "events": [ev(3), ev(4), ev(5)], "next": 5, "more": False, "oldest": 1, "last": 6}})
-        _wait(lambda: got == [1, 2, 3, 4, 5, 6])
+        wait_until(lambda: got == [1, 2, 3, 4, 5, 6])
         client.deliver("edge/porch/events", ev(4))  # late duplicate
         client.deliver("edge/porch/events", ev(7))
-        _wait(lambda: got[-1] == 7)
+        wait_until(lambda: got[-1] == 7)
     finally:
         stream.stop()
     assert got == [1, 2, 3, 4, 5, 6, 7] and stream.lost == {} and stream.fills == 1
@@ -100,7 +93,7 @@ def test_pages_are_followed_and_what_is_no_longer_kept_is_lost():
         assert req2["args"]["after"] == 15
         client.deliver("edge/porch/reply", {"id": req2["id"], "status": "succeeded", "result": {
             "events": [ev(16), ev(17)], "next": 17, "more": False, "oldest": 14, "last": 17}})
-        _wait(lambda: got == [14, 15, 16, 17])
+        wait_until(lambda: got == [14, 15, 16, 17])
     finally:
         stream.stop()
     assert stream.lost == {"porch": 3} and stream.last == {"porch": 17}
@@ -111,7 +104,7 @@ def test_a_gap_never_filled_keeps_the_buffer_bounded(monkeypatch):
     stream hold its events without bound: beyond STREAM_BUFFER the gap is counted lost and the
     held events are given. Malformed events (a seq that is not a number, a ts that is not a
     time) are dropped at the boundary."""
-    from edge_agent.fleet import client as fleet
+    from edge_agent.fleet import stream as fleet
 
     monkeypatch.setattr(fleet, "STREAM_BUFFER", 50)
     client = FakeClient()
@@ -124,7 +117,7 @@ def test_a_gap_never_filled_keeps_the_buffer_bounded(monkeypatch):
         client.deliver("edge/porch/events", {**ev(2), "ts": "yesterday"})
         for seq in range(3, 103):
             client.deliver("edge/porch/events", ev(seq))
-        _wait(lambda: got[-1:] == [102])
+        wait_until(lambda: got[-1:] == [102])
         assert got == [1, *range(3, 103)] and stream.lost == {"porch": 1}
         assert stream._buffer["porch"] == {}
     finally:
@@ -145,7 +138,7 @@ def test_a_history_page_that_says_more_without_moving_on_is_not_asked_again():
         assert req["args"]["after"] == 1
         client.deliver("edge/porch/reply", {"id": req["id"], "status": "succeeded", "result": {
             "device": "porch", "events": [], "next": 1, "more": True, "oldest": 1, "last": 5}})
-        _wait(lambda: got == [1, 5])
+        wait_until(lambda: got == [1, 5])
         assert stream.lost == {"porch": 3} and len(client.requests) == 1
     finally:
         stream.stop()

@@ -5,13 +5,13 @@ queue and the failures, HA's own birth topic, and no retained state left by a re
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import parse_settings
 from edge_agent.errors import ConfigError
 from tests.configs import LAMP, LAMP_DIM_DOOR, agent_config
@@ -176,13 +176,14 @@ def test_states_before_online_ahead_of_a_backlog_and_nothing_twice(own_broker, d
     assert d.cli("send", "chaos_fanout", "--args", json.dumps({"users": users, "fail_first": [],
                                                                 "state_dir": str(tmp_path)}), "--id", "fan").returncode == 0
     assert d.cli("send", "gpio.set", "device=lamp", "value=on", "--wait").returncode == 0
-    end = time.monotonic() + 60
-    while True:
-        status = json.loads(d.cli("status", "--json").stdout)
-        if status["queue"]["queued"] + status["queue"]["running"] == 0 and status["outbox"]["depth"] >= n + 2:
-            break
-        assert time.monotonic() < end, status["queue"]
-        time.sleep(0.2)
+    def status() -> dict[str, Any]:
+        return json.loads(d.cli("status", "--json").stdout)  # type: ignore[no-any-return]
+
+    def drained_into_the_outbox() -> bool:
+        doc = status()
+        return doc["queue"]["queued"] + doc["queue"]["running"] == 0 and doc["outbox"]["depth"] >= n + 2
+
+    wait_until(drained_into_the_outbox, 60, interval=0.2, message=lambda: str(status()["queue"]))
     assert d.terminate() == 0  # the lamp goes off; the outbox waits for the next start
 
     own_broker.start()

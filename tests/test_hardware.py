@@ -132,8 +132,10 @@ def test_gpio_actions_validate_and_drive_the_hardware(hw):
     assert action.fn(**clean, command=_Cmd(seq=1)) == {"device": "dim", "value": 0.0}  # it was at 0.25
     read, args = registry.validate("gpio.read", {"device": "door"})
     assert read.fn(**args) == {"device": "door", "value": "off"}
-    assert not registry.is_idempotent("gpio.set", {"device": "lamp", "value": "toggle"})
-    assert registry.is_idempotent("gpio.set", {"device": "lamp", "value": "on"})
+    idempotent = registry.get("gpio.set").idempotent
+    assert callable(idempotent)
+    assert not idempotent({"device": "lamp", "value": "toggle"})
+    assert idempotent({"device": "lamp", "value": "on"})
 
 
 class _Cmd:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.config import load_settings
 from edge_agent.device.client import LocalClient
 from edge_agent.device.commands import Command
@@ -54,14 +55,11 @@ class Web:
         return cmd
 
     def wait_terminal(self, cid: str, timeout: float = 30.0) -> Command:
-        end = time.monotonic() + timeout
-        while True:
+        def ended() -> Command | None:
             cmd = self.client.journal.get(cid)
-            if cmd is not None and cmd.terminal:
-                return cmd
-            if time.monotonic() > end:
-                raise AssertionError(f"{cid} not finished after {timeout}s: {cmd}")
-            time.sleep(0.05)
+            return cmd if cmd is not None and cmd.terminal else None
+
+        return wait_until(ended, timeout, interval=0.05, message=lambda: f"{cid} not finished: {self.client.journal.get(cid)}")
 
     def json(self, *args: str) -> dict[str, Any]:
         r = self.daemon.cli(*args, "--json")
@@ -293,7 +291,7 @@ def test_outage_consumes_no_attempts_and_work_resumes_within_5s_of_the_return(we
                 assert history["o1"]["status"] not in ("succeeded", "failed", "expired")
                 assert history["o1"]["error"]["type"] == "network_unavailable"
                 seen_parked = True
-            time.sleep(0.25)
+            time.sleep(0.25)  # not synchronisation: a sample every 0.25 s for as long as the outage lasts
         assert seen_parked
         assert all(n <= 1 for n in max_attempts.values()), max_attempts
 
@@ -331,10 +329,8 @@ def test_status_shows_a_retrying_command_and_when_it_tries_next(web):
     web.server.set("unavailable", retry_after="20")
     before = time.time()
     assert web.send("http.request", "w1", url=web.url("w1")).returncode == 0
-    end = time.monotonic() + 10
-    while not web.server.log(id="w1") or web.get("w1").state != "queued":
-        assert time.monotonic() < end, "the first attempt did not happen"
-        time.sleep(0.05)
+    wait_until(lambda: web.server.log(id="w1") and web.get("w1").state == "queued", 10, interval=0.05,
+               message="the first attempt did not happen")
     status = web.json("status")
     entry = {w["id"]: w for w in status["waiting"]}["w1"]
     assert entry["parked"] is False and entry["attempt"] == 1
@@ -349,10 +345,8 @@ def test_status_says_attempt_n_of_m(web):
     """status --json gives, for a retrying command, its attempt and how many it may have (n of m)."""
     web.server.set("unavailable", retry_after="20")
     assert web.send("http.request", "m1", url=web.url("m1")).returncode == 0
-    end = time.monotonic() + 10
-    while not web.server.log(id="m1") or web.get("m1").state != "queued":
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_until(lambda: web.server.log(id="m1") and web.get("m1").state == "queued", 10, interval=0.05,
+               message="the first attempt did not happen")
     entry = {w["id"]: w for w in web.json("status")["waiting"]}["m1"]
     assert entry["state"] == "retrying" and entry["attempt"] == 1
     assert entry["max_attempts"] == 6  # http.request: retries=5
@@ -364,10 +358,8 @@ def test_history_shows_retrying_and_parked_commands(web):
     web.server.set("unavailable", retry_after="20")
     assert web.send("http.request", "h1", url=web.url("h1")).returncode == 0
     assert web.send("http.request", "h2", url="http://127.0.0.1:9/never").returncode == 0  # port 9: refused
-    end = time.monotonic() + 10
-    while not web.server.log(id="h1") or web.get("h1").state != "queued" or not web.get("h2").parked:
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_until(lambda: web.server.log(id="h1") and web.get("h1").state == "queued" and web.get("h2").parked, 10,
+               interval=0.05, message="h1 not retrying or h2 not parked")
     history = {c["id"]: c for c in web.json("history")["commands"]}
     retrying, parked = history["h1"], history["h2"]
     assert retrying["state"] == "retrying" and retrying["parked"] is False
@@ -416,10 +408,7 @@ def test_status_lists_parked_commands_behind_other_waiting_work(web):
         web.client.submit(NewCommand(action="agent.ping", args={}, id=f"later-{i}", not_before=time.time() + 3600))
     web.server.stop()
     assert web.send("http.request", "k1", url=web.url("k1")).returncode == 0
-    end = time.monotonic() + 10
-    while not web.get("k1").parked:
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_until(lambda: web.get("k1").parked, 10, interval=0.05, message="k1 not parked")
     status = web.json("status")
     assert status["queue"]["parked"] == 1
     assert "k1" in {w["id"] for w in status["waiting"]}
@@ -432,13 +421,13 @@ def test_parked_work_does_not_hold_up_other_commands_when_failures_are_slow(web)
 
     for i in range(10):
         web.client.submit(NewCommand(action="chaos_slow_outage", args={"seconds": 5.0}, id=f"dns-{i}"))
-    time.sleep(5.5)
+    time.sleep(5.5)  # not synchronisation: the first slow failures take their 5 s
     latencies = []
     for i in range(6):
         sent = time.time()
         web.client.submit(NewCommand(action="agent.ping", args={}, id=f"ping-{i}"))
         latencies.append(round(web.wait_terminal(f"ping-{i}", timeout=30).finished - sent, 2))
-        time.sleep(1.0)
+        time.sleep(1.0)  # not synchronisation: the pings are spread over the parked commands' retries
     print(f"agent.ping latency while 10 commands park with 5 s failures: {latencies} s")
     assert max(latencies) <= 1.0, latencies
 
@@ -455,7 +444,7 @@ def test_one_probe_at_a_time_tries_a_target_that_is_down_and_its_return_releases
     for cid in ids:
         web.client.submit(NewCommand(action="chaos_uplink", args={"tag": cid, "flag": str(flag), "log": str(log)}, id=cid))
     outage = 14.0
-    time.sleep(outage)
+    time.sleep(outage)  # not synchronisation: the outage lasts this long
     executions = len(log.read_text().splitlines())
     back = time.time()
     flag.unlink()
@@ -474,10 +463,7 @@ def test_a_target_that_is_down_does_not_hold_up_another(web):
 
     for i in range(5):
         web.client.submit(NewCommand(action="http.request", args={"url": f"http://127.0.0.1:9/?id=d{i}"}, id=f"down-{i}"))
-    end = time.monotonic() + 10
-    while not all(web.get(f"down-{i}").parked for i in range(5)):
-        assert time.monotonic() < end
-        time.sleep(0.05)
+    wait_until(lambda: all(web.get(f"down-{i}").parked for i in range(5)), 10, interval=0.05, message="not all parked")
     for i in range(3):
         sent = time.time()
         web.client.submit(NewCommand(action="http.request", args={"url": web.url(f"up-{i}")}, id=f"up-{i}"))
@@ -496,10 +482,8 @@ def test_hung_web_requests_do_not_hold_up_local_commands(web):
     for i in range(5):  # more than the 4 local workers could hold: with one shared pool, all 4 hang
         web.client.submit(NewCommand(action="http.request", args={"url": web.url(f"hung-{i}"), "timeout": 10},
                                      id=f"hung-{i}"))
-    end = time.monotonic() + 10
-    while len(web.server.log()) < 2:  # the network workers are inside their requests
-        assert time.monotonic() < end, "the slow server got no requests"
-        time.sleep(0.02)
+    # the network workers are inside their requests
+    wait_until(lambda: len(web.server.log()) >= 2, 10, message="the slow server got no requests")
     web.client.submit(NewCommand(action="agent.ping", args={}, id="local-ping"))
     ping = web.wait_terminal("local-ping", timeout=30)
     hung = [web.wait_terminal(f"hung-{i}", timeout=60) for i in range(5)]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.device.lock import InstanceLock, daemon_running
 from edge_agent.errors import AlreadyRunning
 from tests.configs import LAMP, agent_config
@@ -78,17 +78,11 @@ def test_a_second_daemon_through_a_symlink_refuses_and_leaves_the_running_comman
             row = conn.execute("select state from commands where id = 'slow'").fetchone()
         return row[0] if row else None
 
-    end = time.monotonic() + 15
-    while state() != "running":
-        assert time.monotonic() < end, state()
-        time.sleep(0.05)
+    wait_until(lambda: state() == "running", 15, interval=0.05, message=lambda: f"state {state()}")
     r = second.cli("run", timeout=30)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "already running" in r.stderr and f"pid {first.proc.pid}" in r.stderr, r.stderr
     assert state() == "running"  # not re-queued nor marked interrupted by the second daemon
-    end = time.monotonic() + 15
-    while state() != "succeeded":
-        assert time.monotonic() < end, state()
-        time.sleep(0.05)
+    wait_until(lambda: state() == "succeeded", 15, interval=0.05, message=lambda: f"state {state()}")
     assert lines.read_text().splitlines().count("once") == 1
     assert first.terminate() == 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import agent_config
 
 VALVE = {"valve": {"kind": "output", "pin": 17}}
@@ -31,15 +32,6 @@ def _history(daemon):
     assert out.returncode == 0, out.stderr
     return {c["id"]: c for c in json.loads(out.stdout)["commands"]}
 
-
-def _wait(pred, timeout=15.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.slow
@@ -58,7 +50,7 @@ def test_pulse_off_happens_after_a_kill_and_not_early(daemon_factory, tmp_path):
         row = _history(d).get("p1/off")
         return row if row is not None and row["status"] == "succeeded" else None
 
-    row = _wait(off_done)
+    row = wait_until(off_done, 15, interval=0.1, message="p1/off did not succeed")
     assert row["result"] == {"device": "valve", "value": "off"}
     assert row["ts"] >= off_at >= started + 3 - 0.5
     assert d.terminate() == 0
@@ -71,17 +63,17 @@ def test_sighup_reloads_jobs_and_refuses_a_broken_config(daemon_factory, tmp_pat
     d.start()
     _config(tmp_path, jobs=[TICK])
     d.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: any(k.startswith("job:tick:") for k in _history(d)))
+    wait_until(lambda: any(k.startswith("job:tick:") for k in _history(d)), 15, interval=0.1, message="the new job never fired")
     _config(tmp_path, devices={**VALVE, "valve2": {"kind": "output", "pin": "not a pin", "bogus": 1}})
     d.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: "reload refused" in d.log.read_text())
+    wait_until(lambda: "reload refused" in d.log.read_text(), 15, interval=0.1, message="no reload refused in the log")
     assert d.proc.poll() is None
     def ticks() -> int:  # read the journal directly: the CLI now refuses the broken file
         with sqlite3.connect(d.config.parent / "agent.db") as db:
             return int(db.execute("select count(*) from commands where id like 'job:tick:%'").fetchone()[0])
 
     before = ticks()
-    _wait(lambda: ticks() > before)  # the running config still works
+    wait_until(lambda: ticks() > before, 15, interval=0.1, message="no tick after the refused reload")  # the running config still works
     assert d.cli("send", "agent.ping", "--wait", "5").returncode == 2  # the CLI reads the broken file: config error
     assert d.terminate() == 0
 
@@ -108,7 +100,7 @@ def test_a_signal_given_to_another_thread_is_acted_on_at_once(daemon_factory, tm
     assert d.proc is not None
     _config(tmp_path, jobs=[TICK])
     _signal_a_worker_thread(d.proc.pid, signal.SIGHUP)
-    _wait(lambda: "reloaded" in d.log.read_text(), timeout=10)
+    wait_until(lambda: "reloaded" in d.log.read_text(), 10, interval=0.1, message="no reloaded in the log")
     _signal_a_worker_thread(d.proc.pid, signal.SIGTERM)
     assert d.proc.wait(10) == 0
     assert "stopped" in d.log.read_text()

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from bench.harness import wait_until
 from tests.conftest import ROOT, Broker, free_port, wait_port
 
 pytest.importorskip("starlette")
@@ -158,12 +159,12 @@ class Recorder:
 
 def make_ingest(store: Any) -> tuple[Any, Recorder]:
     from edge_agent.fleet.monitor.hub import Hub
-    from edge_agent.fleet.monitor.ingest import Ingest
+    from edge_agent.fleet.monitor.ingest import Inbox, Ingest
 
-    ingest = Ingest(store, Hub())
     rec = Recorder()
-    ingest.request_history = lambda device, after: rec.history.append((device, after))
-    ingest.request_jobs = rec.jobs.append
+    asks = SimpleNamespace(request_history=lambda device, after: rec.history.append((device, after)),
+                           request_jobs=rec.jobs.append)
+    ingest = Ingest(store, Hub(), Inbox(), asks)
     return ingest, rec
 
 
@@ -250,7 +251,7 @@ def test_a_stream_that_falls_behind_is_closed_not_grown() -> None:
         first = await gen.__anext__()
         for i in range(hub_mod.QUEUE_MAX + 5):
             h.publish({"type": "x", "device": "d", "i": i})
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the offers published above run first: the loop runs its callbacks in order
         rest = [item async for item in gen]
         return [first, *rest]
 
@@ -427,30 +428,20 @@ def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = N
             return exc.code, exc.read().decode()
 
 
-def until(pred: Any, timeout: float = 10.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_gap_in_live_events_is_fetched_with_agent_history(mon: Any) -> None:
     """Events 11-20 never reach the broker (an outbox that dropped them); event 21 shows the gap; the monitor fetches 11-20."""
     f = mon.fleet
     f.online_all()
     for i in range(5):
         f.task("s1", f"g{i}", "gpio.set", {"device": "lamp", "value": "on"})  # seq 1-20
-    until(lambda: json.loads(http(mon.url + "/api/tasks?device=s1")[1])["tasks"])
+    wait_until(lambda: json.loads(http(mon.url + "/api/tasks?device=s1")[1])["tasks"])
     calls = f.history_calls
     f.publish_events = False
     for i in range(5, 8):
         f.task("s1", f"g{i}", "gpio.set", {"device": "lamp", "value": "off"})  # seq 21-32, not published
     f.publish_events = True
     f.task("s1", "g8", "gpio.set", {"device": "lamp", "value": "on"})
-    until(lambda: len(json.loads(http(mon.url + "/api/tasks?device=s1&status=succeeded")[1])["tasks"]) == 9)
+    wait_until(lambda: len(json.loads(http(mon.url + "/api/tasks?device=s1&status=succeeded")[1])["tasks"]) == 9)
     assert f.history_calls > calls
     _, body = http(mon.url + "/api/tasks/s1/g6")
     assert [e["event"] for e in json.loads(body)["events"]] == ["received", "started", "succeeded"]
@@ -464,7 +455,7 @@ def test_send_needs_a_login_and_a_bearer_token_works(mon: Any) -> None:
                         {"accept": "application/json", "authorization": "Bearer s3cret"})
     assert status == 200, body
     cid = json.loads(body)["id"]
-    task = until(lambda: json.loads(http(mon.url + f"/api/tasks/s2/{cid}")[1]).get("task"))
+    task = wait_until(lambda: json.loads(http(mon.url + f"/api/tasks/s2/{cid}")[1]).get("task"))
     assert task["args"] == {"device": "lamp", "value": "on"}
     status, _ = http(mon.url + "/device/s2/send", b"action=x", {"authorization": "Bearer wrong", "accept": "application/json"})
     assert status == 403
@@ -477,7 +468,7 @@ def test_pages_escape_untrusted_text(mon: Any) -> None:
     mon.fleet.devices.append(bad)
     mon.fleet.online_all()
     mon.fleet.task(bad, "x1", "echo", {"text": "<script>alert(1)</script>"})
-    until(lambda: json.loads(http(mon.url + "/api/tasks?action=echo")[1])["tasks"])
+    wait_until(lambda: json.loads(http(mon.url + "/api/tasks?action=echo")[1])["tasks"])
     quoted = urllib.parse.quote(bad, safe="")
     for path in ("/", "/tasks", f"/device/{quoted}", f"/task/{quoted}/x1"):
         status, html = http(mon.url + path)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench import harness
 from tests.conftest import ROOT, Broker, Daemon, Listener, free_port, wait_port
 
 pytest.importorskip("starlette")
@@ -157,18 +158,19 @@ class MonitorProcess:
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
+    """:func:`bench.harness.wait_until` for a page: an exception (a page still loading, an element
+    not yet there) counts as not yet."""
+    last: list[Any] = [None]
+
+    def ready() -> Any:
         try:
-            last = pred()
-        except Exception as exc:  # a page still loading, an element not yet there
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+            last[0] = pred()
+        except Exception as exc:
+            last[0] = exc
+            return None
+        return last[0]
+
+    return harness.wait_until(ready, timeout, interval=0.1, message=lambda: f"timed out waiting for {what}; last: {last[0]!r}")
 
 
 class Setup:
@@ -276,7 +278,7 @@ def test_send_without_login_is_refused(setup: Setup) -> None:
                         else None, 10, "the refusal")
     assert "log in" in result
     assert "log in" in result
-    time.sleep(0.5)
+    time.sleep(0.5)  # not synchronisation: room for a command that would (wrongly) be sent to arrive
     with setup.listener.cond:
         sent = [m.topic for m in setup.listener.messages[before:] if "/cmd/" in m.topic]
     assert sent == []
@@ -418,9 +420,23 @@ def test_monitor_restarted_keeps_its_history(setup: Setup) -> None:
     held = setup.monitor.metric("edge_monitor_events_stored")
     assert held > 50
     assert setup.monitor.stop() == 0
+    heard = len(setup.listener.messages)
     setup.monitor.start()
     wait_until(lambda: len(setup.monitor.get("/api/devices")["devices"]) == 4, 10, "devices")
-    time.sleep(1.5)  # the backfill of each device ran (it finds nothing new)
+
+    def history_answered() -> set[str]:  # devices that answered this run's agent.history request
+        with setup.listener.cond:
+            replies = [(m.topic.split("/")[1], json.loads(m.payload)) for m in setup.listener.messages[heard:]
+                       if m.topic.endswith("/reply")]
+        return {dev for dev, doc in replies if str(doc.get("id")).startswith("monitor:history:") and doc.get("status") == "succeeded"}
+
+    devices = {row["device"] for row in setup.monitor.get("/api/devices")["devices"]}
+    wait_until(lambda: history_answered() >= devices, 15, "each device's answer to the backfill")
+    # The monitor stores what it hears in order: once a reply sent after those answers is stored, the
+    # backfill (it finds nothing new) is stored too. agent.status is quiet: it adds no events.
+    setup.publish_command("dev1", "agent.status", "after-backfill", {})
+    wait_until(lambda: setup.monitor.get("/api/tasks/dev1/after-backfill")["task"]["status"] == "succeeded", 10,
+               "a reply heard after the backfill")
     assert setup.monitor.metric("edge_monitor_events_ingested_total") < 10  # nothing refetched
     assert setup.monitor.metric("edge_monitor_events_stored") >= held
     d.get(setup.monitor.url + "/task/dev2/flaky-1")

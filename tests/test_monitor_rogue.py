@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from bench.monitor_flood import used_mib
 from tests.conftest import ROOT, Broker, free_port, wait_port
 
@@ -156,14 +157,8 @@ class Device:
 
 
 def until(pred: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what} (last {last!r})")
+    """:func:`wait_until` with this file's default timeout."""
+    return wait_until(pred, timeout, interval=0.05, message=f"timed out: {what}")
 
 
 @pytest.fixture
@@ -257,14 +252,17 @@ def test_a_rogue_devices_events_cannot_erase_another_devices_history(monitor, de
 def test_one_devices_part_of_a_batch_that_fails_to_store_rolls_back_alone(tmp_path: Path) -> None:
     """A fault in storing one device's events (a mock: the boundary lets nothing through that would fail) rolls
     back that device's part only; its watermark stays where its stored events end, so they are fetched again."""
+    from types import SimpleNamespace
+
     from edge_agent.fleet.monitor.hub import Hub
-    from edge_agent.fleet.monitor.ingest import Ingest
+    from edge_agent.fleet.monitor.ingest import Inbox, Ingest
     from edge_agent.fleet.monitor.store import MonitorStore, Writer
 
     store = MonitorStore(str(tmp_path / "m.db"))
-    ingest = Ingest(store, Hub())
     asked: list[tuple[str, int]] = []
-    ingest.request_history = lambda device, after: asked.append((device, after))
+    asks = SimpleNamespace(request_history=lambda device, after: asked.append((device, after)),
+                           request_jobs=lambda device: None)
+    ingest = Ingest(store, Hub(), Inbox(), asks)
     real = Writer.event
 
     def event(self: Any, device: str, ev: dict[str, Any]) -> None:
@@ -293,7 +291,7 @@ def test_one_devices_part_of_a_batch_that_fails_to_store_rolls_back_alone(tmp_pa
 def test_the_boundary_rejects_bad_numbers_and_bounds_free_form_fields() -> None:
     """Meaningful numbers out of range reject the event; args/result past FIELD_MAX become a marker saying so;
     NaN inside free-form data becomes null; text is cut and made valid UTF-8; unknown keys are bounded."""
-    from edge_agent.fleet.monitor.validate import FIELD_MAX, Rejected, clean_event, clean_state
+    from edge_agent.contract import FIELD_MAX, Rejected, clean_event, clean_state
 
     base = {"seq": 1, "event": "succeeded", "id": "c", "action": "a", "ts": 1000.0}
     for bad in ({"seq": 2**64}, {"seq": 0}, {"seq": True}, {"seq": 1.5}, {"ts": float("nan")}, {"ts": float("inf")},
@@ -485,7 +483,7 @@ def test_a_live_stream_is_bounded_in_bytes_too() -> None:
         first = await gen.__anext__()
         for i in range(40):  # 40 x 100 KB: four times the bound, far below QUEUE_MAX messages
             h.publish({"type": "task", "device": "d", "i": i, "pad": "p" * 100_000})
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the offers published above run first: the loop runs its callbacks in order
         return [first, *[item async for item in gen]]
 
     got = asyncio.run(run())
@@ -618,7 +616,7 @@ def test_a_command_parked_for_the_network_shows_a_wait_not_a_failed_attempt(moni
         assert r.returncode == 0, r.stderr
         until(lambda: (mon.json("/api/tasks?device=web")["tasks"] or [{}])[0].get("status") == "retrying",
               what="parked in the monitor")
-        time.sleep(3)  # the outage's length (what is waited for is the park, above)
+        time.sleep(3)  # not synchronisation: the outage's length (what is waited for is the park, above)
         server.start()
         until(lambda: mon.json("/api/tasks/web/p1")["task"]["status"] == "succeeded", timeout=30, what="succeeded")
     finally:

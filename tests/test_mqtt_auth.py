@@ -7,6 +7,7 @@ it connects by itself once the broker side is put right.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import WaitTimeout, wait_until
 from tests.configs import LAMP, agent_config
 
 PASSWORD = "s3cret-Pa55word"
@@ -101,13 +103,14 @@ def _round_trip(client: Client, prefix: str, dev: str, timeout: float = 10.0) ->
 
 
 def _wait_log(daemon: Any, pattern: str, timeout: float) -> str | None:
-    end = time.monotonic() + timeout
+    """The first line of the daemon's log that matches ``pattern`` within ``timeout`` seconds, or None."""
     rx = re.compile(pattern, re.IGNORECASE)
-    while time.monotonic() < end:
-        for line in daemon.log.read_text(errors="replace").splitlines():
-            if rx.search(line):
-                return line
-        time.sleep(0.1)
+
+    def line() -> str | None:
+        return next((ln for ln in daemon.log.read_text(errors="replace").splitlines() if rx.search(ln)), None)
+
+    with contextlib.suppress(WaitTimeout):
+        return wait_until(line, timeout, interval=0.1)
     return None
 
 
@@ -222,9 +225,8 @@ def test_a_clean_stop_says_disconnect(own_broker, daemon_factory, tmp_path):
         def since_connect() -> str:  # what the broker logged about the agent after its last connect
             return log.read_text(errors="replace").split("as clean-stop-test")[-1]
 
-        end = time.monotonic() + 5
-        while "Client clean-stop-test" not in since_connect() and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_until(lambda: "Client clean-stop-test" in since_connect(), 5, interval=0.05,
+                   message=lambda: since_connect()[-1000:])
         assert "Client clean-stop-test disconnected" in since_connect(), since_connect()[-1000:]
     finally:
         client.close()
@@ -282,7 +284,7 @@ def test_tls_untrusted_certificate_is_logged_and_retried(own_broker, daemon_fact
     d.start()
     line = _wait_log(d, r"MQTT.*(certificate|verif|ssl|tls)", 10)
     assert line is not None, "no log line says the certificate was not trusted:\n" + d.log.read_text()[-2000:]
-    time.sleep(2.5)  # a retry or two
+    time.sleep(2.5)  # not synchronisation: a retry or two happen meanwhile, and the daemon must live through them
     assert d.proc is not None and d.proc.poll() is None, "the daemon stopped"
     log = d.log.read_text(errors="replace")
     assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]

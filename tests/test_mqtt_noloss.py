@@ -30,6 +30,7 @@ The seed is printed; set ``NOLOSS_SEED`` to replay a run's chaos schedule.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -41,6 +42,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import WaitTimeout, wait_until
 from tests.configs import LAMP, agent_config
 
 N_COMMANDS = 1000
@@ -208,6 +210,7 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
     own_broker = persistent_broker
     seed = int(os.environ.get("NOLOSS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
+    print(f"\nNO-LOSS seed={seed} (replay with NOLOSS_SEED={seed})")  # shown with a failure's output
     run = uuid.uuid4().hex[:6]
     dev, prefix = "nl", f"nl{run}"
     db = tmp_path / "agent.db"
@@ -220,12 +223,14 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
         d.start()
         # The agent's session must exist (subscribed) before the first command, or the broker drops it.
         warm = f"{run}-warmup"
-        end = time.monotonic() + 15
-        while not any(json.loads(p)["id"] == warm and json.loads(p)["status"] == "succeeded"
-                      for _, p, _ in recorder.snapshot()):
-            assert time.monotonic() < end, "the agent did not answer the warm-up ping"
+
+        def warmed_up() -> bool:
+            if any(json.loads(p)["id"] == warm and json.loads(p)["status"] == "succeeded" for _, p, _ in recorder.snapshot()):
+                return True
             publisher.publish(f"{prefix}/{dev}/cmd/agent.ping", json.dumps({"id": warm}).encode())
-            time.sleep(0.2)
+            return False
+
+        wait_until(warmed_up, 15, interval=0.2, message="the agent did not answer the warm-up ping")
         commands = _commands(rng, run)
         span = N_COMMANDS / RATE
         plan = _plan(rng, span)
@@ -237,7 +242,7 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
             for i, (cid, action, args) in enumerate(commands):
                 delay = t0 + i / RATE - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    time.sleep(delay)  # pacing: at its planned moment
                 payload = json.dumps({"id": cid, "args": args}).encode()
                 mid = publisher.publish(f"{prefix}/{dev}/cmd/{action}", payload)
                 with sent_lock:
@@ -258,7 +263,7 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
             nonlocal kills
             d.kill()
             kills += 1
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.3))  # the plan: down this long
             d.start()
 
         start = time.monotonic()
@@ -267,20 +272,19 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
         for at, event in plan:
             delay = start + at - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # pacing: at its planned moment
             if event == "kill":
                 kill_and_restart()
             else:
                 # Stop the broker while commands are still running, so replies are produced while it is down.
-                end = time.monotonic() + 3.0
-                while in_progress() < 4 and time.monotonic() < end:
-                    time.sleep(0.02)
+                with contextlib.suppress(WaitTimeout):  # (stopped after 3 s all the same)
+                    wait_until(lambda: in_progress() >= 4, 3.0)
                 own_broker.stop()
                 gone = time.time()
-                time.sleep(rng.uniform(0.3, 0.6))
+                time.sleep(rng.uniform(0.3, 0.6))  # the plan: the broker stays down this long
                 if len(outages) == 0:
                     kill_and_restart()  # a crash while the broker is down: its replies must survive it
-                time.sleep(rng.uniform(0.8, 1.5))
+                time.sleep(rng.uniform(0.8, 1.5))  # ... and this long
                 back_begin = time.time()
                 own_broker.start()
                 broker_restarts += 1
@@ -289,20 +293,18 @@ def test_no_acknowledged_command_is_lost(persistent_broker, daemon_factory, tmp_
         assert not pub_thread.is_alive(), "the publisher did not finish"
 
         # Every message is acknowledged by the broker in the end (paho resends after reconnects).
-        end = time.monotonic() + 30
-        while time.monotonic() < end and not all(mid in publisher.acked for _, mid in infos):
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):  # what is never acknowledged is counted and failed on below
+            wait_until(lambda: all(mid in publisher.acked for _, mid in infos), 30, interval=0.05)
         acked = [cid for cid, mid in infos if mid in publisher.acked]
 
         # Wait for a final reply to every acknowledged command.
-        end = time.monotonic() + 45
-        while True:
+        def all_final() -> bool:
             finals = {json.loads(p)["id"] for _, p, _ in recorder.snapshot() if json.loads(p)["status"] in FINAL}
-            missing = [cid for cid in acked if cid not in finals]
-            if not missing or time.monotonic() > end:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)  # late wire duplicates, if any, land in the count
+            return all(cid in finals for cid in acked)
+
+        with contextlib.suppress(WaitTimeout):  # what has no final reply is reported below, command by command
+            wait_until(all_final, 45, interval=0.1)
+        time.sleep(0.5)  # not synchronisation: a pause in which late wire duplicates, if any, land in the count
         records = recorder.snapshot()
         assert d.terminate() == 0
         elapsed = time.monotonic() - start

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
 
 
@@ -138,10 +138,7 @@ def test_an_old_broker_gets_mqtt_311_with_a_session_that_keeps_commands(broker, 
     listener.wait_for(lambda m: m.topic == f"{base}/gpio/lamp" and m.payload == b"ON")
 
     assert d.terminate() == 0
-    end = time.monotonic() + 10
-    while _status(listener, base) != "offline" and time.monotonic() < end:
-        time.sleep(0.05)
-    assert _status(listener, base) == "offline"
+    wait_until(lambda: _status(listener, base) == "offline", 10, message="status not offline after the stop")
     listener.publish(f"{base}/cmd/agent.ping", {"id": "while-down"})  # kept by the broker for the agent's session
     d.start()
     listener.wait_for(lambda m: m.topic == f"{base}/reply" and b'"while-down"' in m.payload

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.device.network import PROBE_INTERVAL, NetworkGate
+from bench.harness import wait_until
+from edge_agent.device.network import IDLE_WAIT, PROBE_INTERVAL, NetworkGate
 from tests.configs import agent_config
 
 
@@ -34,6 +34,33 @@ def test_an_answer_older_than_the_outage_does_not_mark_the_target_up():
     assert gate.may_try("t") is None and gate.succeeded("t") is False
 
 
+def test_a_target_goes_down_is_probed_once_per_interval_and_comes_back():
+    """Up: every command may try. Down (a refusal): the others wait out PROBE_INTERVAL from the
+    last try, then one becomes the probe while the rest wait (IDLE_WAIT, released sooner); a probe
+    that fails starts the interval again, one stuck for 5 minutes no longer blocks, and the
+    probe's success marks the target up (once). Targets are independent."""
+    now = [100.0]
+    gate = NetworkGate(clock=lambda: now[0])
+    assert gate.may_try("t") is None and gate.succeeded("t") is False  # up: nothing to report
+    gate.failed("t")
+    assert gate.may_try("t") == PROBE_INTERVAL and gate.may_try("other") is None
+    now[0] += 1.0
+    assert gate.may_try("t") == PROBE_INTERVAL - 1.0
+    now[0] += PROBE_INTERVAL
+    assert _in_thread(lambda: gate.may_try("t")) is None  # the probe (a worker of its own)
+    assert gate.may_try("t") == IDLE_WAIT  # the others wait for its answer
+    gate.failed("t")  # the probe is refused too
+    assert gate.may_try("t") == PROBE_INTERVAL
+    now[0] += PROBE_INTERVAL
+    assert _in_thread(lambda: gate.may_try("t")) is None  # the next probe... hangs
+    now[0] += 299.0
+    assert gate.may_try("t") == IDLE_WAIT
+    now[0] += 1.0
+    assert gate.may_try("t") is None  # stuck 5 minutes: this one probes instead
+    assert gate.succeeded("t") is True  # its answer: the target is up, parked work is released
+    assert gate.may_try("t") is None and gate.succeeded("t") is False
+
+
 def test_a_request_answering_during_the_stop_does_not_say_the_target_is_back(daemon_factory, tmp_path: Path):
     """A request in flight when the target went down answers while the daemon drains at SIGTERM:
     no "is reachable again", and the parked command stays parked for the next start."""
@@ -41,20 +68,11 @@ def test_a_request_answering_during_the_stop_does_not_say_the_target_is_back(dae
     d = daemon_factory(agent_config(tmp_path, tasks="gate_tasks"))
     d.start()
     assert d.cli("send", "gate_fetch", f"answer={answer}", f"started={started}", "--id", "slow").returncode == 0
-    end = time.monotonic() + 10
-    while not started.exists():
-        assert time.monotonic() < end, "the slow request did not begin"
-        time.sleep(0.02)
+    wait_until(started.exists, 10, message="the slow request did not begin")
     assert d.cli("send", "gate_fetch", "down=true", "--id", "refused").returncode == 0
-    end = time.monotonic() + 10
-    while "(gate_fetch) waits for the network" not in d.log.read_text():
-        assert time.monotonic() < end, d.log.read_text()[-2000:]
-        time.sleep(0.02)
+    wait_until(lambda: "(gate_fetch) waits for the network" in d.log.read_text(), 10, message=lambda: d.log.read_text()[-2000:])
     d.proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + 10
-    while "draining" not in d.log.read_text():
-        assert time.monotonic() < end, d.log.read_text()[-2000:]
-        time.sleep(0.02)
+    wait_until(lambda: "draining" in d.log.read_text(), 10, message=lambda: d.log.read_text()[-2000:])
     answer.touch()  # the slow request answers during the drain; the target is still down
     assert d.proc.wait(20) == 0
     d.proc = None

@@ -13,7 +13,7 @@ from edge_agent.schedule import planner as planner_module
 from edge_agent.schedule.cron import CronExpr
 from edge_agent.schedule.planner import Decision, Job, Planner
 from edge_agent.schedule.solar import solar_events
-from edge_agent.schedule.triggers import AtTrigger, CronTrigger, EveryTrigger, SolarTrigger
+from edge_agent.schedule.triggers import CronTrigger, EveryTrigger, SolarTrigger
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HOURLY = EveryTrigger(3600, T0)
@@ -168,14 +168,6 @@ def test_a_clock_step_back_never_fires_an_instant_again(missed: str) -> None:
     assert daemon.last_planned == T0 + timedelta(hours=13)
 
 
-def test_next_wakeup_after_a_step_back_is_the_first_instant_after_last_planned() -> None:
-    """With last_planned 12:00 and the clock at 10:00, the planner next has work at 13:00."""
-    planner = Planner()
-    jobs = [Job("h", HOURLY), Job("d", DAILY_8)]
-    last = {"h": T0 + timedelta(hours=12), "d": T0 + timedelta(hours=8)}
-    assert planner.next_wakeup(jobs, last, T0 + timedelta(hours=10), since=T0) == T0 + timedelta(hours=13)
-
-
 def test_a_restart_resumes_from_the_persisted_state_without_double_firing() -> None:
     """Calling again with the persisted last_planned, at the same or a later time, fires nothing twice."""
     daemon = Daemon(Job("h", HOURLY, missed="all"), since=T0)
@@ -207,19 +199,6 @@ def test_idle_decisions_change_nothing() -> None:
     """Between instants the decision is empty and unchanged, so the caller writes nothing."""
     decision = Planner().due(Job("h", HOURLY), last_planned=T0, now=T0 + timedelta(minutes=30), since=T0)
     assert decision == Decision((), T0) and not decision.changed and decision.missed == 0
-
-
-def test_next_wakeup_is_the_earliest_next_instant_and_none_when_done() -> None:
-    """next_wakeup picks the earliest job; jobs that never fire again are ignored; never before now."""
-    planner = Planner()
-    at = Job("once", AtTrigger(T0 + timedelta(hours=5)))
-    jobs = [Job("h", HOURLY), at]
-    now = T0 + timedelta(hours=4, minutes=30)
-    last = {"h": T0 + timedelta(hours=4), "once": None}
-    assert planner.next_wakeup(jobs, last, now, since=T0) == T0 + timedelta(hours=5)
-    assert planner.next_wakeup([at], {"once": T0 + timedelta(hours=5)}, now, since=T0) is None
-    # An undecided past instant means "now".
-    assert planner.next_wakeup([Job("h", HOURLY)], {"h": T0}, now, since={"h": T0}) == now
 
 
 def test_job_values_are_validated() -> None:
@@ -272,8 +251,9 @@ def test_whatever_the_clock_does_no_firing_is_early_or_repeated(steps: list[time
 )
 def test_a_solar_job_through_the_planner_fires_once_per_real_event_for_a_year(place: str, lat: float, lon: float,
                                                                               zone: str) -> None:
-    """A daemon that sleeps until next_wakeup fires 'sunset-15m' exactly at every sunset-15m of
-    2026 (none on days without a sunset, two on the day two fall in one date), once each."""
+    """A daemon that sleeps until the job's next instant (as the scheduler's loop does) fires
+    'sunset-15m' exactly at every sunset-15m of 2026 (none on days without a sunset, two on the
+    day two fall in one date), once each."""
     tz = ZoneInfo(zone)
     trigger = SolarTrigger("sunset", -900, lat, lon, tz)
     start = datetime.combine(date(2026, 1, 1), time(0), tz)
@@ -281,7 +261,8 @@ def test_a_solar_job_through_the_planner_fires_once_per_real_event_for_a_year(pl
     daemon = Daemon(Job("porch-on", trigger), since=start)
     now = start
     while True:
-        wake = daemon.planner.next_wakeup([daemon.job], {"porch-on": daemon.last_planned}, now, since=start)
+        last = daemon.last_planned
+        wake = trigger.next_after(max(now, last) if last else now)
         if wake is None or wake >= end:
             break
         now = wake + timedelta(milliseconds=250)  # the daemon's wake-up lag

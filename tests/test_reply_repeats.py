@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.device.mqtt import REMOVE_BATCH, WINDOW
 from tests.configs import agent_config
 from tests.conftest import Daemon
@@ -59,11 +60,10 @@ def test_a_kill_during_a_flow_of_replies_repeats_at_most_the_window_and_a_batch(
                 return {d["id"] for d in (json.loads(m.payload) for m in listener.messages if m.topic.endswith("/reply"))
                         if d["status"] == "succeeded"}
 
-        end = time.monotonic() + 60
-        while len(finals()) < COMMANDS and time.monotonic() < end:
-            time.sleep(0.1)
-        assert len(finals()) == COMMANDS, f"{COMMANDS - len(finals())} command(s) without a final reply"
-        time.sleep(1.0)  # late repeats land in the count
+        wait_until(lambda: len(finals()) >= COMMANDS, 60, interval=0.1,
+                   message=lambda: f"{COMMANDS - len(finals())} command(s) without a final reply")
+        assert len(finals()) == COMMANDS
+        time.sleep(1.0)  # not synchronisation: a pause in which late repeats, if any, land in the count
     finally:
         if daemon.proc is not None:
             daemon.kill()

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.device.commands import NewCommand, check_id, parse_payload
 from edge_agent.errors import InvalidCommand
 from tests.configs import LAMP, agent_config
@@ -98,16 +99,19 @@ def test_outside_commands_cannot_take_future_firings(broker, daemon_factory, lis
 
     db = tmp_path / "agent.db"
     wanted = [*ids, f"job:lamp-off:{first + 6}"]
-    end = time.monotonic() + 30
-    while True:
+
+    def read() -> tuple[dict[str, tuple[str, str]], set[str]]:
         with sqlite3.connect(db) as conn:
             rows = {r[0]: (r[1], r[2]) for r in conn.execute(
                 f"select id, source, state from commands where id in ({','.join('?' * len(wanted))})", wanted)}
             fired = {r[0] for r in conn.execute(
                 f"select id from events where event = 'fired' and id in ({','.join('?' * len(wanted))})", wanted)}
-        if len(rows) == len(wanted) and all(state == "succeeded" for _, state in rows.values()):
-            break
-        assert time.monotonic() < end, rows
-        time.sleep(0.2)
+        return rows, fired
+
+    def all_succeeded() -> tuple[dict[str, tuple[str, str]], set[str]] | None:
+        rows, fired = read()
+        return (rows, fired) if len(rows) == len(wanted) and all(state == "succeeded" for _, state in rows.values()) else None
+
+    rows, fired = wait_until(all_succeeded, 30, interval=0.2, message=lambda: str(read()[0]))
     assert {cid: source for cid, (source, _) in rows.items()} == {cid: "schedule" for cid in wanted}
     assert fired == set(wanted)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import ISTANBUL, LAMP, agent_config
 
 JOBS = [
@@ -40,14 +41,12 @@ def test_missed_jobs_follow_policy_and_windows_restore(daemon_factory, tmp_path)
 
     d.env["EDGE_AGENT_FAKE_TIME"] = "2026-06-01T21:00:00+03:00"
     d.start()
-    import time
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def caught_up() -> bool:
         rows = _rows(d)
-        if sum(1 for c in rows if c["id"].startswith("job:")) >= 3 and all(c["status"] in ("succeeded", "failed") for c in rows):
-            break
-        time.sleep(0.2)
+        return sum(1 for c in rows if c["id"].startswith("job:")) >= 3 and all(c["status"] in ("succeeded", "failed") for c in rows)
+
+    wait_until(caught_up, 10, interval=0.2, message=lambda: f"the missed firings did not all run: {_rows(d)}")
     rows = _rows(d)
     ids = sorted(c["id"] for c in rows if c["id"].startswith("job:"))
     # 20:30 (once), none for the skip job, and every */20 instant in 20:00..21:00 after the job was first seen at 20:00

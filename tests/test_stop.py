@@ -6,11 +6,11 @@ import json
 import signal
 import socket
 import sqlite3
-import time
 import uuid
 
 import pytest
 
+from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
 
 
@@ -25,13 +25,6 @@ def _state(db, cid: str) -> str | None:
     return row[0] if row else None
 
 
-def _wait(pred, timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_a_command_outliving_the_drain_is_left_for_the_next_start(daemon_factory, tmp_path):
     """Without MQTT: one drain of drain_timeout (not two), exit 0, and the command that was still
@@ -42,14 +35,14 @@ def test_a_command_outliving_the_drain_is_left_for_the_next_start(daemon_factory
     db = d.config.parent / "agent.db"
     args = json.dumps({"tag": "long", "log": str(work), "ms": 3000})
     assert d.cli("send", "chaos_work", "--args", args, "--id", "long").returncode == 0
-    _wait(lambda: _state(db, "long") == "running")
+    wait_until(lambda: _state(db, "long") == "running", 15, interval=0.05, message="long is not running")
     assert d.terminate() == 0
     log = d.log.read_text()
     assert log.count("draining:") == 1, log[-2000:]
     assert "still running after 1s" in log and "stopped" in log
     assert _state(db, "long") == "running"  # left as it was: recovered at the next start
     d.start()
-    _wait(lambda: _state(db, "long") == "succeeded")
+    wait_until(lambda: _state(db, "long") == "succeeded", 15, interval=0.05, message="long did not succeed")
     assert work.read_text().split() == ["long", "long"]
     assert d.terminate() == 0
 
@@ -70,10 +63,10 @@ def test_a_stop_replies_before_offline_and_leaves_new_commands_with_the_broker(b
     listener.wait_for(lambda m: m.topic == f"{base}/gpio/lamp" and m.payload == b"ON")
     work = d.config.parent / "work.log"
     listener.publish(f"{base}/cmd/chaos_work", {"id": "slow", "args": {"tag": "slow", "log": str(work), "ms": 1500}})
-    _wait(lambda: _state(d.config.parent / "agent.db", "slow") == "running")
+    wait_until(lambda: _state(d.config.parent / "agent.db", "slow") == "running", 15, interval=0.05, message="slow is not running")
     assert d.proc is not None
     d.proc.send_signal(signal.SIGTERM)
-    _wait(lambda: "stopping" in d.log.read_text())
+    wait_until(lambda: "stopping" in d.log.read_text(), 15, interval=0.05, message="no stopping in the log")
     listener.publish(f"{base}/cmd/agent.ping", {"id": "late"})
     assert d.proc.wait(20) == 0
     d.proc = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import edge_agent.device.store as store_module
+from bench.harness import wait_until
 from edge_agent.device.store import CHECKPOINT_EVERY, TIGHT_EVERY, DiskFull, Store, disk_report
 from tests.conftest import fill_disk, small_tmpfs
 
@@ -31,13 +32,14 @@ def _sync_threads() -> list[threading.Thread]:
 
 
 def _settle(store: Store) -> None:
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
+    """Until the sync thread took every request and finished it: it waits on its condition again
+    (the last checkpoint's copy finishes after the request is taken; only that thread waits there)."""
+
+    def idle() -> bool:
         with store._sync_cond:
-            if not store._checkpoint_due and store._flush_due is None:
-                break
-        time.sleep(0.01)
-    time.sleep(0.05)  # the last checkpoint's copy finishes after the request is taken
+            return not store._checkpoint_due and store._flush_due is None and bool(store._sync_cond._waiters)
+
+    wait_until(idle, 10, interval=0.01, message="the store's sync thread is still busy")
 
 
 def test_background_checkpoints_keep_the_wal_small(tmp_path):
@@ -76,9 +78,7 @@ def test_a_checkpoint_does_not_wait_for_the_writers_lock(tmp_path):
     try:
         assert held.wait(5)
         store._request(checkpoint=True)
-        end = time.monotonic() + 5
-        while store.checkpoints == 0 and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_until(lambda: store.checkpoints > 0, 5, interval=0.01, message="no checkpoint")
         assert store.checkpoints == 1
         assert holder.is_alive()  # done while a writer held the lock
     finally:

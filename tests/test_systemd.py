@@ -1,10 +1,9 @@
-"""Tests for edge_agent.device.systemd: sd_notify, watchdog bookkeeping and clock trust."""
+"""Tests for edge_agent.device.systemd: sd_notify, the watchdog interval and clock trust."""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.device import systemd
-from edge_agent.device.systemd import Watchdog, clock_synchronized, notify, watchdog_interval
+from edge_agent.device.systemd import clock_synchronized, notify, watchdog_interval
 
 
 @pytest.fixture
@@ -24,16 +23,6 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(2)
     yield sock, path
     sock.close()
-
-
-def _pending(sock: socket.socket) -> bytes | None:
-    sock.setblocking(False)
-    try:
-        return sock.recv(4096)
-    except BlockingIOError:
-        return None
-    finally:
-        sock.settimeout(2)
 
 
 def test_notify_sends_one_datagram_to_a_path_socket(notify_socket):
@@ -126,80 +115,3 @@ def test_kernel_timex_is_readable_without_privileges():
 def test_timex_interpretation(state, status, maxerror, expected):
     """Synchronised means STA_UNSYNC clear, maxerror under 16 s and no TIME_ERROR state."""
     assert systemd._timex_synchronized(state, status, maxerror) is expected
-
-
-def test_watchdog_reports_loops_that_stopped_beating():
-    """A loop whose last beat is older than 2 x interval is stale; a fresh beat clears it."""
-    dog = Watchdog(15.0, ["scheduler", "worker"], now=100.0)
-    assert dog.check(129.0) == []
-    dog.beat("scheduler", now=125.0)
-    assert dog.check(131.0) == ["worker"]
-    dog.beat("worker", now=131.0)
-    assert dog.check(131.0) == []
-    assert dog.check(156.0) == ["scheduler"]
-    assert dog.check(162.0) == ["scheduler", "worker"]
-
-
-def test_watchdog_honours_per_loop_staleness():
-    """A mapping gives each loop its own allowed staleness in seconds."""
-    dog = Watchdog(15.0, {"mqtt": 120.0, "worker": 10.0}, now=0.0)
-    assert dog.check(11.0) == ["worker"]
-    dog.beat("worker", now=11.0)
-    assert dog.check(20.0) == []
-    assert dog.check(119.0) == ["worker"]
-    assert dog.check(121.0) == ["mqtt", "worker"]
-
-
-def test_watchdog_add_and_remove_sources():
-    """Loops can join late (counting as beaten then) and leave on purpose."""
-    dog = Watchdog(5.0, ["worker"], now=0.0)
-    dog.add("mqtt", 60.0, now=50.0)
-    assert dog.sources == ("worker", "mqtt")
-    assert dog.check(100.0) == ["worker"]
-    dog.remove("worker")
-    assert dog.check(100.0) == []
-    assert dog.check(111.0) == ["mqtt"]
-
-
-def test_watchdog_rejects_unknown_names_and_bad_intervals():
-    """Beating an unregistered loop is a bug (KeyError); the interval must be positive."""
-    dog = Watchdog(1.0, ["worker"])
-    with pytest.raises(KeyError):
-        dog.beat("wrokre")
-    with pytest.raises(ValueError):
-        Watchdog(0, ["worker"])
-
-
-def test_watchdog_feed_pings_only_while_every_loop_is_alive(notify_socket):
-    """feed() sends WATCHDOG=1 when no loop is stale and stays silent (returning them) otherwise."""
-    sock, path = notify_socket
-    env = {"NOTIFY_SOCKET": path}
-    dog = Watchdog(15.0, ["scheduler", "worker"], now=0.0)
-    assert dog.feed(10.0, environ=env) == []
-    assert sock.recv(4096) == b"WATCHDOG=1"
-    dog.beat("scheduler", now=40.0)
-    assert dog.feed(40.0, environ=env) == ["worker"]
-    assert _pending(sock) is None
-
-
-def test_watchdog_is_threadsafe():
-    """Beats from many threads while another thread checks never raise or lose a source."""
-    names = [f"loop{i}" for i in range(8)]
-    dog = Watchdog(1.0, names)
-    errors: list[BaseException] = []
-
-    def hammer(name: str) -> None:
-        try:
-            for _ in range(2000):
-                dog.beat(name)
-                dog.check()
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer, args=(name,)) for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert errors == []
-    assert dog.check() == []

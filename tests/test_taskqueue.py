@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import wait_until
 from edge_agent.device.commands import NewCommand
 from edge_agent.device.journal import Journal
 from edge_agent.device.store import Store
-from edge_agent.device.taskqueue import TaskQueue
+from edge_agent.device.taskqueue import TaskQueue, Workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,10 +60,17 @@ def parts(tmp_path: Path):
     store = Store(str(tmp_path / "agent.db"))
     journal = Journal(store)
     recorder = Recorder()
-    queue = TaskQueue(store, journal, recorder, workers=2)
+    queue = TaskQueue(store, journal, workers=2)
     yield store, journal, queue, recorder
-    queue.stop(5)
     store.close()
+
+
+@pytest.fixture
+def workers(parts):
+    _, _, queue, recorder = parts
+    workers = Workers(queue, recorder)
+    yield workers
+    workers.stop(5)
 
 
 def _seq_of(queue: TaskQueue, data: bytes) -> int:
@@ -88,6 +96,14 @@ def test_submit_journals_and_queues_in_one_go(parts):
     again, created = queue.submit(NewCommand(action="t", args={"n": 2}, id="a"))
     assert not created and again.seq == row.seq
     assert len(_messages(store, "task")) == 1
+
+
+def test_messages_keep_the_task_name_earlier_versions_wrote(parts):
+    """Huey reads only task names it knows: a message names "edge_agent.runner.run_command", as the
+    messages that a daemon of the layout before edge_agent/device left in its queue do (they still run)."""
+    _, _, queue, _ = parts
+    message = queue.huey.serializer.deserialize(queue.message(7))
+    assert (message.name, message.args) == ("edge_agent.runner.run_command", (7,))
 
 
 def test_blocking_dequeue_wakes_on_signal(parts):
@@ -167,14 +183,14 @@ def test_adoption_resumes_after_the_last_seq_adopted_before_a_restart(tmp_path: 
     store = Store(str(tmp_path / "agent.db"))
     try:
         journal = Journal(store)
-        queue = TaskQueue(store, journal, Recorder(), workers=1)
+        queue = TaskQueue(store, journal, workers=1)
         with store.transaction() as cur:
             journal.add(cur, NewCommand(action="t", args={}, id="early"), enqueued=False)
         queue.recover()
         assert queue.adopt() == 1
         with store.transaction() as cur:
             journal.add(cur, NewCommand(action="t", args={}, id="late"), enqueued=False)
-        again = TaskQueue(store, journal, Recorder(), workers=1)
+        again = TaskQueue(store, journal, workers=1)
         again.recover()
         assert again.adopt() == 1
         assert [_seq_of(queue, m) for m in _messages(store, "task")] == [journal.get("early").seq, journal.get("late").seq]
@@ -187,18 +203,18 @@ def test_turning_the_network_lane_off_moves_its_messages_to_the_local_lane(tmp_p
     store = Store(str(tmp_path / "agent.db"))
     try:
         journal = Journal(store)
-        two = TaskQueue(store, journal, Recorder(), workers=1, network_workers=1, is_network=lambda a: a == "web")
+        two = TaskQueue(store, journal, workers=1, network_workers=1, is_network=lambda a: a == "web")
         two.recover()
         two.submit(NewCommand(action="web", args={}, id="w"))
         assert dict(store.query("select queue, count(*) from task group by queue")) == {"edge-net": 1}
-        one = TaskQueue(store, journal, Recorder(), workers=1)
+        one = TaskQueue(store, journal, workers=1)
         one.recover()
         assert dict(store.query("select queue, count(*) from task group by queue")) == {"edge": 1}
     finally:
         store.close()
 
 
-def test_recovered_commands_run_after_start(parts):
+def test_recovered_commands_run_after_start(parts, workers):
     """After recover and start, the workers execute every recovered command once."""
     store, journal, queue, recorder = parts
     rows = [queue.submit(NewCommand(action="t", args={}, id=f"r{i}"))[0] for i in range(5)]
@@ -206,7 +222,7 @@ def test_recovered_commands_run_after_start(parts):
         cur.execute("delete from task where id = (select min(id) from task)")  # as a worker's take does
         journal.claim(cur, rows[0].seq)
     queue.recover()
-    queue.start(None)
+    workers.start(None)
     assert sorted(recorder.wait_for(5)) == [r.seq for r in rows]
 
 
@@ -227,10 +243,10 @@ def test_adopt_takes_rows_written_by_another_process(parts, tmp_path: Path):
     assert queue.adopt() == 0
 
 
-def test_a_poked_daemon_runs_a_command_another_process_queued(parts, tmp_path: Path):
+def test_a_poked_daemon_runs_a_command_another_process_queued(parts, workers, tmp_path: Path):
     """With workers started, a command written and poked by another process (the CLI's path) is executed."""
-    _, journal, queue, recorder = parts
-    queue.start(str(tmp_path / "agent.db"))
+    _, journal, _, recorder = parts
+    workers.start(str(tmp_path / "agent.db"))
     code = ("import sys; from edge_agent.device.store import Store; from edge_agent.device.journal import Journal; "
             "from edge_agent.device.commands import NewCommand; from edge_agent.device.poke import poke\n"
             "s = Store(sys.argv[1]); j = Journal(s)\n"
@@ -240,11 +256,11 @@ def test_a_poked_daemon_runs_a_command_another_process_queued(parts, tmp_path: P
     assert recorder.wait_for(1) == [journal.get("poked").seq]
 
 
-def test_stop_wakes_idle_workers_and_returns(parts):
+def test_stop_wakes_idle_workers_and_returns(parts, workers):
     """stop() ends idle workers that are blocked in dequeue (they do not sit out their safety wait)."""
     _, _, queue, _ = parts
-    queue.start(None)
-    assert queue.stop(5) is True
+    workers.start(None)
+    assert workers.stop(5) is True
     assert queue.storage.dequeue() is None
 
 
@@ -268,7 +284,7 @@ class SlowRunner:
             with self.lock:
                 self.started[seq] = time.monotonic()
             if seq in self.slow:
-                time.sleep(self.seconds)
+                time.sleep(self.seconds)  # the slow action itself
 
 
 @pytest.mark.slow
@@ -282,9 +298,10 @@ def test_no_message_waits_for_the_safety_look_while_workers_sleep(tmp_path: Path
     store = Store(str(tmp_path / "agent.db"))
     slow = {3, 10, 17}  # at most three of the four workers are ever held by slow actions
     runner = SlowRunner(slow, 2.5)
-    queue = TaskQueue(store, Journal(store), runner, workers=4)
+    queue = TaskQueue(store, Journal(store), workers=4)
     runner.storage = queue.storage
-    queue.start(None)
+    workers = Workers(queue, runner)
+    workers.start(None)
     queued: dict[int, float] = {}
     try:
         for seq in range(1, 40):
@@ -295,17 +312,14 @@ def test_no_message_waits_for_the_safety_look_while_workers_sleep(tmp_path: Path
             queued[seq] = time.monotonic() + (eta - now if eta else 0.0)
             if eta is None or eta <= now:
                 queue.storage.signal()  # as submit does; scheduled ones are not signalled
-            time.sleep(rng.choice([0.0, 0.0, 0.01, 0.05]))
-        deadline = time.monotonic() + 15
-        while len(runner.started) < len(queued) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        missing = sorted(set(queued) - set(runner.started))
-        assert not missing, f"never started within 15 s: {missing}"
+            time.sleep(rng.choice([0.0, 0.0, 0.01, 0.05]))  # pacing: messages arrive at random moments
+        wait_until(lambda: len(runner.started) >= len(queued), 15, interval=0.05,
+                   message=lambda: f"never started: {sorted(set(queued) - set(runner.started))}")
         late = {seq: round(runner.started[seq] - queued[seq], 2) for seq in queued
                 if runner.started[seq] - queued[seq] > 1.0}
         assert not late, f"started more than 1 s after they were ready: {late}"
     finally:
-        queue.stop(5)
+        workers.stop(5)
         store.close()
 
 
@@ -313,9 +327,7 @@ def test_a_free_worker_that_takes_other_work_passes_a_signalled_message_on(parts
     """The wake-up a signal skipped because a worker was free is not lost when that worker takes a due
     scheduled message instead and goes busy: a sleeping worker is woken for the signalled one."""
     store, _, queue, _ = parts
-    queue.stop(5)  # no workers of its own: this test plays them
-    storage = queue.storage
-    storage.stopping = False
+    storage = queue.storage  # no workers of its own: this test plays them
     release = threading.Event()
     got: dict[str, int] = {}
 
@@ -341,9 +353,7 @@ def test_a_free_worker_that_takes_other_work_passes_a_signalled_message_on(parts
     storage.signal()
     busy = threading.Thread(target=worker, args=("busy", True), daemon=True)
     busy.start()
-    deadline = time.monotonic() + 5
-    while "busy" not in got and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: "busy" in got, 5, interval=0.01, message="the busy worker did not take the message")
     # This thread is the free worker: a retry falls due (not signalled), then a new message is signalled.
     with storage.cond:
         storage.awake += 1
@@ -377,7 +387,8 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
     store = Store(str(tmp_path / "agent.db"))
     journal = Journal(store)
     recorder = ByThread()
-    queue = TaskQueue(store, journal, recorder, workers=1, network_workers=1, is_network=lambda a: a == "web")
+    queue = TaskQueue(store, journal, workers=1, network_workers=1, is_network=lambda a: a == "web")
+    workers = Workers(queue, recorder)
     try:
         web, _ = queue.submit(NewCommand(action="web", args={}, id="w"))
         local, _ = queue.submit(NewCommand(action="gpio.set", args={}, id="g"))
@@ -385,11 +396,11 @@ def test_network_work_has_a_lane_of_its_own(tmp_path: Path):
         assert lanes == {"edge-net": 1, "edge": 1}
         assert queue.recover() == []
         assert dict(store.query("select queue, count(*) from task group by queue")) == lanes
-        queue.start(None)
+        workers.start(None)
         recorder.wait_for(2)
         assert ran_by == {web.seq: ("net-0", 0, 1), local.seq: ("worker-0", 1, 0)}
     finally:
-        queue.stop(5)
+        workers.stop(5)
         store.close()
 
 
@@ -421,17 +432,18 @@ def test_a_success_is_recorded_in_the_transaction_that_takes_the_next_message(tm
     store = Store(str(tmp_path / "agent.db"))
     journal = Journal(store)
     runner = Deferring()
-    queue = TaskQueue(store, journal, runner, workers=1)
+    queue = TaskQueue(store, journal, workers=1)
+    workers = Workers(queue, runner)
     try:
         seqs = []
         with store.transaction() as cur:
             for i in range(3):
                 row, _ = queue.submit(NewCommand(action="t", args={}, id=f"c{i}"), cur)
                 seqs.append(row.seq)
-        queue.start(None)
+        workers.start(None)
         runner.wait_for(3)
     finally:
-        assert queue.stop(5)
+        assert workers.stop(5)
     a, b, c = seqs
     kinds = [(k, s) for k, s, _ in events]
     assert kinds == [("claim", a), ("record", a), ("claim", b), ("after", a), ("record", b), ("claim", c),
@@ -461,10 +473,11 @@ def test_the_last_success_before_a_stop_is_recorded(tmp_path: Path):
             return Outcome()
 
     store = Store(str(tmp_path / "agent.db"))
-    queue = TaskQueue(store, Journal(store), StopsAfterOne(), workers=1)
+    queue = TaskQueue(store, Journal(store), workers=1)
+    workers = Workers(queue, StopsAfterOne())
     queue.submit(NewCommand(action="t", args={}, id="only"))
-    queue.start(None)
-    assert queue.stop(5)
+    workers.start(None)
+    assert workers.stop(5)
     assert events == ["record", "after"]
     assert store.query("select value from meta where key = 'last'") == [("done",)]
     store.close()
@@ -500,15 +513,16 @@ def test_a_message_that_cannot_be_started_fails_its_command_and_does_not_block_t
         journal.finish(cur, seq, "failed", error=error)
 
     runner = Breaks()
-    queue = TaskQueue(store, journal, runner, workers=1)
+    queue = TaskQueue(store, journal, workers=1)
+    workers = Workers(queue, runner)
     try:
         broken, _ = queue.submit(NewCommand(action="t", args={}, id="broken"))
         fine, _ = queue.submit(NewCommand(action="t", args={}, id="fine"))
-        queue.start(None)
+        workers.start(None)
         assert runner.wait_for(1) == [fine.seq]
         row = journal.get("broken")
         assert (row.state, row.error_type, row.attempts) == ("failed", "internal_error", 0)
         assert runner.failed == [(broken.seq, "internal_error")]
     finally:
-        queue.stop(5)
+        workers.stop(5)
         store.close()

@@ -1,7 +1,7 @@
 """``edge-agent fleet ...``: the subcommands' arguments turned into :mod:`edge_agent.fleet.client` calls, and
 their results into text (or JSON). Exit codes as elsewhere: 0 success, 1 the thing asked for
 failed (a device did not succeed, the broker is unreachable), 2 usage or config error.
-What devices publish is printed through :func:`_safe`: a device name or value cannot move
+What devices publish is printed through :func:`edge_agent.cli.terminal.safe`: a device name or value cannot move
 the terminal's cursor or hide a line."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from edge_agent.cli.terminal import safe
+from edge_agent.durations import ago
 from edge_agent.fleet import client as fleet
 
 __all__ = ["fleet_events", "fleet_history", "fleet_ls", "fleet_send"]
@@ -22,21 +24,6 @@ def _client(args: argparse.Namespace) -> fleet.FleetClient:
                                      username=args.username, password_file=args.password_file, ca_file=args.ca_file,
                                      cert_file=args.cert_file, key_file=args.key_file, insecure=args.insecure)
     return fleet.FleetClient(mqtt)  # connected by `with`
-
-
-def _safe(value: Any) -> str:
-    """``value`` as text with control characters (escape sequences, newlines) shown as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))
-
-
-def _ago(ts: Any) -> str:
-    if not isinstance(ts, (int, float)):
-        return "-"
-    secs = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit} ago"
-    return f"{secs}s ago"
 
 
 def _num(value: Any) -> str:
@@ -69,19 +56,19 @@ def fleet_ls(args: argparse.Namespace) -> int:
         clock = {True: "ok", False: "NO", None: "-"}[r["clock_synchronized"]]
         nxt = r["next_job"]
         job = f"{nxt['job']} {nxt['at']}" if isinstance(nxt, dict) else "-"
-        print(f"{_safe(r['device'])[:16]:<16} {r['status'][:8]:<8} {_safe(_num(r['version']))[:9]:<9} "
+        print(f"{safe(r['device'])[:16]:<16} {r['status'][:8]:<8} {safe(_num(r['version']))[:9]:<9} "
               f"{_uptime(r['uptime_s']):>7} {_num(r['queue']):>5} {_num(r['outbox']):>6} {clock:<5} "
-              f"{_ago(r['last_seen']):>8} {_num(r['failures_24h']):>7}  {_safe(job)[:60]}")
+              f"{ago(r['last_seen']):>8} {_num(r['failures_24h']):>7}  {safe(job)[:60]}")
     online = sum(1 for r in rows if r["online"])
     print(f"{len(rows)} device(s), {online} online")
     for r in rows:
         if r["problem"]:
-            print(f"edge-agent: {_safe(r['device'])[:60]}: {_safe(r['problem'])}", file=sys.stderr)
+            print(f"edge-agent: {safe(r['device'])[:60]}: {safe(r['problem'])}", file=sys.stderr)
     return 0
 
 
 def fleet_send(args: argparse.Namespace) -> int:
-    from edge_agent.cli import parse_pairs
+    from edge_agent.contract import parse_pairs
     from edge_agent.device.commands import check_id
     from edge_agent.errors import InvalidCommand
 
@@ -111,8 +98,8 @@ def fleet_send(args: argparse.Namespace) -> int:
             text = f"{err.get('type')}: {err.get('message')}"
         else:
             text = d.get("detail", "")
-        print(f"{_safe(device)[:20]:<20} {_safe(d['status']):<14} {_safe(text)[:200]}")
-    counts = ", ".join(f"{n} {_safe(status)}" for status, n in sorted(result.counts().items()))
+        print(f"{safe(device)[:20]:<20} {safe(d['status']):<14} {safe(text)[:200]}")
+    counts = ", ".join(f"{n} {safe(status)}" for status, n in sorted(result.counts().items()))
     print(f"{result.action} {result.id}: {counts} in {result.elapsed_s:.2f}s")
     return _send_exit(result)
 
@@ -123,7 +110,7 @@ def _send_exit(result: fleet.SendResult) -> int:
         return 0
     bad = result.not_succeeded()
     if bad:
-        names = ", ".join(f"{_safe(d)[:40]} {_safe(status)}" for d, status in list(bad.items())[:20])
+        names = ", ".join(f"{safe(d)[:40]} {safe(status)}" for d, status in list(bad.items())[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
         print(f"edge-agent: not every device succeeded: {names}{more}", file=sys.stderr)
     return 1
@@ -148,8 +135,8 @@ def _print_event(doc: dict[str, Any], as_json: bool) -> None:
         extra = f" job {doc.get('job')}"
     if kind == "received":
         extra = f" from {doc.get('source')}"
-    print(f"{when} {_safe(doc.get('device'))[:16]:<16} #{_safe(doc.get('seq')):<7} {_safe(kind)[:9]:<9} "
-          f"{_safe(doc.get('action'))[:20]:<20} {_safe(doc.get('id'))[:40]}{_safe(extra)[:300]}", flush=True)
+    print(f"{when} {safe(doc.get('device'))[:16]:<16} #{safe(doc.get('seq')):<7} {safe(kind)[:9]:<9} "
+          f"{safe(doc.get('action'))[:20]:<20} {safe(doc.get('id'))[:40]}{safe(extra)[:300]}", flush=True)
 
 
 def fleet_events(args: argparse.Namespace) -> int:
@@ -181,7 +168,7 @@ def fleet_events(args: argparse.Namespace) -> int:
                 try:
                     got = fleet.history(client, device, count=args.n, timeout=5.0)
                 except Exception as exc:  # an offline device: say so, go on with the others
-                    print(f"{_safe(device)}: {_safe(exc)}", file=sys.stderr)
+                    print(f"{safe(device)}: {safe(exc)}", file=sys.stderr)
                     continue
                 latest.extend(got["events"])
                 if got["events"]:
@@ -190,8 +177,9 @@ def fleet_events(args: argparse.Namespace) -> int:
                 _print_event(doc, args.json)
         if not args.follow:
             return 0
-        stream = fleet.EventStream(client, lambda doc: _print_event(doc, args.json), devices=devices,
-                                   positions=positions)
+        from edge_agent.fleet.stream import EventStream
+
+        stream = EventStream(client, lambda doc: _print_event(doc, args.json), devices=devices, positions=positions)
         stream.start()
         try:
             while True:
@@ -239,7 +227,7 @@ def _instant(value: str | None, flag: str) -> float | None:
 
 
 def fleet_history(args: argparse.Namespace) -> int:
-    from edge_agent.device.events import KINDS
+    from edge_agent.contract import KINDS
     from edge_agent.errors import InvalidCommand
 
     if not 1 <= args.n <= fleet.HISTORY_COUNT:
@@ -260,5 +248,5 @@ def fleet_history(args: argparse.Namespace) -> int:
         for ev in doc["events"]:
             _print_event(ev, False)
     if doc["invalid"]:
-        print(f"edge-agent: {_safe(args.device)}: {doc['invalid']} malformed event(s) left out", file=sys.stderr)
+        print(f"edge-agent: {safe(args.device)}: {doc['invalid']} malformed event(s) left out", file=sys.stderr)
     return 0

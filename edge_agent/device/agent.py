@@ -21,21 +21,26 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import __version__
 from edge_agent.config import Settings, load_settings
 from edge_agent.device import systemd
-from edge_agent.device.actions import Runtime, build_registry, check_jobs
+from edge_agent.device.actions import Registry, Runtime, build_registry, check_jobs
 from edge_agent.device.events import EventLog, EventReporter
 from edge_agent.device.hardware import Hardware
 from edge_agent.device.journal import Journal
 from edge_agent.device.lock import InstanceLock
+from edge_agent.device.outbox import Outbox
 from edge_agent.device.runner import Runner
+from edge_agent.device.scheduler import Scheduler, claim_clock, scheduler_clock
 from edge_agent.device.store import Store
-from edge_agent.device.taskqueue import TaskQueue
+from edge_agent.device.taskqueue import TaskQueue, Workers
 from edge_agent.device.tasks import set_submitter
 from edge_agent.errors import EdgeAgentError
+
+if TYPE_CHECKING:
+    from edge_agent.device.mqtt import MqttLink
 
 __all__ = ["Agent"]
 
@@ -73,7 +78,19 @@ def _release_memory() -> None:
         libc.malloc_trim(0)
 
 
+class Component(Protocol):
+    """A part with a loop of its own that the agent watches and stops (the scheduler, the link)."""
+
+    def alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
 class Agent:
+    """The composition root: :meth:`start` builds every part, each given what it needs, in the
+    order they depend on each other. The agent is also the link's :class:`~edge_agent.device.mqtt.Daemon`
+    (what ``state`` says of the schedule and the clock; discovery with the config of the moment)."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.started_monotonic = time.monotonic()
@@ -87,14 +104,20 @@ class Agent:
         self._signals_installed = False
         self._stop_requested = False
         self._reload_requested = False
+        # Made by start(), in this order:
+        self._schedule_clock: Callable[[], float] | None = None
         self._lock: InstanceLock | None = None
         self.store: Store | None = None
-        self.hardware: Hardware | None = None
+        self.outbox: Outbox | None = None
+        self.events: EventLog | None = None
+        self.link: MqttLink | None = None
+        self.reporter: EventReporter | None = None
         self.queue: TaskQueue | None = None
-        self.link: Any = None
-        self.scheduler: Any = None
-        self.watchdog: Any = None
-        self._components: list[Any] = []
+        self.hardware: Hardware | None = None
+        self.registry: Registry | None = None
+        self.workers: Workers | None = None
+        self.scheduler: Scheduler | None = None
+        self._components: list[Component] = []
         self._last_problems: list[str] = []
 
     # ----------------------------------------------------------------- start
@@ -102,85 +125,78 @@ class Agent:
     def start(self) -> None:
         s = self.settings
         _limit_arenas()
-        # The whole config is checked before anything is created or locked.
-        runtime = Runtime(started_monotonic=self.started_monotonic)
-        self.registry = build_registry(s, runtime)
-        check_jobs(s, self.registry)
+        # The whole config is checked before anything is created or locked, with the actions
+        # declared only (as `edge-agent check` does): enough for the queue's lanes too (whether an
+        # action needs the network). The daemon's own registry needs the queue (gpio.pulse queues
+        # its "off"), so it is built after it.
+        declared = build_registry(s)
+        check_jobs(s, declared)
         self._lock = InstanceLock(s.db_path)
-        self.store = Store(s.db_path, sync=s.sync, background=True)
-        from edge_agent.device.scheduler import claim_clock, scheduler_clock
-
+        store = self.store = Store(s.db_path, sync=s.sync, background=True)
         self._schedule_clock = scheduler_clock()  # one clock: the one recorded is the one that runs
         if s.jobs or s.windows:
-            claim_clock(self.store, self._schedule_clock)
-        journal = Journal(self.store)
-
-        self.link = self._make_link()
-        self.events = self._make_events()
-        reporter = self.reporter = EventReporter(self.events, self.link.reporter if self.link else None,
-                                                 accepted=self.link.accepted if self.link else None)
-        self.runner = Runner(self.store, journal, self.registry, retry_at=lambda cur, cmd, when: queue.retry_at(cur, cmd, when),
-                             reporter=reporter, release_parked=lambda: queue.release_parked(),
-                             stopping=lambda: queue.storage.stopping)
-        queue = self.queue = TaskQueue(self.store, journal, self.runner, workers=s.workers,
-                                       network_workers=s.network_workers, is_network=self.registry.needs_network,
-                                       on_submitted=reporter.received)
-        self.runner.acting = queue.acting
-        runtime.submit = queue.submit
-        runtime.publish = self.link.publish if self.link else None
-        runtime.store, runtime.events, runtime.reporter = self.store, self.events, reporter
-        runtime.settings = lambda: self.settings
+            claim_clock(store, self._schedule_clock)
+        journal = Journal(store)
+        outbox = self.outbox = Outbox(store) if s.mqtt is not None else None
+        events = self.events = EventLog(store, s.device_id, keep=s.events.keep, max_rows=s.events.max_rows,
+                                        outbox=outbox, outbox_max=s.events.outbox_max, enabled=s.events.enabled)
+        link = self.link = self._make_link(store, outbox, journal, events)
+        reporter = self.reporter = EventReporter(events, link, accepted=link.accepted if link is not None else None)
+        queue = self.queue = TaskQueue(store, journal, workers=s.workers, network_workers=s.network_workers,
+                                       is_network=declared.needs_network, on_submitted=reporter.received)
+        hardware = self.hardware = Hardware(s.devices, s.pin_factory,
+                                            on_change=link.gpio_changed if link is not None else None)
+        runtime = Runtime(hardware=hardware, submit=queue.submit, publish=link.publish if link is not None else None,
+                          started_monotonic=self.started_monotonic, store=store, events=events, reporter=reporter,
+                          settings=lambda: self.settings)
+        registry = self.registry = build_registry(s, runtime)
+        runner = Runner(store, journal, registry, queue, reporter=reporter)
+        workers = self.workers = Workers(queue, runner)
         set_submitter(queue.submit)
+        hardware.open()
 
-        self.hardware = Hardware(s.devices, s.pin_factory, on_change=self._on_gpio_change)
-        runtime.hardware = self.hardware
-        self.hardware.open()
-
-        interrupted = queue.recover(lambda cmd: self.registry.reruns_after_a_kill(cmd.action))
+        interrupted = queue.recover(lambda cmd: registry.reruns_after_a_kill(cmd.action))
         if interrupted:
-            with self.store.transaction() as cur:
+            with store.transaction() as cur:
                 for cmd in interrupted:
                     reporter.finished(cur, cmd)
-        with self.store.transaction() as cur:
-            self.store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
-        queue.start(s.db_path)
+        with store.transaction() as cur:
+            store.set_meta(cur, "daemon", json.dumps({"pid": os.getpid(), "started": self.started_at, "version": __version__}))
+        workers.start(s.db_path)
         self._components = []
-        self.scheduler = self._make_scheduler()
-        if self.scheduler is not None:
-            self.scheduler.start()
-            self._components.append(self.scheduler)
-        if self.link is not None:
-            self.link.start(hardware_states=self.hardware.states())
-            self._components.append(self.link)
+        self._start_scheduler(queue, reporter)
+        if link is not None:
+            from edge_agent.device.mqtt import Intake
+
+            link.start(Intake(registry, queue.submit), hardware_states=hardware.states())
+            self._components.append(link)
         log.info("edge-agent %s ready: device %r, %d device(s), %d job(s), %d window(s), MQTT %s, database %s",
                  __version__, s.device_id, len(s.devices), len(s.jobs), len(s.windows),
                  f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt else "off", s.db_path)
         systemd.notify("READY=1\nSTATUS=running")
 
-    def _make_link(self) -> Any:
-        if self.settings.mqtt is None:
+    def _make_link(self, store: Store, outbox: Outbox | None, journal: Journal, events: EventLog) -> MqttLink | None:
+        if outbox is None:
             return None
-        from edge_agent.device.mqtt import MqttLink
+        from edge_agent.device.mqtt import MqttLink  # (paho and the link's modules only with [mqtt])
 
-        assert self.store is not None
-        return MqttLink(self.settings, self.store, agent=self)
+        return MqttLink(self.settings, store, outbox, journal, self, events=events)
 
-    def _make_events(self) -> EventLog:
-        assert self.store is not None
-        s = self.settings
-        return EventLog(self.store, s.device_id, keep=s.events.keep, max_rows=s.events.max_rows,
-                        outbox=self.link.outbox if self.link else None,
-                        topic=self.link.topics.events if self.link else None, outbox_max=s.events.outbox_max,
-                        enabled=s.events.enabled)
-
-    def _make_scheduler(self) -> Any:
+    def _start_scheduler(self, queue: TaskQueue, reporter: EventReporter) -> None:
+        """The scheduler, if there are jobs or windows (at start, or at the first reload that adds some)."""
         if not self.settings.jobs and not self.settings.windows:
-            return None
-        from edge_agent.device.scheduler import Scheduler
+            return
+        assert self.store is not None and self._schedule_clock is not None
+        scheduler = self.scheduler = Scheduler(self.settings, self.store, submit=queue.submit, on_fired=reporter.fired,
+                                               clock=self._schedule_clock)
+        scheduler.start()
+        self._components.append(scheduler)
 
-        assert self.store is not None and self.queue is not None
-        return Scheduler(self.settings, self.store, submit=self.queue.submit, on_fired=self.reporter.fired,
-                         clock=self._schedule_clock)
+    # ----------------------------------------------------------------- what the link asks (mqtt.Daemon)
+
+    def next_jobs(self, count: int) -> list[dict[str, str]]:
+        """The next ``count`` firings of the jobs, soonest first."""
+        return self.scheduler.next_firings(count) if self.scheduler is not None else []
 
     def next_solar(self, event: str) -> str | None:
         """The next ``event`` (e.g. sunset) at the configured place, ISO-8601 local, or None."""
@@ -199,16 +215,19 @@ class Agent:
             return bool(self.scheduler.clock_trusted())
         return self.settings.clock_trust == "always" or systemd.clock_synchronized()
 
-    def _on_gpio_change(self, name: str, value: Any) -> None:
-        if self.link is not None:
-            self.link.gpio_changed(name, value)
+    def announce_discovery(self) -> None:
+        """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""
+        if self.outbox is not None and self.store is not None and self.settings.mqtt:
+            from edge_agent.device.discovery import announce
+
+            announce(self.settings, self.store, self.outbox)
 
     def _prune(self) -> None:
         assert self.store is not None
         removed = Journal(self.store).prune(time.time() - self.settings.keep)
         if removed:
             log.info("forgot %d finished command(s) older than %.0f days", removed, self.settings.keep / 86400)
-        if getattr(self, "events", None) is not None:
+        if self.events is not None:
             self.events.prune()
 
     # ----------------------------------------------------------------- run
@@ -243,10 +262,10 @@ class Agent:
         trimmed_at = 0
         while not self._stop_requested:
             self._sleep(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
-            if self.queue is not None and self.queue.busy == 0 and self.queue.processed - trimmed_at > 1000:
+            if self.workers is not None and self.workers.busy == 0 and self.workers.processed - trimmed_at > 1000:
                 # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
                 # and an idle daemon on a 512 MB Pi should be small again).
-                trimmed_at = self.queue.processed
+                trimmed_at = self.workers.processed
                 _release_memory()
             if self._reload_requested:
                 self._reload_requested = False
@@ -262,8 +281,8 @@ class Agent:
     def alive(self) -> bool:
         """Whether every loop that must run is running (the watchdog is fed only then)."""
         problems = [type(c).__name__ for c in self._components if not c.alive()]
-        if self.queue is not None:
-            problems += self.queue.wedged(self.settings.task_timeout)
+        if self.workers is not None:
+            problems += self.workers.wedged(self.settings.task_timeout)
         if problems:
             if problems != self._last_problems:
                 log.error("not feeding the watchdog: %s", ", ".join(problems))
@@ -274,6 +293,7 @@ class Agent:
 
     def reload(self) -> None:
         """Re-read the config (SIGHUP): jobs, windows and log level change live; the rest needs a restart."""
+        assert self.registry is not None, "reloaded before start"
         try:
             new = load_settings(self.settings.path)
             check_jobs(new, self.registry)
@@ -288,11 +308,8 @@ class Agent:
         logging.getLogger().setLevel(new.log_level.upper())
         if self.scheduler is not None:
             self.scheduler.reload(new)
-        elif new.jobs or new.windows:
-            self.scheduler = self._make_scheduler()
-            if self.scheduler is not None:
-                self.scheduler.start()
-                self._components.append(self.scheduler)
+        elif self.queue is not None and self.reporter is not None:
+            self._start_scheduler(self.queue, self.reporter)
         if needs_restart:
             log.warning("reloaded; these changes take effect at the next restart: %s", ", ".join(needs_restart))
         else:
@@ -322,10 +339,10 @@ class Agent:
         try:
             for component in self._components:
                 if component is not self.link:
-                    self._timed(component.stop)
+                    self._timed(component)
             self._drain()
             if self.link is not None:
-                self._timed(self.link.stop)
+                self._timed(self.link)
             set_submitter(None)
             if self.store is not None:
                 self.store.flush()
@@ -362,11 +379,11 @@ class Agent:
         return done
 
     @staticmethod
-    def _timed(stop: Callable[[], None]) -> None:
-        name = type(getattr(stop, "__self__", stop)).__name__
+    def _timed(component: Component) -> None:
+        name = type(component).__name__
         began = time.monotonic()
         try:
-            stop()
+            component.stop()
         except Exception:
             log.exception("stopping %s", name)
         if time.monotonic() - began > 1.0:  # a stop should be quick: say what held it up
@@ -381,17 +398,10 @@ class Agent:
         self._wake_w.close()
 
     def _drain(self) -> None:
-        if self.queue is not None:
-            log.info("draining: %d command(s) running, up to %.0fs", self.queue.busy, self.settings.drain_timeout)
-            if not self.queue.stop(self.settings.drain_timeout):
+        if self.workers is not None:
+            log.info("draining: %d command(s) running, up to %.0fs", self.workers.busy, self.settings.drain_timeout)
+            if not self.workers.stop(self.settings.drain_timeout):
                 log.warning("commands still running after %.0fs; they will be recovered at the next start",
                             self.settings.drain_timeout)
         if self.hardware is not None:
             self.hardware.close()
-
-    def announce_discovery(self) -> None:
-        """Queue the Home Assistant discovery messages (the link calls this on connect and on HA's birth)."""
-        if self.link is not None and self.store is not None and self.settings.mqtt:
-            from edge_agent.device.discovery import announce
-
-            announce(self.settings, self.store, self.link.outbox)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.contract import MAX_DEPTH, command_reply, depth
 from edge_agent.errors import InvalidArguments, InvalidCommand
 
 __all__ = [
@@ -38,7 +39,6 @@ _ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 #: once, so a command from outside holding one would turn that firing into a no-op.
 RESERVED_ID_SUFFIX = "/off"
 RESERVED_ID_PREFIXES = ("job:", "window:")
-MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -105,16 +105,7 @@ class Command:
 
     def outcome(self) -> dict[str, Any]:
         """The reply document of the contract (``P/D/reply``)."""
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "action": self.action,
-            "status": self.state if self.state != "queued" and self.state != "running" else "accepted",
-            "result": self.result,
-            "error": {"type": self.error_type, "message": self.error_message} if self.error_type else None,
-            "attempt": self.attempts,
-            "ts": round(self.finished or self.created, 3),
-        }
-        return doc
+        return command_reply(self)
 
 
 def check_id(value: Any, *, reserved_ok: bool = False) -> str:
@@ -175,7 +166,7 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
             args = {}
         if not isinstance(args, dict):
             raise InvalidArguments(f"args must be a JSON object, got {type(args).__name__}")
-        if _depth(args) > MAX_DEPTH:
+        if depth(args) > MAX_DEPTH:
             raise InvalidArguments(f"args are nested deeper than {MAX_DEPTH} levels")
         if not _encodable(args):
             raise InvalidArguments("args hold a string with an unpaired surrogate (\\ud800-\\udfff): not text")
@@ -223,16 +214,6 @@ def _finite_float(text: str) -> float:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
 
 
 # --------------------------------------------------------------------------- argument checking

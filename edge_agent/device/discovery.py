@@ -30,6 +30,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import DeviceSpec, Settings
+from edge_agent.contract import Topics, discovery_object_id, discovery_topic
 from edge_agent.errors import StorageError
 
 __all__ = ["META_KEY", "announce", "discovery_messages", "discovery_payloads", "node_id"]
@@ -99,8 +100,6 @@ def discovery_payloads(settings: Settings) -> dict[str, dict[str, Any]]:
 
     Empty when MQTT is not configured.
     """
-    from edge_agent.device.ingress import Topics
-
     mqtt = settings.mqtt
     if mqtt is None:
         return {}
@@ -133,7 +132,7 @@ def discovery_payloads(settings: Settings) -> dict[str, dict[str, Any]]:
             "default_entity_id": f"{component}.{_slug(settings.device_id)}_{_slug(short)}",
             **common,
         }
-        out[f"{mqtt.discovery_prefix}/{component}/{node}/{object_id}/config"] = doc
+        out[discovery_topic(mqtt.discovery_prefix, component, node, object_id)] = doc
 
     for name, spec in settings.devices.items():
         add(*_gpio_entity(topics, name, spec))
@@ -158,15 +157,15 @@ def discovery_payloads(settings: Settings) -> dict[str, dict[str, Any]]:
         "icon": "mdi:alert-circle-outline", "entity_category": "diagnostic",
     })
     add("button", "ping", {
-        "name": "Ping", "command_topic": f"{topics.base}/cmd/agent.ping", "payload_press": "{}",
+        "name": "Ping", "command_topic": topics.command("agent.ping"), "payload_press": "{}",
         "icon": "mdi:lan-pending", "entity_category": "diagnostic",
     })
     return out
 
 
-def _gpio_entity(topics: Any, name: str, spec: DeviceSpec) -> tuple[str, str, dict[str, Any]]:
+def _gpio_entity(topics: Topics, name: str, spec: DeviceSpec) -> tuple[str, str, dict[str, Any]]:
     state = topics.gpio(name)
-    command = f"{state}/set"
+    command = topics.gpio_set(name)
     object_id = f"gpio_{name}"
     label = _pretty(name)
     if spec.kind == "input":
@@ -223,7 +222,7 @@ def announce(settings: Settings, store: Any, outbox: Any) -> bool:
         return False
     if gone:
         log.info("Home Assistant discovery: announced %d entities, removed %d (%s)", len(messages), len(gone),
-                 ", ".join(t.split("/")[-2] if t.endswith("/config") else t for t in gone)[:300])
+                 ", ".join(discovery_object_id(t) or t for t in gone)[:300])
     else:
         log.info("Home Assistant discovery: announced %d entities", len(messages))
     return True
@@ -231,8 +230,6 @@ def announce(settings: Settings, store: Any, outbox: Any) -> bool:
 
 def _state_topics(settings: Settings) -> list[str]:
     """The retained GPIO state topics of the configured devices (``P/D/gpio/<dev>``)."""
-    from edge_agent.device.ingress import Topics
-
     mqtt = settings.mqtt
     if mqtt is None:
         return []

@@ -16,7 +16,8 @@ objects, in seq order: a consumer reads ``doc if isinstance(doc, list) else [doc
 write transaction, so in commit order and without gaps), and pruning always keeps the
 newest row, so a seq is never handed out twice. A consumer that sees a jump in ``seq``
 missed events and fetches them with :meth:`EventLog.history` (the ``agent.history``
-action). Kinds and their extras are in ``KINDS``.
+action). The shapes (an event, a page of history) and the kinds with their extras are the
+contract's (:mod:`edge_agent.contract`: ``event_document``, ``history_page``, ``KINDS``).
 
 Bounds: the table keeps ``keep`` seconds and at most ``max_rows`` rows; while the broker
 is away at most ``outbox_max`` events wait to be published: when it is back, the publisher
@@ -34,27 +35,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.contract import KINDS, MAX_HISTORY, event_document, history_page
 from edge_agent.device.commands import Command
 
-__all__ = ["KINDS", "QUIET_ACTIONS", "EventLog", "EventPublisher", "EventReporter"]
-
-#: event kinds and the extras each carries (besides seq, device, event, id, action, ts)
-KINDS: dict[str, tuple[str, ...]] = {
-    "received": ("source", "args"),
-    "started": ("attempt",),
-    "retried": ("attempt", "error", "next_try"),
-    "succeeded": ("attempt", "runtime", "result"),
-    "failed": ("attempt", "error"),
-    "expired": ("error",),
-    "revoked": (),
-    "fired": ("job", "planned"),
-}
+__all__ = ["QUIET_ACTIONS", "EventLog", "EventPublisher", "EventReporter"]
 
 #: read-only queries: no events of their own (a monitor polling agent.status would otherwise
 #: fill the history, and agent.history's result would nest the history inside an event)
 QUIET_ACTIONS = frozenset({"agent.status", "agent.jobs", "agent.history"})
-
-MAX_HISTORY = 1000  # events per agent.history page, at most
 
 _TABLE = """create table if not exists events (
     seq integer primary key,
@@ -76,14 +64,13 @@ class EventLog:
     """Writes events (inside the caller's transaction) and answers history queries."""
 
     def __init__(self, store: Any, device_id: str, *, keep: float = 7 * 86400.0, max_rows: int = 100_000,
-                 outbox: Any = None, topic: str | None = None, outbox_max: int = 10_000,
+                 outbox: Any = None, outbox_max: int = 10_000,
                  clock: Callable[[], float] = time.time, enabled: bool = True):
         self.store = store
         self.device_id = device_id
         self.keep = keep
         self.max_rows = max_rows
         self.outbox = outbox
-        self.topic = topic
         self.outbox_max = outbox_max
         self.clock = clock
         self.enabled = enabled  # off ([events] enabled = false): nothing is recorded nor published
@@ -107,8 +94,7 @@ class EventLog:
         seq = int(cur.execute("insert into events (ts, event, id, action, extras) values (?, ?, ?, ?, ?) returning seq",
                               (ts, kind, command_id, action,
                                json.dumps(extras, separators=(",", ":"), default=str) if extras else None)).fetchone()[0])
-        doc: dict[str, Any] = {"seq": seq, "device": self.device_id, "event": kind, "id": command_id,
-                               "action": action, "ts": ts, **extras}
+        doc = event_document(seq, self.device_id, kind, command_id, action, ts, extras)
         if self.outbox is not None and self.wake_publisher:
             # Only when the publisher found nothing to publish at its last look (otherwise an ack or
             # its linger wakes it); it cannot read the row before our commit: they share the store's lock.
@@ -149,10 +135,7 @@ class EventLog:
 
     def _doc(self, row: tuple[Any, ...]) -> dict[str, Any]:
         seq, ts, kind, command_id, action, extras = row
-        doc = {"seq": seq, "device": self.device_id, "event": kind, "id": command_id, "action": action, "ts": ts}
-        if extras:
-            doc.update(json.loads(extras))
-        return doc
+        return event_document(seq, self.device_id, kind, command_id, action, ts, json.loads(extras) if extras else None)
 
     def history(self, *, after: int = 0, limit: int = 100, action: str | None = None, event: str | None = None,
                 command_id: str | None = None, since: float | None = None, until: float | None = None) -> dict[str, Any]:
@@ -176,8 +159,8 @@ class EventLog:
             oldest, last = cur.execute("select min(seq), coalesce(max(seq), 0) from events").fetchone()
         more = len(rows) > limit
         rows = rows[:limit]
-        return {"device": self.device_id, "events": [self._doc(r) for r in rows],
-                "next": rows[-1][0] if rows else after, "more": more, "oldest": oldest, "last": last}
+        return history_page(self.device_id, [self._doc(r) for r in rows], next_seq=rows[-1][0] if rows else after,
+                            more=more, oldest=oldest, last=last)
 
 
 class EventPublisher:

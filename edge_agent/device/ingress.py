@@ -1,6 +1,6 @@
 """MQTT ingress and replies: topics in, commands into the journal, replies into the outbox.
 
-Topics (P = topic prefix, D = device id), as in the contract:
+Topics (P = topic prefix, D = device id), as in the contract (:mod:`edge_agent.contract`):
 
     P/D/cmd/<action>              {"id", "args", "ttl"}  -> a command; replies on P/D/reply
     P/group/<group>/cmd/<action>  the same, for every member of the group
@@ -19,61 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.contract import Topics, command_reply, rejection_document
 from edge_agent.device.actions import Registry
 from edge_agent.device.commands import Command, NewCommand, parse_payload
 from edge_agent.device.outbox import Outbox
 from edge_agent.device.store import Store
 from edge_agent.errors import EdgeAgentError, InvalidArguments, InvalidCommand
 
-__all__ = ["Checked", "Ingress", "Topics"]
+__all__ = ["Checked", "Ingress"]
 
 log = logging.getLogger("edge_agent.ingress")
-
-
-class Topics:
-    """The topic names of one device."""
-
-    def __init__(self, prefix: str, device_id: str, groups: tuple[str, ...] = (), ha_status: str = "homeassistant/status"):
-        self.prefix, self.device = prefix, device_id
-        base = f"{prefix}/{device_id}"
-        self.base = base
-        self.reply = f"{base}/reply"
-        self.status = f"{base}/status"
-        self.state = f"{base}/state"
-        self.events = f"{base}/events"
-        self.groups = groups
-        self.ha_status = ha_status  # Home Assistant's birth topic ([mqtt] ha_status_topic), not under discovery_prefix
-        self.subscriptions = [f"{base}/cmd/+", f"{base}/gpio/+/set", *(f"{prefix}/group/{g}/cmd/+" for g in groups)]
-
-    def gpio(self, device: str) -> str:
-        return f"{self.base}/gpio/{device}"
-
-    def route(self, topic: str) -> tuple[str, str] | None:
-        """(kind, name): ("cmd", action), ("group", action), ("set", device), ("ha_status", "") or None."""
-        if topic == self.ha_status:
-            return "ha_status", ""
-        parts = topic.split("/")
-        pre = self.prefix.split("/")
-        n = len(pre)
-        if parts[:n] != pre:
-            return None
-        rest = parts[n:]
-        if len(rest) == 3 and rest[0] == self.device and rest[1] == "cmd":
-            return "cmd", rest[2]
-        if len(rest) == 4 and rest[0] == "group" and rest[1] in self.groups and rest[2] == "cmd":
-            return "group", rest[3]
-        if len(rest) == 4 and rest[0] == self.device and rest[1] == "gpio" and rest[3] == "set":
-            return "set", rest[2]
-        return None
-
-
-def reply_document(cmd: Command, *, duplicate: bool = False, status: str | None = None) -> dict[str, Any]:
-    doc = cmd.outcome()
-    if status is not None:
-        doc["status"] = status
-    if duplicate:
-        doc["duplicate"] = True
-    return doc
 
 
 @dataclass(frozen=True)
@@ -169,10 +124,9 @@ class Ingress:
         log.warning("rejected a command on %s (id %s): %s", topic[:200], command_id or "unreadable", text)
         if command_id is None and response_topic is None:
             return None
-        doc = {"id": command_id, "action": action[:200], "status": "rejected", "result": None,
-               "error": {"type": exc.kind if not isinstance(exc, InvalidArguments) else "invalid_arguments",
-                         "message": text},
-               "attempt": 0, "ts": round(self.clock(), 3)}
+        doc = rejection_document(command_id, action[:200],
+                                 exc.kind if not isinstance(exc, InvalidArguments) else "invalid_arguments", text,
+                                 ts=round(self.clock(), 3))
         return Checked(None, reply=doc, response_topic=response_topic, correlation=correlation)
 
     # ----------------------------------------------------------------- out
@@ -188,7 +142,7 @@ class Ingress:
 
     def _reply(self, cur: sqlite3.Cursor, cmd: Command, *, duplicate: bool = False, status: str | None = None,
                response_topic: str | None = None, correlation: bytes | None = None) -> None:
-        doc = reply_document(cmd, duplicate=duplicate, status=status)
+        doc = command_reply(cmd, duplicate=duplicate, status=status)
         self._put_reply(cur, doc, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation)
 
     def _put_reply(self, cur: sqlite3.Cursor, doc: dict[str, Any], response_topic: str | None,

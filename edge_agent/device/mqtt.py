@@ -6,7 +6,7 @@
   in arrival order (paho calls ``on_message`` in order on the network thread).
 - TCP_NODELAY on the socket: with Nagle on, a round trip takes ~88 ms, not ~1 ms.
 - Subscriptions are made in ``on_connect``: paho reconnects but does not resubscribe.
-- Our own reconnect loop: capped exponential backoff with full jitter (:func:`reconnect_delay`:
+- Our own reconnect loop: capped exponential backoff with full jitter (:class:`edge_agent.broker.Backoff`:
   up to 1 s, 2 s, 4 s ... 60 s), so a fleet does not come back in lockstep after a broker restart.
 - Last will ``offline`` (retained), ``offline`` on a clean stop. On connect, ``online`` goes
   out only after the current states (the GPIO states waiting in the outbox, then ``state``):
@@ -25,28 +25,32 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import random
-import socket
-import ssl
+import sqlite3
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from edge_agent import __version__
-from edge_agent.device.ingress import Checked, Ingress, Topics
+from edge_agent.broker import DEVICE_MAX_BACKOFF, Backoff, Will, connect, make_client
+from edge_agent.config import Settings
+from edge_agent.contract import Topics
+from edge_agent.device.actions.registry import Registry
+from edge_agent.device.commands import Command, NewCommand
+from edge_agent.device.events import EventLog, EventPublisher
+from edge_agent.device.ingress import Checked, Ingress
+from edge_agent.device.journal import Journal
 from edge_agent.device.outbox import Outbox
 from edge_agent.device.store import Store
 from edge_agent.errors import StorageError
 
-__all__ = ["MqttLink", "reconnect_delay"]
+__all__ = ["Daemon", "Intake", "MqttLink"]
 
 log = logging.getLogger("edge_agent.mqtt")
 
 WINDOW = 500  # messages handed to paho and not yet acknowledged, at most (the broker may allow fewer)
 WINDOW_V311 = 100  # MQTT 3.1.1 brokers do not say how many they take; mosquitto's default is 20 (QoS 1 is acked at once)
-BACKOFF_BASE = 1.0  # seconds: the ceiling of the first reconnect delay
-MAX_BACKOFF = 60.0  # seconds: the ceiling never grows beyond this
-STABLE_AFTER = 10.0  # seconds a connection must last before the backoff starts again from the base
 STATE_MIN_INTERVAL = 1.0  # seconds between two `state` messages caused by changes
 STATE_SETTLE = 0.25  # seconds after a change before `state` is looked at (a toggle's outbox row is gone by then)
 # Acknowledged outbox rows are deleted together, without an fsync of their own, once REMOVE_BATCH
@@ -57,26 +61,51 @@ REMOVE_BATCH = 64
 HOLD_LOOK = 0.25  # seconds between looks at the store while commands wait for disk space
 
 
-def reconnect_delay(failures: int, rng: random.Random) -> float:
-    """Seconds to wait before reconnect attempt ``failures + 1`` (0 after the link was lost):
-    full jitter, uniform in [0, min(60 s, 1 s x 2^failures)]. After a broker restart every
-    device is disconnected at the same instant; drawn this way their attempts spread out
-    over a window about as long as the outage so far, instead of arriving together."""
-    ceiling = min(MAX_BACKOFF, BACKOFF_BASE * 2.0 ** min(failures, 16))
-    return rng.uniform(0.0, ceiling)
+class Daemon(Protocol):
+    """What the link asks of the daemon that runs it: for ``state``, and to announce discovery
+    (with the config of the moment: parts of it change on reload)."""
+
+    @property
+    def started_monotonic(self) -> float: ...
+
+    def clock_trusted(self) -> bool: ...
+
+    def next_jobs(self, count: int) -> list[dict[str, str]]: ...
+
+    def next_solar(self, event: str) -> str | None: ...
+
+    def announce_discovery(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Intake:
+    """Where the commands the link takes go: checked against ``registry``, then queued with
+    ``submit`` (the daemon's TaskQueue) in the transaction that stores the message."""
+
+    registry: Registry
+    submit: Callable[[NewCommand, sqlite3.Cursor], tuple[Command, bool]]
 
 
 class MqttLink:
-    def __init__(self, settings: Any, store: Store, *, agent: Any):
+    """The daemon's MQTT link. Its replies (:meth:`accepted`, :meth:`finished`) are written from
+    construction on; commands are taken from :meth:`start` on, into the :class:`Intake` it is
+    given then (the queue, which reports to the link, exists only after it)."""
+
+    def __init__(self, settings: Settings, store: Store, outbox: Outbox, journal: Journal, daemon: Daemon, *,
+                 events: EventLog | None = None):
+        assert settings.mqtt is not None, "the link needs [mqtt]"
         self.settings = settings
         self.cfg = settings.mqtt
         self.store = store
-        self.agent = agent
-        self.outbox = Outbox(store)
+        self.outbox = outbox
+        self.journal = journal
+        self.daemon = daemon
         self.topics = Topics(self.cfg.topic_prefix, settings.device_id, settings.groups, self.cfg.ha_status_topic)
-        self.ingress = Ingress(store, self.outbox, self.topics, max_payload=self.cfg.max_payload,
-                               registry=lambda: agent.registry, submit=lambda new, cur: agent.queue.submit(new, cur))
-        self.reporter = self  # finished() below: the replies, and `state` to look at again
+        self._intake: Intake | None = None  # from start() on
+        self.ingress = Ingress(store, outbox, self.topics, max_payload=self.cfg.max_payload,
+                               registry=self._registry, submit=self._submit)
+        self.events = events
+        self.event_publisher = self._event_publisher(events)  # task events go out from their own table
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._acked: collections.deque[tuple[int, str | None]] = collections.deque()  # (mid, refused because)
@@ -92,27 +121,25 @@ class MqttLink:
         # paho's loop wakes for socket traffic and for our publishes; the timeout only has to
         # keep the keepalive pings on time (fewer idle wake-ups than paho's 1 s).
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
-        self._failures = 0  # reconnect attempts since the link last held (reconnect_delay)
-        self._connected_at: float | None = None
+        self._backoff = Backoff(DEVICE_MAX_BACKOFF)  # the reconnect delays (README: up to 60 s, full jitter)
         self._window = WINDOW
         self._last_error: str | None = None
         self._state_dirty = threading.Event()  # the queue or the last failure may have changed
         self._online_due = False  # connected: `online` goes out after the current states (publisher)
         self._offline_said = False
         self._status_lock = threading.Lock()  # `online` (publisher) never after `offline` (stop)
-        self.rng = random.Random()
         store.on_full.append(self._full_changed)
         self._unqueued_states: dict[str, Any] = {}  # GPIO states a full disk kept out of the outbox
         store.on_full.append(self._queue_held_states)
 
     # ----------------------------------------------------------------- hooks for the agent
 
-    def accepted(self, cur: Any, cmd: Any) -> None:
+    def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.accepted(cur, cmd)
         self._state_dirty.set()
         self.outbox.wake()
 
-    def finished(self, cur: Any, cmd: Any) -> None:
+    def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.finished(cur, cmd)
         self._state_dirty.set()
         self.outbox.wake()
@@ -144,12 +171,22 @@ class MqttLink:
             for device, value in held.items():
                 self.gpio_changed(device, value)
 
+    def _registry(self) -> Registry:
+        assert self._intake is not None, "commands are taken only once the link is started"
+        return self._intake.registry
+
+    def _submit(self, new: NewCommand, cur: sqlite3.Cursor) -> tuple[Command, bool]:
+        assert self._intake is not None, "commands are taken only once the link is started"
+        return self._intake.submit(new, cur)
+
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self, hardware_states: dict[str, Any]) -> None:
+    def start(self, intake: Intake, hardware_states: dict[str, Any]) -> None:
+        """Queue the outputs' states, then connect and take commands into ``intake``."""
+        self._intake = intake
         for name, value in hardware_states.items():
             self.gpio_changed(name, value)
         for target, name in ((self._network_loop, "mqtt-net"), (self._publish_loop, "mqtt-out")):
@@ -169,9 +206,9 @@ class MqttLink:
         began = time.monotonic()
         deliver_by, offline_by, end = began + timeout / 2, began + timeout * 5 / 6, began + timeout
         client = self._client
-        events = getattr(self, "event_publisher", None)
+        events = self.event_publisher
         try:
-            target = int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+            target = self.outbox.last_seq()
             events_target = events.log.last_seq() if events is not None else 0
         except StorageError as exc:  # say offline and leave all the same
             log.error("outbox: %s", exc)
@@ -212,38 +249,13 @@ class MqttLink:
     # ----------------------------------------------------------------- connection
 
     def _make_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-
-        from edge_agent.mqttsock import BufferedClient
-
-        proto = mqtt.MQTTv5 if self._protocol == 5 else mqtt.MQTTv311
-        client_id = self.cfg.client_id or f"edge-agent-{self.settings.device_id}"
-        kwargs: dict[str, Any] = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
-                                  "protocol": proto, "manual_ack": True}
-        if proto == mqtt.MQTTv311:
-            kwargs["clean_session"] = False
-        client = BufferedClient(**kwargs)
+        client = make_client(self.cfg, self.cfg.client_id or f"edge-agent-{self.settings.device_id}",
+                             protocol=self._protocol, persistent=True, manual_ack=True,
+                             will=Will(self.topics.status, "offline"))
         # No limit in paho (its bookkeeping of a limit walks every message on every ack): the
         # publisher keeps at most the broker's Receive Maximum unacknowledged (self._window).
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
-        client.will_set(self.topics.status, "offline", qos=1, retain=True)
-        if self.cfg.username:
-            from edge_agent.logs import add_secret
-
-            password = self.cfg.password()
-            if password:
-                add_secret(password)
-            client.username_pw_set(self.cfg.username, password)
-        if self.cfg.tls is not None:
-            tls = self.cfg.tls
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                           cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
-            client.tls_insecure_set(tls.insecure)
-        client.on_socket_open = self._on_socket_open
-        # Only the network thread may write to the socket: otherwise paho writes from the
-        # publishing thread too, and two threads sending at once can reorder packets.
-        client.on_socket_register_write = lambda c, u, sock: None
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -251,16 +263,8 @@ class MqttLink:
         return client
 
     def _connect(self, client: Any) -> None:
-        if self._protocol == 5:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = int(self.cfg.session_expiry)
-            client.connect(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive), clean_start=False,
-                           properties=props)
-        else:
-            client.connect(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
+        connect(client, self.cfg, keepalive=int(self.cfg.keepalive), protocol=self._protocol,
+                session_expiry=self.cfg.session_expiry)
 
     def _network_loop(self) -> None:
         import paho.mqtt.client as mqtt
@@ -302,14 +306,7 @@ class MqttLink:
                 self._wait_backoff()
 
     def _wait_backoff(self) -> None:
-        # A connection that held for a while starts the backoff again; one the broker accepts
-        # and drops at once (a session taken over, an ACL) keeps growing it.
-        if self._connected_at is not None and time.monotonic() - self._connected_at >= STABLE_AFTER:
-            self._failures = 0
-        self._connected_at = None
-        delay = reconnect_delay(self._failures, self.rng)
-        self._failures += 1
-        self._stop.wait(delay)
+        self._backoff.wait(self._stop)
 
     def _note_down(self, why: str) -> None:
         if why != self._last_error:
@@ -328,12 +325,6 @@ class MqttLink:
 
     # ----------------------------------------------------------------- paho callbacks (network thread)
 
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass  # TLS-wrapped or non-TCP sockets: nothing to tune
-
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             value = getattr(reason_code, "value", None)
@@ -344,7 +335,7 @@ class MqttLink:
             self._note_down(f"the broker refused the connection: {reason_code}")
             client.disconnect()
             return
-        self._connected_at = time.monotonic()
+        self._backoff.connected()
         self._last_error = None
         receive_max = getattr(properties, "ReceiveMaximum", None) if self._protocol == 5 else None
         # A few of the broker's slots stay free for the link's own `online` and `state`.
@@ -359,9 +350,7 @@ class MqttLink:
         log.info("MQTT: connected to %s:%s (MQTT %s, session %s)", self.cfg.host, self.cfg.port,
                  "5" if self._protocol == 5 else "3.1.1", "resumed" if flags.session_present else "new")
         # Also with discovery off: announce() then clears what an earlier config announced.
-        announce = getattr(self.agent, "announce_discovery", None)
-        if announce is not None:
-            announce()
+        self.daemon.announce_discovery()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         # paho may call this more than once for one outage.
@@ -433,9 +422,7 @@ class MqttLink:
         route = self.topics.route(msg.topic)
         if route is not None and route[0] == "ha_status":
             if msg.payload.strip().lower() == b"online":
-                announce = getattr(self.agent, "announce_discovery", None)
-                if announce is not None:
-                    announce()
+                self.daemon.announce_discovery()
             return None
         response_topic, correlation = None, None
         props = getattr(msg, "properties", None)
@@ -468,7 +455,7 @@ class MqttLink:
         last_state = 0.0
         shown: Any = None  # what the last `state` said of the queue, the outbox and the failures
         changed_at: float | None = None  # when those may have changed, not looked at since
-        events = self._event_publisher()  # task events go out from their own table, beside the outbox
+        events = self.event_publisher  # task events go out from their own table, beside the outbox
         done: list[int] = []
         last_remove = 0.0
         while not self._stop.is_set():
@@ -574,27 +561,21 @@ class MqttLink:
         topics = [self.topics.gpio(name) for name in self.settings.devices]
         if not topics:
             return True
-        rows = self.store.query(f"select seq, topic, payload, qos, retain from outbox where seq > ? and topic in "
-                                f"({','.join('?' * len(topics))}) order by seq", (last_seq, *topics))
-        rows = [r for r in rows if r[0] not in early]
-        for seq, topic, payload, qos, retain in rows[:max(0, room)]:
-            info = client.publish(topic, bytes(payload), qos=qos, retain=bool(retain))
-            inflight[info.mid] = (seq, topic)
-            early.add(seq)
+        rows = [m for m in self.outbox.pending_on(topics, last_seq) if m.seq not in early]
+        for m in rows[:max(0, room)]:
+            info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+            inflight[info.mid] = (m.seq, m.topic)
+            early.add(m.seq)
         return len(rows) <= max(0, room)
 
-    def _event_publisher(self) -> Any:
-        log_ = getattr(self.agent, "events", None)
-        if log_ is None:
+    def _event_publisher(self, events: EventLog | None) -> EventPublisher | None:
+        if events is None:
             return None
-        from edge_agent.device.events import EventPublisher
-
         try:
-            self.event_publisher = EventPublisher(log_, self.topics.events)
+            return EventPublisher(events, self.topics.events)
         except StorageError as exc:  # replies still go out; events wait in their table for the next start
             log.error("events: cannot read the publishing position: %s", exc)
             return None
-        return self.event_publisher
 
     def _props(self, props: dict[str, Any] | None) -> Any:
         if not props or self._protocol != 5:
@@ -620,43 +601,38 @@ class MqttLink:
         return _key_of(self._changing())
 
     def _changing(self) -> dict[str, Any]:
-        agent = self.agent
         depth, oldest = self.outbox.depth()
         doc: dict[str, Any] = {
-            "queue": agent.queue.depth() if agent.queue else 0,
+            "queue": self.journal.depth(),
             "outbox": depth,
             "outbox_oldest_s": round(oldest, 1) if oldest is not None else None,
             "last_error": None,
             "disk_full": self.store.full,
-            "failures_24h": int(self.store.query(
-                "select count(*) from commands where state in ('failed', 'expired') and finished > ?",
-                (time.time() - 86400,))[0][0]),
+            "failures_24h": self.journal.failures_since(time.time() - 86400),
         }
-        rows = self.store.query("select action, error_type, error_message, finished from commands "
-                                "where state in ('failed', 'expired') order by finished desc limit 1")
-        if rows:
-            action, kind, message, finished = rows[0]
-            doc["last_error"] = {"action": action, "type": kind, "message": message, "at": finished}
+        for failed in self.journal.recent_failures(1):
+            doc["last_error"] = {"action": failed.action, "type": failed.error_type, "message": failed.error_message,
+                                 "at": failed.finished}
         return doc
 
     def state_document(self) -> dict[str, Any]:
-        agent = self.agent
+        daemon = self.daemon
         changing = self._changing()
         return {
             "device": self.settings.device_id,
             "version": __version__,
-            "uptime_s": round(time.monotonic() - agent.started_monotonic, 1),
+            "uptime_s": round(time.monotonic() - daemon.started_monotonic, 1),
             "queue": changing["queue"],
             "outbox": changing["outbox"],
             "outbox_oldest_s": changing["outbox_oldest_s"],
-            "clock_synchronized": agent.clock_trusted() if hasattr(agent, "clock_trusted") else None,
-            "next_jobs": agent.scheduler.next_firings(5) if getattr(agent, "scheduler", None) else [],
-            "next_sunset": agent.next_solar("sunset") if hasattr(agent, "next_solar") else None,
+            "clock_synchronized": daemon.clock_trusted(),
+            "next_jobs": daemon.next_jobs(5),
+            "next_sunset": daemon.next_solar("sunset"),
             "last_error": changing["last_error"],
             "groups": list(self.settings.groups),
             "failures_24h": changing["failures_24h"],
             "disk_full": changing["disk_full"],
-            "last_seq": agent.events.last_seq() if getattr(agent, "events", None) is not None else 0,
+            "last_seq": self.events.last_seq() if self.events is not None else 0,
             "ts": round(time.time(), 3),
         }
 

@@ -64,6 +64,16 @@ class Outbox:
         )
         return [OutMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), json.loads(r[5]) if r[5] else None) for r in rows]
 
+    def pending_on(self, topics: list[str], after_seq: int) -> list[OutMessage]:
+        """The rows after ``after_seq`` on any of ``topics``, in order (the GPIO states sent ahead)."""
+        rows = self.store.query(f"select seq, topic, payload, qos, retain from outbox where seq > ? and topic in "
+                                f"({','.join('?' * len(topics))}) order by seq", (after_seq, *topics))
+        return [OutMessage(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), None) for r in rows]
+
+    def last_seq(self) -> int:
+        """The seq of the newest row waiting (0 if none)."""
+        return int(self.store.query("select coalesce(max(seq), 0) from outbox")[0][0])
+
     @property
     def unremoved(self) -> bool:
         """Whether delivered rows wait to be deleted (a full disk kept :meth:`remove` from it)."""

@@ -40,7 +40,9 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
     last: dict[str, float | None] = {}
     if store is not None:
         try:
-            last = {job: fired for job, fired in store.query("select job, fired from firings")}
+            from edge_agent.device.scheduler import Firings
+
+            last = Firings(store).last_fired()
         except Exception:
             last = {}
     loc = settings.location

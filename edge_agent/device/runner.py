@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from edge_agent.device.actions import Registry
+from edge_agent.device.actions.registry import Action, Registry
 from edge_agent.device.commands import Command
 from edge_agent.device.journal import Journal
 from edge_agent.device.network import PROBE_INTERVAL, NetworkGate, target_of
@@ -29,7 +29,7 @@ from edge_agent.device.store import DiskFull, Store
 from edge_agent.device.tasks import running
 from edge_agent.errors import EdgeAgentError, RetryableError, StorageError
 
-__all__ = ["Finish", "Reporter", "Runner", "Started"]
+__all__ = ["Finish", "Reporter", "Runner", "Started", "WorkQueue"]
 
 log = logging.getLogger("edge_agent.runner")
 
@@ -51,6 +51,24 @@ class Reporter(Protocol):
         """``cmd`` waits for a later attempt or for the network (``before``: as it was claimed)."""
 
 
+class WorkQueue(Protocol):
+    """What the runner asks of the queue its commands come from (the
+    :class:`~edge_agent.device.taskqueue.TaskQueue`)."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once the daemon stops: an outcome held for a full disk is given up."""
+
+    def retry_at(self, cur: sqlite3.Cursor, cmd: Command, when: float) -> None:
+        """Give ``cmd`` a message due at ``when``, in the caller's transaction."""
+
+    def release_parked(self) -> int:
+        """Run every command parked for the network now."""
+
+    def acting(self) -> contextlib.AbstractContextManager[None]:
+        """Entered around each action (so the queue knows which workers are free)."""
+
+
 class _Silent:
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         pass
@@ -66,28 +84,22 @@ class Started(NamedTuple):
     """A command claimed and about to run."""
 
     cmd: Command
-    action: Any
+    action: Action
     target: str | None
 
 
 class Runner:
-    def __init__(self, store: Store, journal: Journal, registry: Registry, *,
-                 retry_at: Callable[[sqlite3.Cursor, Command, float], None],
-                 reporter: Reporter | None = None, release_parked: Callable[[], object] = lambda: None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 stopping: Callable[[], bool] = lambda: False):
+    def __init__(self, store: Store, journal: Journal, registry: Registry, queue: WorkQueue, *,
+                 reporter: Reporter | None = None, gate: NetworkGate | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
         self.store = store
-        self.stopping = stopping  # true once the daemon stops: an outcome held for a full disk is given up
         self.journal = journal
         self.registry = registry
-        self.retry_at = retry_at
+        self.queue = queue
         self.reporter: Reporter = reporter or _Silent()
-        self.release_parked = release_parked
-        self.gate = NetworkGate()
+        self.gate = gate or NetworkGate()
         self.clock = clock
         self.rng = rng or random.Random()
-        # Entered around each action (the queue's, so it knows which workers are free).
-        self.acting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def __call__(self, seq: int) -> None:
         try:
@@ -140,26 +152,27 @@ class Runner:
     def fail_unstartable(self, cur: sqlite3.Cursor, seq: int, error: tuple[str, str]) -> None:
         """Command ``seq`` could not be started (a bug of ours): it ends ``failed`` with the
         error, and is reported, instead of staying queued without a message."""
-        rows = cur.execute("select 1 from commands where seq = ? and state = 'queued'", (seq,)).fetchall()
-        if rows:
+        if self.journal.is_queued(cur, seq):
             done = self.journal.finish(cur, seq, "failed", error=error)
             self.reporter.finished(cur, done)
 
     def complete(self, step: Started | Command | None, defer: bool = False) -> Command | Finish | None:
         """Run a begun command's action (outside any transaction) and record its outcome; with
-        ``defer``, a success comes back as a :class:`Finish` for the caller to record."""
+        ``defer`` (a worker's way), a success comes back as a :class:`Finish` for the caller to
+        record, and anything else, recorded already, as None."""
         if not isinstance(step, Started):
-            return step
+            return None if defer else step
         cmd, action, target = step
         started = time.monotonic()
         try:
             kwargs = dict(cmd.args)
             if action.wants_command:
                 kwargs["command"] = cmd
-            with self.acting(), running(cmd.id):
+            with self.queue.acting(), running(cmd.id):
                 result = action.fn(**kwargs)
         except Exception as exc:
-            return self._failed(cmd, action, exc, target)
+            failed = self._failed(cmd, action, exc, target)
+            return None if defer else failed
         finish = Finish(self, cmd, _jsonable(result), target, time.monotonic() - started)
         if defer:
             return finish
@@ -182,22 +195,19 @@ class Runner:
                     log.error("command %s (%s) ran, and its outcome cannot be recorded: %s; kept until there "
                               "is space", cmd.id, cmd.action, exc)
                     said = True
-                if self.stopping():
+                if self.queue.stopping:
                     # Not recorded: the command stays `running` and the next start runs it again
                     # (or reports it interrupted), as after a kill. A stop must not wait for space.
                     log.error("command %s (%s): stopping with the disk still full; its outcome is not recorded",
                               cmd.id, cmd.action)
                     raise
-                if self.store.full:
-                    self.store.wait_space(1.0)  # the store's probe says when space is back
-                else:  # a store without a probe (not the daemon's)
-                    time.sleep(delay)
+                if self.store.wait_after_full(1.0, fallback=delay):  # (a store without a probe: backing off)
                     delay = min(delay * 2, RECORD_RETRY_MAX)
         if said:
             log.warning("command %s (%s): outcome recorded (%s) now that there is space", cmd.id, cmd.action, done.state)
         return done
 
-    def _park(self, cur: sqlite3.Cursor, cmd: Command, action: Any, why: str, *, wait: float = PROBE_INTERVAL) -> Command:
+    def _park(self, cur: sqlite3.Cursor, cmd: Command, action: Action, why: str, *, wait: float = PROBE_INTERVAL) -> Command:
         now = self.clock()
         deadline = _deadline(cmd, action)
         give_up = deadline if deadline is not None else cmd.created + MAX_PARK
@@ -209,17 +219,17 @@ class Runner:
         # Jitter upwards only: a probe must not come back before its target may be tried.
         when = min(now + wait * self.rng.uniform(1.0, 1.1) + 0.01, give_up + 0.001)
         parked = self.journal.retry_later(cur, cmd.seq, when, ("network_unavailable", why), refund=True)
-        self.retry_at(cur, cmd, when)
+        self.queue.retry_at(cur, cmd, when)
         self.reporter.retried(cur, cmd, parked)
         return parked
 
-    def _failed(self, cmd: Command, action: Any, exc: Exception, target: str | None) -> Command:
+    def _failed(self, cmd: Command, action: Action, exc: Exception, target: str | None) -> Command:
         kind = classify(exc)
         if target is not None:
             if kind == "network":
                 self.gate.failed(target)
             elif self.gate.succeeded(target):  # it answered, if only with an error: the network is there
-                self.release_parked()
+                self.queue.release_parked()
         error = (_error_type(exc), _error_text(exc))
         policy = action.retry
         now = self.clock()
@@ -238,7 +248,7 @@ class Runner:
                 deadline = _deadline(cmd, action)
                 if deadline is None or when < deadline:
                     retried = self.journal.retry_later(cur, cmd.seq, when, error, max_attempts=policy.retries + 1)
-                    self.retry_at(cur, cmd, when)
+                    self.queue.retry_at(cur, cmd, when)
                     self.reporter.retried(cur, cmd, retried)
                     return retried
             done = self.journal.finish(cur, cmd.seq, "failed", error=error)
@@ -274,17 +284,17 @@ class Finish:
         runner = self.runner
         if self.target is not None and runner.gate.succeeded(self.target):
             log.info("%s is reachable again: releasing parked commands", self.target)
-            runner.release_parked()
+            runner.queue.release_parked()
         log.debug("command %s (%s) succeeded in %.1f ms", self.cmd.id, self.cmd.action, self.took * 1000)
         if self.said_full:
             log.warning("command %s (%s): outcome recorded (succeeded) now that there is space", self.cmd.id,
                         self.cmd.action)
 
 
-def _deadline(cmd: Command, action: Any) -> float | None:
+def _deadline(cmd: Command, action: Action | None) -> float | None:
     """The earlier of the command's own deadline and its action's (``@task(deadline=...)``,
     counted from when the command was queued, however it was queued)."""
-    policy = getattr(action, "retry", None)
+    policy = action.retry if action is not None else None
     own = cmd.deadline
     if policy is not None and policy.deadline is not None:
         by_policy = cmd.created + policy.deadline

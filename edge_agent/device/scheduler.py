@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from edge_agent.schedule.planner import Job, Planner
 from edge_agent.schedule.triggers import job_trigger
 from edge_agent.schedule.windows import Window, window_state
 
-__all__ = ["FAKE_TIME", "Scheduler", "claim_clock", "fake_start", "reading_clock", "scheduler_clock"]
+__all__ = ["FAKE_TIME", "Firings", "Scheduler", "claim_clock", "fake_start", "reading_clock", "scheduler_clock"]
 
 log = logging.getLogger("edge_agent.scheduler")
 
@@ -104,13 +105,45 @@ def claim_clock(store: Store, clock: Callable[[], float], environ: Mapping[str, 
                               f"times and would hold or skip real ones. Delete it (and its -wal and -shm files) "
                               f"or set another [storage] path")
         return
-    if not marked and store.query("select 1 from firings limit 1"):
+    if not marked and Firings(store).any():
         raise ConfigError(f"{FAKE_TIME} is set, but {store.path} holds a real run's schedule: fake firings "
                           f"would be recorded there. Use another [storage] path for fake-clock runs")
     log.warning("schedule clock is FAKE (%s=%s): jobs and windows run on it, as if synchronised",
                 FAKE_TIME, os.environ.get(FAKE_TIME) if environ is None else environ.get(FAKE_TIME))
     with store.transaction() as cur:
         store.set_meta(cur, _FAKE_META, json.dumps({"start": clock(), "real": time.time()}))
+
+
+class Firings:
+    """The ``firings`` table, per job: when it was first seen (it never fires for instants
+    before), the last planned instant handled and when that fired. The only code on it."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def any(self) -> bool:
+        """Whether a schedule ever ran on this database."""
+        return bool(self.store.query("select 1 from firings limit 1"))
+
+    def load(self, names: list[str], now_ts: float) -> dict[str, tuple[float, float | None]]:
+        """(first seen, last planned) per job; those of ``names`` not seen before are first seen at ``now_ts``."""
+        rows = {job: (since, planned) for job, since, planned in self.store.query("select job, since, planned from firings")}
+        missing = [n for n in names if n not in rows]
+        if missing:
+            with self.store.transaction() as cur:
+                cur.executemany("insert into firings (job, since) values (?, ?) on conflict (job) do nothing",
+                                [(n, now_ts) for n in missing])
+            for n in missing:
+                rows[n] = (now_ts, None)
+        return rows
+
+    def record(self, cur: sqlite3.Cursor, job: str, planned: float | None, fired: float | None) -> None:
+        """In the transaction that queued the firings: the last planned instant handled, and when."""
+        cur.execute("update firings set planned = ?, fired = ? where job = ?", (planned, fired, job))
+
+    def last_fired(self) -> dict[str, float | None]:
+        """When each job last fired (None: the last decision fired nothing)."""
+        return {job: fired for job, fired in self.store.query("select job, fired from firings")}
 
 
 def build_jobs(settings: Any) -> list[tuple[Any, Job]]:
@@ -126,6 +159,7 @@ class Scheduler:
                  clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None,
                  on_fired: Callable[..., None] | None = None):
         self.store = store
+        self.firings = Firings(store)
         self.submit = submit
         # (cur, job name, planned unix time, command) in the transaction that queued a firing
         self.on_fired = on_fired
@@ -209,7 +243,7 @@ class Scheduler:
             except DiskFull:
                 # The store logs the full disk once; firings wait (their planned instants are
                 # kept, so the missed policy decides when space returns).
-                self.store.wait_space(1.0)
+                self.store.wait_after_full(1.0, fallback=0.0)  # (then this loop's own wait, 1 s)
                 next_ts = now_ts + 1.0
             except Exception:
                 log.exception("scheduler: unexpected error; trying again in 10s")
@@ -273,14 +307,7 @@ class Scheduler:
         return next_ts
 
     def _load_state(self, now_ts: float, names: list[str]) -> dict[str, tuple[datetime, datetime | None]]:
-        rows = {job: (since, planned) for job, since, planned in self.store.query("select job, since, planned from firings")}
-        missing = [n for n in names if n not in rows]
-        if missing:
-            with self.store.transaction() as cur:
-                cur.executemany("insert into firings (job, since) values (?, ?) on conflict (job) do nothing",
-                                [(n, now_ts) for n in missing])
-            for n in missing:
-                rows[n] = (now_ts, None)
+        rows = self.firings.load(names, now_ts)
         out = {}
         for n in names:
             since, planned = rows[n]
@@ -299,8 +326,7 @@ class Scheduler:
                 if self.on_fired is not None and queued is not None and queued[1]:
                     self.on_fired(cur, spec.name, ts, queued[0])
                 log.info("job %s fired for %s", spec.name, planned.astimezone(self.settings.location.tz).isoformat())
-            cur.execute("update firings set planned = ?, fired = ? where job = ?",
-                        (last.timestamp() if last else None, now_ts if instants else None, spec.name))
+            self.firings.record(cur, spec.name, last.timestamp() if last else None, now_ts if instants else None)
 
     def _apply_window(self, i: int, spec: Any, window: Window, now: datetime, now_ts: float) -> float | None:
         loc = self.settings.location

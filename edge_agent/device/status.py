@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+from edge_agent.durations import ago
+
 __all__ = ["collect_status", "render_status"]
 
 
@@ -75,20 +77,10 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
     return doc
 
 
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    secs = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit} ago"
-    return f"{secs}s ago"
-
-
 def render_status(doc: dict[str, Any]) -> str:
     lines = [f"edge-agent {doc['version']}  device {doc['device']}  ({doc['config']})"]
     d = doc["daemon"]
-    lines.append(f"  daemon     {'running, pid ' + str(d['pid']) + ', since ' + _ago(d['since']) if d['running'] else 'NOT RUNNING'}")
+    lines.append(f"  daemon     {'running, pid ' + str(d['pid']) + ', since ' + ago(d['since']) if d['running'] else 'NOT RUNNING'}")
     if "error" in doc:
         lines.append(f"  database   {doc['error']}")
         return "\n".join(lines)
@@ -98,7 +90,7 @@ def render_status(doc: dict[str, Any]) -> str:
     else:
         state = f"connected to {m['broker']}" if m["connected"] else f"DISCONNECTED from {m['broker']}"
         err = f"; last error: {m['last_error']}" if m.get("last_error") else ""
-        lines.append(f"  mqtt       {state} ({_ago(m['since'])}){err}")
+        lines.append(f"  mqtt       {state} ({ago(m['since'])}){err}")
     c = doc["clock"]
     lines.append(f"  clock      {'synchronized' if c['synchronized'] else 'NOT synchronized'}"
                  f"{' (time-based jobs held)' if c['holding_jobs'] else ''}"
@@ -113,7 +105,7 @@ def render_status(doc: dict[str, Any]) -> str:
     else:
         last = disk["last_full"]
         lines.append(f"  disk       {disk['free_bytes'] / 2**20:.1f} MiB free"
-                     + (f"; last full {_ago(last['until'])} for {last['until'] - last['since']:.0f}s" if last else ""))
+                     + (f"; last full {ago(last['until'])} for {last['until'] - last['since']:.0f}s" if last else ""))
     for w in doc["waiting"]:
         when = time.strftime("%H:%M:%S", time.localtime(w["next_attempt"])) if w["next_attempt"] else "-"
         of = f" of {w['max_attempts']}" if w["max_attempts"] else ""
@@ -125,7 +117,7 @@ def render_status(doc: dict[str, Any]) -> str:
     if doc["failures"]:
         lines.append("  failures")
         for f in doc["failures"]:
-            lines.append(f"    {_ago(f['at']):>8}  {f['action']:<14} {f['id'][:24]:<24} {f['error']['type']}: {f['error']['message']}")
+            lines.append(f"    {ago(f['at']):>8}  {f['action']:<14} {f['id'][:24]:<24} {f['error']['type']}: {f['error']['message']}")
     else:
         lines.append("  failures   none")
     return "\n".join(lines)

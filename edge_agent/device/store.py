@@ -350,6 +350,21 @@ class Store:
                 self._space.wait(timeout)
             return self.full_since is None
 
+    def wait_after_full(self, timeout: float, *, fallback: float, stop: Callable[[], bool] | None = None) -> bool:
+        """After a :class:`DiskFull`, before trying again. The daemon's store is full then and its
+        probe says when space is back: wait for that up to ``timeout`` s (with ``stop``: until
+        there is space or ``stop()``, looking every ``timeout`` s). A store without a probe (not
+        the daemon's) never says: sleep ``fallback`` s instead. Returns whether it slept."""
+        if not self.full:
+            time.sleep(fallback)
+            return True
+        if stop is None:
+            self.wait_space(timeout)
+        else:
+            while not stop() and not self.wait_space(timeout):
+                pass
+        return False
+
     def _free(self) -> int:
         try:
             return free_space(self.path)

@@ -4,9 +4,9 @@ Stdlib only and cheap to import: the CLI imports the package too, so ``socket``
 and ``ctypes`` are imported inside the functions that need them.
 
 ``notify`` speaks the sd_notify protocol (one datagram to ``$NOTIFY_SOCKET``)
-without libsystemd. ``Watchdog`` tracks the daemon's loops so that
-``WATCHDOG=1`` is only sent while every one of them is really alive: a wedged
-worker then makes systemd kill and restart the service.
+without libsystemd. The daemon sends ``WATCHDOG=1`` only while every one of its
+loops is really alive (``Agent.alive``): a wedged worker then makes systemd kill and
+restart the service.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 __all__ = [
     "SYNCHRONIZED_MARKER",
-    "Watchdog",
     "clock_synchronized",
     "notify",
     "watchdog_interval",
@@ -173,81 +170,3 @@ def _read_kernel_timex() -> tuple[int, int, int] | None:
         log.debug("adjtimex failed: %s", os.strerror(ctypes.get_errno()))
         return None
     return state, timex.status, timex.maxerror
-
-
-class Watchdog:
-    """Liveness of the daemon's loops, deciding whether systemd may be told all is well.
-
-    Each named source (a loop: the scheduler, the MQTT link, a worker) calls
-    ``beat(name)`` every time round. A source is stale once its last beat is
-    older than its allowed staleness; the owner pings ``WATCHDOG=1`` (see
-    ``feed``) only while ``check()`` finds no stale source, so a wedged loop
-    stops the pings and systemd restarts the service after ``WatchdogSec``.
-
-    ``sources`` is a list of names, each allowed ``2 * interval`` (that is
-    ``WatchdogSec``: a loop must beat at least once per ``interval``), or a
-    mapping of name to its own allowed staleness in seconds, for loops that
-    legitimately block longer. Every source counts as having beaten at
-    construction. Times are ``time.monotonic()`` seconds; pass ``now`` to
-    control them in tests. Safe to use from any thread.
-    """
-
-    def __init__(
-        self,
-        interval: float,
-        sources: Iterable[str] | Mapping[str, float],
-        *,
-        now: float | None = None,
-    ) -> None:
-        if interval <= 0:
-            raise ValueError(f"watchdog interval must be positive, not {interval!r}")
-        self.interval = interval
-        start = time.monotonic() if now is None else now
-        if isinstance(sources, Mapping):
-            allowed = {name: float(limit) for name, limit in sources.items()}
-        else:
-            allowed = {name: 2 * interval for name in sources}
-        self._allowed = allowed
-        self._last = dict.fromkeys(allowed, start)
-        self._lock = threading.Lock()
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        """Names of the watched loops."""
-        with self._lock:
-            return tuple(self._allowed)
-
-    def add(self, name: str, staleness: float | None = None, *, now: float | None = None) -> None:
-        """Start watching a loop that begins after construction; counts as beaten now."""
-        with self._lock:
-            self._allowed[name] = 2 * self.interval if staleness is None else float(staleness)
-            self._last[name] = time.monotonic() if now is None else now
-
-    def remove(self, name: str) -> None:
-        """Stop watching a loop that ended on purpose (e.g. while draining)."""
-        with self._lock:
-            self._allowed.pop(name, None)
-            self._last.pop(name, None)
-
-    def beat(self, name: str, *, now: float | None = None) -> None:
-        """Record that loop ``name`` is alive; an unknown name is a bug and raises KeyError."""
-        stamp = time.monotonic() if now is None else now
-        with self._lock:
-            if name not in self._last:
-                raise KeyError(f"watchdog source {name!r} is not registered")
-            self._last[name] = stamp
-
-    def check(self, now: float | None = None) -> list[str]:
-        """Sorted names of the loops whose last beat is older than allowed; empty if all live."""
-        current = time.monotonic() if now is None else now
-        with self._lock:
-            return sorted(name for name, last in self._last.items() if current - last > self._allowed[name])
-
-    def feed(self, now: float | None = None, *, environ: Mapping[str, str] | None = None) -> list[str]:
-        """Ping ``WATCHDOG=1`` if no loop is stale; returns the stale loops (then no ping)."""
-        stale = self.check(now)
-        if stale:
-            log.warning("watchdog: not pinging systemd, stalled: %s", ", ".join(stale))
-        else:
-            notify("WATCHDOG=1", environ=environ)
-        return stale

@@ -1,16 +1,19 @@
-"""Huey wired to the journal: the queue that worker threads take commands from.
+"""The command queue: Huey's storage wired to the journal, and the worker threads.
 
-Huey's SQLite tables (``task`` and ``schedule``) live in the agent's database and
-carry one small message per command: ``run_command(seq)``, pickled by Huey but made
-only here, from journal rows (never from network data). Commands enter the journal
-and the queue in one transaction.
+Huey is used here for the storage and serialization of one small message per command,
+``run_command(seq)``: its SQLite tables (``task`` and ``schedule``) live in the agent's
+database, so a command enters the journal and the queue in one transaction, and the
+message is pickled by Huey but made only here, from journal rows (never from network
+data). Only :class:`QueueStorage`, the storage adapter, touches Huey's tables.
 
-Two Huey defaults are replaced because they break promises (README, Design):
-- the idle worker polls with up to 10 s of delay: :class:`QueueStorage` blocks on a
-  condition that in-process enqueues signal, and other processes poke it awake
-  (:mod:`edge_agent.device.poke`), so pickup takes milliseconds and idle costs nothing;
-- Huey deletes a task before running it: the journal keeps the command ``running``
-  until it has an outcome, and :meth:`TaskQueue.start` recovers what a crash left.
+Huey's consumer is not used; two of its ways would break what the agent promises:
+- Its idle workers poll, with up to 10 s of delay: here a worker blocks on a condition
+  that in-process enqueues signal, and that other processes poke awake
+  (:mod:`edge_agent.device.poke`), so pickup takes milliseconds and idle costs nothing.
+- It deletes a task before running it, so a crash could lose it: here the journal keeps
+  the command ``running`` until it has an outcome, and :meth:`TaskQueue.recover` puts back
+  what a crash left. A worker (:class:`Workers`) takes a message and claims its command in
+  one transaction, runs the action outside any, and records the outcome with its next take.
 
 Work that needs the network runs in a lane of its own (queue name ``edge-net``, its own
 workers), so requests hanging until their timeouts never hold up local work.
@@ -36,7 +39,7 @@ from edge_agent.device.poke import PokeListener
 from edge_agent.device.store import DiskFull, Store
 from edge_agent.errors import StorageError
 
-__all__ = ["Executor", "QueueStorage", "TaskQueue"]
+__all__ = ["Deferred", "Executor", "QueueStorage", "TaskQueue", "Workers"]
 
 log = logging.getLogger("edge_agent.taskqueue")
 
@@ -50,16 +53,26 @@ SAFETY_INTERVAL = 30.0
 class Executor(Protocol):
     """What workers run messages with (the :class:`~edge_agent.device.runner.Runner`)."""
 
-    def run(self, seq: int) -> Any: ...
-
     def begin(self, cur: sqlite3.Cursor, seq: int) -> Any: ...
 
     def fail_unstartable(self, cur: sqlite3.Cursor, seq: int, error: tuple[str, str]) -> None: ...
 
     def complete(self, step: Any, defer: bool = False) -> Any:
-        """Run a begun step. With ``defer``, a success may come back unrecorded, as an object
-        with ``record(cur)`` (called in the transaction that takes the worker's next
-        message: one commit per command less) and ``after()`` (called once it committed)."""
+        """Run a begun step. With ``defer``, a success comes back unrecorded, as a
+        :class:`Deferred`; anything else (recorded already) as None."""
+
+
+class Deferred(Protocol):
+    """A success left to the worker (the runner's Finish): :meth:`record` is called in the
+    transaction that takes the worker's next message (one commit per command less), and
+    :meth:`after` once that committed."""
+
+    cmd: Command
+    said_full: bool  # the worker said the disk is full while it holds this outcome
+
+    def record(self, cur: sqlite3.Cursor) -> Any: ...
+
+    def after(self) -> None: ...
 
 
 class QueueStorage(SqliteStorage):
@@ -153,6 +166,11 @@ class QueueStorage(SqliteStorage):
                                (self.name, stamp)).fetchall()
         return [bytes(d) for d, _ in sorted(rows, key=lambda r: r[1])]
 
+    def take_over(self, cur: sqlite3.Cursor, lane: str) -> None:
+        """Move the messages of queue ``lane`` to this one, in the caller's transaction."""
+        for table in ("task", "schedule"):
+            cur.execute(f"update {table} set queue = ? where queue = ?", (self.name, lane))
+
     def _pop(self, now: float, then: Callable[[sqlite3.Cursor, bytes], Any] | None = None,
              first: Callable[[sqlite3.Cursor], None] | None = None) -> tuple[bytes | None, Any, float | None]:
         # With ``then``, one write transaction does ``first`` (records the worker's last
@@ -219,15 +237,27 @@ class QueueStorage(SqliteStorage):
         return None
 
 
-class TaskQueue:
-    """The daemon's queue: submit, adopt other processes' commands, run workers, recover, drain."""
+def run_command(seq: int) -> None:
+    """The task Huey's messages name. Never called: :class:`Workers` run a message in two steps."""
+    raise NotImplementedError("queued commands are run by the daemon's workers")
 
-    def __init__(self, store: Store, journal: Journal, runner: Executor, *, workers: int = 4,
-                 network_workers: int = 0, is_network: Callable[[str], bool] = lambda action: False,
+
+# Huey names a message's task "<module>.<name>" and reads only names it knows: this is the
+# name messages carried before the daemon moved to edge_agent/device, so a queue that a daemon
+# of the earlier layout left is still read (the code moved; the name must not).
+run_command.__module__ = "edge_agent.runner"
+
+
+class TaskQueue:
+    """What is queued: commands enter the journal and a lane together (:meth:`submit`), are
+    adopted from other processes (:meth:`adopt`), wait for a retry or the network, and are put
+    back after a stop (:meth:`recover`). :class:`Workers` take them off the lanes."""
+
+    def __init__(self, store: Store, journal: Journal, *, workers: int = 4, network_workers: int = 0,
+                 is_network: Callable[[str], bool] = lambda action: False,
                  on_submitted: Callable[[sqlite3.Cursor, Command], None] | None = None):
         self.store = store
         self.journal = journal
-        self.runner = runner
         self.huey = Huey("edge", results=False, utc=True, storage_class=QueueStorage, store=store)
         self.storage: QueueStorage = self.huey.storage
         # Two lanes: work that needs the network (``is_network(action)``) has workers of its own,
@@ -235,30 +265,23 @@ class TaskQueue:
         self.network_workers = network_workers
         self.is_network = is_network
         self.net_storage = QueueStorage(NET_QUEUE, store=store) if network_workers else self.storage
-        # (queue, thread name, how many workers) per lane
-        self._lanes = [(self.storage, "worker", workers)] + (
+        #: (queue, thread name, how many workers) per lane
+        self.lanes = [(self.storage, "worker", workers)] + (
             [(self.net_storage, "net", network_workers)] if network_workers else [])
-        self._worker = threading.local()  # the lane of the current worker thread
-        # Huey makes and reads the messages (run_command(seq)); the worker runs them in two
-        # steps (see _work), so the task function itself is never called.
-        self._run = self.huey.task(name="run_command")(runner.run)
-        self.workers = workers
+        self._run = self.huey.task(name="run_command")(run_command)
         self.on_submitted = on_submitted
-        self._threads: list[threading.Thread] = []
-        self._busy = 0
-        self.processed = 0
         self._adopt_lock = threading.Lock()
         self._adopted_upto = 0  # the highest seq looked at for commands of other processes
-        self._busy_lock = threading.Lock()
-        self._poke: PokeListener | None = None
-        # Per worker: when its loop last came round, and since when it runs a command.
-        self._beats: dict[str, float] = {}
-        self._busy_since: dict[str, float | None] = {}
+        self._lane_of = threading.local()  # the lane of the current worker thread (see serve)
 
     # ----------------------------------------------------------------- entering the queue
 
     def message(self, seq: int) -> bytes:
         return self.huey.serialize_task(self._run.s(seq))
+
+    def seq_of(self, message: bytes) -> int:
+        """The command seq a message names."""
+        return int(self.huey.deserialize_task(message).args[0])
 
     def lane(self, action: str) -> QueueStorage:
         """The queue that runs ``action``: the network lane or the local one."""
@@ -292,7 +315,7 @@ class TaskQueue:
     def adopt(self) -> int:
         """Queue the commands other processes wrote since the last look."""
         with self._adopt_lock:
-            head = int(self.store.query("select coalesce(max(seq), 0) from commands")[0][0])
+            head = self.journal.last_seq()
             if head <= self._adopted_upto:
                 return 0
             total = 0
@@ -323,8 +346,7 @@ class TaskQueue:
         """Run every command parked for the network now (its target came back)."""
         now = time.time()
         with self.store.transaction() as cur:
-            rows = cur.execute("update commands set next_attempt = ? where state = 'queued' and parked = 1 "
-                               "returning seq, action", (now,)).fetchall()
+            rows = self.journal.release_parked(cur, now)
             for seq, action in rows:
                 # The message already scheduled for later stays; the claim makes it a no-op.
                 self.lane(action).enqueue_in(cur, self.message(seq), None, now)
@@ -335,7 +357,32 @@ class TaskQueue:
     def retry_at(self, cur: sqlite3.Cursor, cmd: Command, when: float) -> None:
         self.lane(cmd.action).enqueue_in(cur, self.message(cmd.seq), when, time.time())
 
-    # ----------------------------------------------------------------- lifecycle
+    def depth(self) -> int:
+        """How many commands are queued or running."""
+        return self.journal.depth()
+
+    # ----------------------------------------------------------------- for the workers and the runner
+
+    def serve(self, storage: QueueStorage) -> None:
+        """Called by a worker thread as it starts: the lane it takes from (see :meth:`acting`)."""
+        self._lane_of.storage = storage
+
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[None]:
+        """Around an action in a worker (the runner enters it): its lane knows it is busy."""
+        storage = getattr(self._lane_of, "storage", None)
+        if storage is None:  # not a worker thread (a test running a command directly)
+            yield
+            return
+        with storage.acting():
+            yield
+
+    @property
+    def stopping(self) -> bool:
+        """True once the workers stop (:meth:`Workers.stop`)."""
+        return self.storage.stopping
+
+    # ----------------------------------------------------------------- recovery
 
     def recover(self, reruns: Callable[[Command], bool] = lambda cmd: True) -> list[Command]:
         """Settle what a stop or crash left, at a cost that does not grow with the backlog; returns
@@ -344,17 +391,16 @@ class TaskQueue:
         Huey's tables are durable and change in the same transactions as the journal, so every
         ``queued`` command still has its message. What a kill leaves is the ``running`` commands
         (their messages were taken): they get a message at the head of the line. Commands other
-        processes wrote are adopted after start-up (:meth:`start`), from the last seq adopted.
+        processes wrote are adopted after start-up (:meth:`Workers.start`), from the last seq adopted.
         """
         with self.store.transaction() as cur:
             lanes = self.store.get_meta("lanes")
             if lanes != "1" and not self.network_workers:
                 # The network lane was turned off (or the last run did not say): its messages move
                 # to the local one. With the lane on, nothing is scanned.
-                for table in ("task", "schedule"):
-                    cur.execute(f"update {table} set queue = ? where queue = ?", (self.storage.name, NET_QUEUE))
-            if lanes != str(len(self._lanes)):
-                self.store.set_meta(cur, "lanes", str(len(self._lanes)))
+                self.storage.take_over(cur, NET_QUEUE)
+            if lanes != str(len(self.lanes)):
+                self.store.set_meta(cur, "lanes", str(len(self.lanes)))
             found = self.journal.recover(cur, reruns)
             for cmd in found.rerun:
                 self.put_in(cur, cmd, first=True)
@@ -368,8 +414,28 @@ class TaskQueue:
                       ", ".join(c.id for c in found.interrupted[:10]))
         return found.interrupted
 
+
+class Workers:
+    """The worker threads of the queue's lanes, and the thread that adopts what other processes
+    queue (woken by their poke). A worker takes a message and claims its command in one
+    transaction, runs the action with ``runner`` outside any, and records a success in the
+    transaction of its next take; Huey's task function is never called."""
+
+    def __init__(self, queue: TaskQueue, runner: Executor):
+        self.queue = queue
+        self.store = queue.store
+        self.runner = runner
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self.processed = 0
+        self._busy_lock = threading.Lock()
+        self._poke: PokeListener | None = None
+        # Per worker: when its loop last came round, and since when it runs a command.
+        self._beats: dict[str, float] = {}
+        self._busy_since: dict[str, float | None] = {}
+
     def start(self, poke_path: str | None) -> None:
-        for storage, name, count in self._lanes:
+        for storage, name, count in self.queue.lanes:
             for i in range(count):
                 with storage.cond:
                     storage.awake += 1
@@ -386,18 +452,15 @@ class TaskQueue:
 
     def _listen(self) -> None:
         look = True  # the first look: what was queued while the daemon was down
-        while not self.storage.stopping:
+        while not self.queue.stopping:
             if not look and (self._poke is None or not self._poke.wait()):
                 return
             try:
-                self.adopt()
+                self.queue.adopt()
                 look = False
             except DiskFull:  # the store said so; the commands wait in the journal
                 look = True
-                if self.store.full:
-                    self.store.wait_space(5.0)
-                else:
-                    time.sleep(1.0)  # a store without a probe (not the daemon's)
+                self.store.wait_after_full(5.0, fallback=1.0)
             except Exception:
                 log.exception("could not take commands queued by another process; trying again in 1s")
                 look = True
@@ -407,7 +470,7 @@ class TaskQueue:
         """In the transaction that takes message ``data``: the runner claims its command."""
         cur.execute("savepoint claim")
         try:
-            seq = self.huey.deserialize_task(data).args[0]
+            seq = self.queue.seq_of(data)
             step = self.runner.begin(cur, seq)
         except StorageError:
             raise  # all rolled back with the message, which stays queued
@@ -424,7 +487,7 @@ class TaskQueue:
 
     def _fail_unstartable(self, cur: sqlite3.Cursor, data: bytes, exc: Exception) -> None:
         try:
-            seq = self.huey.deserialize_task(data).args[0]
+            seq = self.queue.seq_of(data)
         except Exception:
             return  # not one of our messages: nothing to settle
         cur.execute("savepoint unstartable")
@@ -437,18 +500,8 @@ class TaskQueue:
             cur.execute("rollback to unstartable")
         cur.execute("release unstartable")
 
-    @contextlib.contextmanager
-    def acting(self) -> Iterator[None]:
-        """Around an action in a worker (the runner enters it): its lane knows it is busy."""
-        storage = getattr(self._worker, "storage", None)
-        if storage is None:  # not a worker thread (a test running a command directly)
-            yield
-            return
-        with storage.acting():
-            yield
-
     def _work(self, storage: QueueStorage) -> None:
-        self._worker.storage = storage
+        self.queue.serve(storage)
         try:
             self._work_loop(storage)
         finally:
@@ -457,13 +510,13 @@ class TaskQueue:
 
     def _work_loop(self, storage: QueueStorage) -> None:
         name = threading.current_thread().name
-        pending: Any = None  # the last success, recorded in the transaction of the next take
+        pending: Deferred | None = None  # the last success, recorded in the transaction of the next take
         try:
             while not storage.stopping:
                 self._beats[name] = time.monotonic()
-                recorded: list[Any] = []
+                recorded: list[Deferred] = []
 
-                def first(cur: sqlite3.Cursor, p: Any = pending, out: list[Any] = recorded) -> None:
+                def first(cur: sqlite3.Cursor, p: Any = pending, out: list[Deferred] = recorded) -> None:
                     p.record(cur)
                     out.append(p)
 
@@ -476,11 +529,7 @@ class TaskQueue:
                         pending.said_full = True
                         log.error("command %s (%s) ran, and its outcome cannot be recorded: %s; kept until there "
                                   "is space", pending.cmd.id, pending.cmd.action, exc)
-                    if self.store.full:
-                        while not storage.stopping and not self.store.wait_space(1.0):
-                            pass
-                    else:
-                        time.sleep(1.0)  # a store without a probe (not the daemon's)
+                    self.store.wait_after_full(1.0, fallback=1.0, stop=lambda: storage.stopping)
                     continue
                 except StorageError as exc:  # rolled back, the pending outcome too: it is tried again
                     log.error("reading the queue failed (%s); trying again in 1s", exc)
@@ -499,8 +548,7 @@ class TaskQueue:
                     self._busy += 1
                 self._busy_since[name] = time.monotonic()
                 try:
-                    outcome = self.runner.complete(got[1], defer=True)
-                    pending = outcome if hasattr(outcome, "record") else None
+                    pending = self.runner.complete(got[1], defer=True)
                 except StorageError as exc:
                     # The command stays `running` in the journal: settled at the next start.
                     cmd = getattr(got[1], "cmd", None)
@@ -523,7 +571,7 @@ class TaskQueue:
                               pending.cmd.id, exc)
 
     @staticmethod
-    def _after(outcome: Any) -> None:
+    def _after(outcome: Deferred) -> None:
         try:
             outcome.after()
         except Exception:
@@ -551,7 +599,7 @@ class TaskQueue:
 
     def stop(self, timeout: float) -> bool:
         """Stop taking work; wait up to ``timeout`` s for running commands. True if all finished."""
-        for storage, _, _ in self._lanes:
+        for storage, _, _ in self.queue.lanes:
             storage.stopping = True
             storage.wake_all()
         if self._poke is not None:
@@ -560,7 +608,3 @@ class TaskQueue:
         for t in self._threads:
             t.join(max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
-
-    def depth(self) -> int:
-        rows = self.store.query("select count(*) from commands where state in ('queued', 'running')")
-        return int(rows[0][0])

@@ -13,12 +13,12 @@ messages, their replies and their event streams (``P/D/events``).
   no answer.
 - :func:`request` / :func:`history`: one device's reply to one command; its events, paged
   with ``agent.history``.
-- :class:`EventStream`: the live events of the fleet in ``seq`` order per device, each
-  exactly once; a jump in ``seq`` is filled with ``agent.history``.
+- :class:`edge_agent.fleet.stream.EventStream`: the live events of the fleet in ``seq`` order
+  per device, each exactly once; a jump in ``seq`` is filled with ``agent.history``.
 
 A device is not trusted: what it publishes (status, state, replies, events, history pages)
-is checked and bounded here, at the boundary, with the monitor's rules
-(:mod:`edge_agent.fleet.monitor.validate`), before anything else reads it. A malformed message
+is checked and bounded here, at the boundary, with the contract's rules
+(:mod:`edge_agent.contract`), before anything else reads it. A malformed message
 is dropped or reported as that device's problem; it cannot break the listing or the
 sending for the others, and paging a device's history is bounded in pages and in events.
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import os
 import queue
 import socket
@@ -40,24 +39,36 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from edge_agent.broker import OPERATOR_MAX_BACKOFF, Backoff, connect, make_client
+from edge_agent.config import MqttSettings
+from edge_agent.contract import (
+    ANY,
+    FINAL,
+    HISTORY_ACTION,
+    MAX_HISTORY,
+    Rejected,
+    check_reply,
+    check_state,
+    clean_event,
+    command_topic,
+    device_topic,
+    group_command_topic,
+    heard,
+    loads,
+    show,
+    sync_topic,
+)
 from edge_agent.errors import BrokerUnreachable, EdgeAgentError, InvalidCommand
-from edge_agent.fleet.monitor.validate import ERROR_MAX, TS_MAX, Rejected, clean_event, clean_state, text
-from edge_agent.fleet.monitor.validate import show as _show
 
-__all__ = ["FINAL", "DeviceError", "DeviceInfo", "EventStream", "FleetClient", "SendResult", "connection_settings",
-           "history", "ls", "request", "send", "snapshot"]
+__all__ = ["FINAL", "DeviceError", "DeviceInfo", "FleetClient", "SendResult", "connection_settings", "history", "ls",
+           "request", "send", "snapshot"]
 
 log = logging.getLogger("edge_agent.fleet")
-
-#: reply statuses that end a command (``accepted`` is only the first of two replies)
-FINAL = frozenset({"succeeded", "failed", "rejected", "expired", "revoked"})
 
 STATE_BYTES = 256 * 1024  # a status/state message longer than this is not parsed (a real state is ~1 KB)
 REPLY_BYTES = 16 * 1024 * 1024  # nor a reply: an agent.history page of 1,000 events with their args and results
 HISTORY_COUNT = 100_000  # events fleet.history() returns (and keeps in memory) at most
 HISTORY_PAGES = 1000  # agent.history pages it asks one device for, at most (1,000,000 events)
-BATCH_EVENTS_MAX = 1000  # events in one message (an agent sends at most 500): a longer array is dropped whole
-STREAM_BUFFER = 10_000  # events EventStream holds per device beyond a gap while it is being filled
 
 
 class DeviceError(EdgeAgentError, RuntimeError):
@@ -66,74 +77,11 @@ class DeviceError(EdgeAgentError, RuntimeError):
     kind = "device"
 
 
-def _clean_or_none(event: Any, topic: str) -> dict[str, Any] | None:
-    """One event of a message, checked (:func:`clean_event`); None, logged, when it is bad."""
-    try:
-        return clean_event(event)
-    except Rejected as exc:
-        log.debug("fleet events: an event on %s ignored: %s", topic[:200], exc)
-        return None
-
-
-def _json(payload: bytes, limit: int) -> Any:
-    """A message's JSON document; :class:`Rejected` when it is too long or not JSON."""
-    if len(payload) > limit:
-        raise Rejected(f"{len(payload)} bytes (at most {limit})")
-    try:  # NaN, Infinity and 1e999 become null: what we print as JSON stays JSON
-        return json.loads(payload, parse_constant=lambda _: None, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested beyond Python's stack
-        raise Rejected(f"not JSON: {text(str(exc), 100)}") from None
-
-
-def _finite_float(literal: str) -> float | None:
-    value = float(literal)
-    return value if math.isfinite(value) else None
-
-
-def _checked_reply(doc: Any) -> dict[str, Any]:
-    """A reply: a JSON object whose id, action and status are short text and whose error is
-    ``{type, message}``; its result is kept whole (the message's size bounds it)."""
-    if not isinstance(doc, dict):
-        raise Rejected(f"a reply is a JSON object, not {type(doc).__name__}")
-    out = dict(doc)
-    for key, limit in (("id", 200), ("action", 200), ("status", 50)):
-        if out.get(key) is not None:
-            out[key] = text(out[key], limit)
-    err = out.get("error")
-    if isinstance(err, dict):
-        out["error"] = {"type": text(err.get("type"), 200), "message": text(err.get("message"), ERROR_MAX)}
-    elif err is not None:
-        out["error"] = {"type": "?", "message": text(err, ERROR_MAX)}
-    return out
-
-
-def _checked_state(doc: Any) -> dict[str, Any]:
-    """A retained ``state`` as :func:`ls` and :func:`send` read it; :class:`Rejected` (with the
-    reason) when a field they use has the wrong type."""
-    state = clean_state(doc)
-    groups = state.get("groups")
-    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
-        raise Rejected(f"groups is {_show(groups)}, not a list of names")
-    if state.get("clock_synchronized") not in (True, False, None):
-        raise Rejected(f"clock_synchronized is {_show(state['clock_synchronized'])}, not true/false")
-    ts = state.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts <= TS_MAX):
-        raise Rejected(f"ts is {_show(ts)}, not a unix time")
-    nxt = state.get("next_jobs")
-    if nxt is not None and not (isinstance(nxt, list) and all(
-            isinstance(j, dict) and isinstance(j.get("job"), str) and isinstance(j.get("at"), str) for j in nxt)):
-        raise Rejected(f"next_jobs is {_show(nxt)}, not a list of {{job, at}}")
-    if state.get("last_error") is not None and not isinstance(state["last_error"], dict):
-        raise Rejected(f"last_error is {_show(state['last_error'])}, not an object")
-    return state
-
-
 class FleetClient:
-    """One paho connection (MQTT 5, clean start) with handlers called for every message."""
+    """One broker connection (MQTT 5, clean start) with handlers called for every message, on
+    its network thread; lost, it is made again (:class:`edge_agent.broker.Backoff`, up to 10 s)."""
 
-    def __init__(self, mqtt: Any, *, client_id: str | None = None, timeout: float = 10.0):
-        import paho.mqtt.client as paho
-
+    def __init__(self, mqtt: MqttSettings, *, client_id: str | None = None, timeout: float = 10.0):
         self.cfg = mqtt
         self.prefix: str = mqtt.topic_prefix
         self.timeout = timeout
@@ -143,22 +91,16 @@ class FleetClient:
         self._refused: str | None = None
         self._subacks: dict[int, threading.Event] = {}
         self._early_subacks: set[int] = set()  # SUBACKs that came before subscribe() recorded their mid
-        self._subs: dict[str, int] = {}  # every subscription, made again after paho reconnects (clean start)
+        self._subs: dict[str, int] = {}  # every subscription, made again after a reconnect (clean start)
         self._on_reconnect: list[Callable[[], None]] = []
         self._lock = threading.Lock()
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        if mqtt.username:
-            c.username_pw_set(mqtt.username, mqtt.password())
-        if mqtt.tls is not None:
-            t = mqtt.tls
-            c.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
-                      cert_reqs=ssl.CERT_NONE if t.insecure else ssl.CERT_REQUIRED)
-            c.tls_insecure_set(t.insecure)
-        c.on_socket_open = self._on_socket_open
+        self._backoff = Backoff(OPERATOR_MAX_BACKOFF)
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        c = make_client(mqtt, self.client_id)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        c.reconnect_delay_set(1, 10)
         self._client = c
 
     # ----------------------------------------------------------------- connection
@@ -173,10 +115,12 @@ class FleetClient:
     def connect(self) -> None:
         where = f"{self.cfg.host}:{self.cfg.port}"
         try:
-            self._client.connect(self.cfg.host, self.cfg.port, keepalive=30, clean_start=True)
+            connect(self._client, self.cfg, keepalive=30)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise BrokerUnreachable(f"cannot reach the MQTT broker at {where}: {exc}") from exc
-        self._client.loop_start()
+        self._closing.clear()
+        self._thread = threading.Thread(target=self._network_loop, name="fleet-mqtt", daemon=True)
+        self._thread.start()
         if not self._connected.wait(self.timeout) or self._refused:
             self.close()
             why = self._refused or f"no answer within {self.timeout:g}s"
@@ -184,21 +128,45 @@ class FleetClient:
 
     def close(self) -> None:
         try:
-            self._client.disconnect()
+            self._client.disconnect()  # written by the network thread, which then ends
         finally:
-            self._client.loop_stop()
+            self._closing.set()
+            thread, self._thread = self._thread, None
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(self.timeout)
 
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
+    def _network_loop(self) -> None:
+        """paho's loop, and its socket's writes flushed, pass after pass; a lost connection is
+        made again after a :class:`~edge_agent.broker.Backoff` delay, until :meth:`close`."""
+        import paho.mqtt.client as paho
+
+        client = self._client
+        while True:
+            rc = paho.MQTT_ERR_SUCCESS
+            while rc == paho.MQTT_ERR_SUCCESS:
+                try:
+                    rc = client.loop(timeout=1.0)
+                    client.flush()
+                except Exception:  # a bug in a callback must not end the connection for good
+                    log.exception("fleet: unexpected error in the MQTT loop; connecting again")
+                    break
+            while True:
+                if self._backoff.wait(self._closing):
+                    return
+                try:
+                    client.reconnect()
+                    break
+                except Exception as exc:  # refused, unreachable, TLS: try again later
+                    log.debug("fleet: cannot reach the broker at %s:%s: %s", self.cfg.host, self.cfg.port, exc)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._refused = str(reason_code)
-        elif self._connected.is_set() and self._subs:
-            # paho reconnected by itself (a long follow outlived a broker restart): a clean
+            self._connected.set()
+            return
+        self._backoff.connected()
+        if self._connected.is_set() and self._subs:
+            # Connected again (a long follow outlived a broker restart): a clean
             # session has no subscriptions, so they are made again.
             client.subscribe(list(self._subs.items()))
             for handler in list(self._on_reconnect):
@@ -217,18 +185,18 @@ class FleetClient:
         for handler in list(self._handlers):
             try:
                 handler(msg)
-            except Exception:  # one handler's bug must not stop the others (nor paho's thread)
+            except Exception:  # one handler's bug must not stop the others (nor the network thread)
                 log.exception("fleet: handling a message on %s", msg.topic[:200])
 
     # ----------------------------------------------------------------- use
 
     def on_reconnect(self, handler: Callable[[], None]) -> Callable[[], None]:
-        """Call ``handler()`` (on paho's thread) after each automatic reconnect; returns the remover."""
+        """Call ``handler()`` (on the network thread) after each automatic reconnect; returns the remover."""
         self._on_reconnect.append(handler)
         return lambda: self._on_reconnect.remove(handler)
 
     def on_message(self, handler: Callable[[Any], None]) -> Callable[[], None]:
-        """Call ``handler(msg)`` for every message (on paho's thread); returns the remover."""
+        """Call ``handler(msg)`` for every message (on the network thread); returns the remover."""
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler)
 
@@ -267,15 +235,6 @@ class FleetClient:
 
     def publish_nowait(self, topic: str, payload: Any, qos: int = 1) -> None:
         self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos)
-
-
-def _device_of(prefix: str, topic: str, leaf: str) -> str | None:
-    """``P/D/<leaf>`` -> D, else None."""
-    head = prefix + "/"
-    if not topic.startswith(head) or not topic.endswith("/" + leaf):
-        return None
-    middle = topic[len(head): -len(leaf) - 1]
-    return middle if middle and "/" not in middle else None
 
 
 # --------------------------------------------------------------------------- ls
@@ -323,7 +282,7 @@ class _Snapshot:
         self.devices: dict[str, DeviceInfo] = {}
         self.cond = threading.Condition()
         self.synced = False
-        self.marker = f"{self.prefix}/_fleet/{uuid.uuid4().hex}/sync"
+        self.marker = sync_topic(self.prefix, uuid.uuid4().hex)
         self._client = client
         self._remove: Callable[[], None] | None = client.on_message(self.handle)
 
@@ -341,33 +300,33 @@ class _Snapshot:
                 self.synced = True
                 self.cond.notify_all()
             return
-        for leaf in ("status", "state"):
-            device = _device_of(self.prefix, msg.topic, leaf)
-            if device is None:
-                continue
-            with self.cond:
-                info = self.devices.setdefault(device, DeviceInfo(device))
-                info.problems.pop(leaf, None)
-                if leaf == "status":
-                    word = msg.payload[:STATE_BYTES].decode("utf-8", "replace").strip()
-                    info.status = word if word in ("online", "offline") else None
-                    if word and info.status is None:
-                        info.problems["status"] = f"status {_show(word)} ignored: not online/offline"
-                else:
-                    info.state = None
-                    if msg.payload:  # an empty retained message clears it
-                        try:
-                            info.state = _checked_state(_json(msg.payload, STATE_BYTES))
-                        except Rejected as exc:
-                            info.problems["state"] = f"state ignored: {exc}"
-                self.cond.notify_all()
+        where = heard(self.prefix, msg.topic)
+        if where is None or where.leaf not in ("status", "state"):
             return
+        with self.cond:
+            info = self.devices.setdefault(where.device, DeviceInfo(where.device))
+            info.problems.pop(where.leaf, None)
+            if where.leaf == "status":
+                word = msg.payload[:STATE_BYTES].decode("utf-8", "replace").strip()
+                info.status = word if word in ("online", "offline") else None
+                if word and info.status is None:
+                    info.problems["status"] = f"status {show(word)} ignored: not online/offline"
+            else:
+                info.state = None
+                if msg.payload:  # an empty retained message clears it
+                    try:
+                        info.state = check_state(loads(msg.payload, STATE_BYTES))
+                    except Rejected as exc:
+                        info.problems["state"] = f"state ignored: {exc}"
+            self.cond.notify_all()
 
     def topics(self) -> list[str]:
-        return [f"{self.prefix}/+/status", f"{self.prefix}/+/state", self.marker]
+        return [device_topic(self.prefix, ANY, "status"), device_topic(self.prefix, ANY, "state"), self.marker]
 
     def wait_synced(self, client: FleetClient, timeout: float) -> None:
-        # QoS 0 for the marker as for the retained snapshot: one ordered stream from the broker.
+        # The marker is subscribed at QoS 0, as the retained snapshot is (snapshot()): the broker
+        # delivers it after them, in one ordered stream. It is published at QoS 1, so that
+        # it is not lost on its way to the broker.
         client.publish(self.marker, b"", qos=1)
         end = time.monotonic() + timeout
         with self.cond:
@@ -462,11 +421,12 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
     cond = threading.Condition()
 
     def on_reply(msg: Any) -> None:
-        device = _device_of(prefix, msg.topic, "reply")
-        if device is None:
+        where = heard(prefix, msg.topic)
+        if where is None or where.leaf != "reply":
             return
+        device = where.device
         try:
-            doc = _checked_reply(_json(msg.payload, REPLY_BYTES))
+            doc = check_reply(loads(msg.payload, REPLY_BYTES))
         except Rejected as exc:
             log.debug("fleet: a reply on %s ignored: %s", msg.topic[:200], exc)
             return
@@ -481,7 +441,7 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
     remove_reply = client.on_message(on_reply)
     snap: _Snapshot | None = None
     try:
-        reply_topics = [f"{prefix}/+/reply"] if group or everyone else [f"{prefix}/{d}/reply" for d in named]
+        reply_topics = [device_topic(prefix, d, "reply") for d in ([ANY] if group or everyone else named)]
         snap = snapshot(client, extra_topics=reply_topics, timeout=client.timeout)
         with snap.cond:
             if group is not None:
@@ -494,10 +454,10 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
         if ttl is not None:
             payload["ttl"] = ttl
         if group is not None:
-            client.publish(f"{prefix}/group/{group}/cmd/{action}", payload)
+            client.publish(group_command_topic(prefix, group, action), payload)
         else:
             for d in expected:
-                client.publish(f"{prefix}/{d}/cmd/{action}", payload)
+                client.publish(command_topic(prefix, d, action), payload)
 
         def waiting_for() -> list[str]:
             with snap.cond:
@@ -505,7 +465,7 @@ def send(client: FleetClient, action: str, args: dict[str, Any] | None = None, *
             return [d for d in expected if d not in replies and (wait_offline or (d in known and known[d].online))]
 
         end = began + timeout
-        # Both conditions are notified by paho's thread: wake on either (a reply, a status change).
+        # Both conditions are notified by the network thread: wake on either (a reply, a status change).
         while True:
             with cond:
                 if not waiting_for():
@@ -556,13 +516,13 @@ def request(client: FleetClient, device: str, action: str, args: dict[str, Any] 
     prefix = client.prefix
     cid = new_id()
     box: queue.Queue[dict[str, Any]] = queue.Queue()
-    topic = f"{prefix}/{device}/reply"
+    topic = device_topic(prefix, device, "reply")
 
     def on_reply(msg: Any) -> None:
         if msg.topic != topic or not box.empty():  # the first final reply is the answer; repeats are not kept
             return
         try:
-            doc = _checked_reply(_json(msg.payload, REPLY_BYTES))
+            doc = check_reply(loads(msg.payload, REPLY_BYTES))
         except Rejected as exc:
             log.debug("fleet: a reply on %s ignored: %s", topic[:200], exc)
             return
@@ -573,7 +533,7 @@ def request(client: FleetClient, device: str, action: str, args: dict[str, Any] 
     try:
         if not subscribed:
             client.subscribe([topic])
-        client.publish(f"{prefix}/{device}/cmd/{action}", {"id": cid, "args": args or {}})
+        client.publish(command_topic(prefix, device, action), {"id": cid, "args": args or {}})
         try:
             return box.get(timeout=timeout)
         except queue.Empty:
@@ -594,7 +554,7 @@ def history(client: FleetClient, device: str, *, after: int | None = None, count
     """
     if not 1 <= count <= HISTORY_COUNT:
         raise InvalidCommand(f"the number of events must be 1 to {HISTORY_COUNT}, got {count}")
-    client.subscribe([f"{client.prefix}/{device}/reply"])
+    client.subscribe([device_topic(client.prefix, device, "reply")])
     filters = {k: v for k, v in (filters or {}).items() if v is not None}
     pages = 0
     invalid = 0
@@ -605,7 +565,7 @@ def history(client: FleetClient, device: str, *, after: int | None = None, count
             raise DeviceError(f"{device}: stopped after {HISTORY_PAGES} pages of agent.history "
                               f"({HISTORY_PAGES * 1000} events); narrow it with --after, --since or --until")
         pages += 1
-        doc = request(client, device, "agent.history", {"after": start, "limit": limit, **filters},
+        doc = request(client, device, HISTORY_ACTION, {"after": start, "limit": limit, **filters},
                       timeout=timeout, subscribed=True)
         if doc is None:
             raise BrokerUnreachable(f"{device} did not answer agent.history within {timeout:g}s (is it online?)")
@@ -624,7 +584,7 @@ def history(client: FleetClient, device: str, *, after: int | None = None, count
         start = after or 0
     last_doc: dict[str, Any] = {}
     while True:
-        last_doc = page(start, 1000 if after is None else min(1000, max(1, count - len(kept))))
+        last_doc = page(start, MAX_HISTORY if after is None else min(MAX_HISTORY, max(1, count - len(kept))))
         kept.extend(last_doc["events"])
         start = last_doc["next"]
         if not last_doc["more"] or (after is not None and len(kept) >= count):
@@ -644,7 +604,7 @@ def _history_page(device: str, result: Any, start: int, limit: int) -> tuple[dic
     more, nxt, last = result.get("more"), result.get("next"), result.get("last")
     if not isinstance(more, bool) or not _is_seq(nxt) or not _is_seq(last) or \
             not (result.get("oldest") is None or _is_seq(result["oldest"])):
-        raise broken(f"more, next, last, oldest are {_show([more, nxt, last, result.get('oldest')])}")
+        raise broken(f"more, next, last, oldest are {show([more, nxt, last, result.get('oldest')])}")
     raw = result["events"]
     if len(raw) > limit or (more and (len(raw) < limit or nxt <= start)):
         raise broken(f"{len(raw)} events for a limit of {limit}, more {more}, next {nxt} after {start}")
@@ -664,193 +624,6 @@ def _history_page(device: str, result: Any, start: int, limit: int) -> tuple[dic
 
 def _is_seq(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-
-
-# --------------------------------------------------------------------------- events
-
-
-class EventStream:
-    """Every event of the selected devices, once each and in ``seq`` order per device.
-
-    ``positions`` ({device: last seq seen}) resumes where an earlier stream stopped: those
-    devices are asked for what came after at once. A jump in ``seq`` (the consumer was
-    away, or the device's outbox dropped events while the broker was unreachable) is
-    filled with ``agent.history``; events that the device no longer keeps are counted in
-    ``lost``. ``on_event(doc)`` is called from the stream's own thread.
-    """
-
-    HISTORY_TIMEOUT = 10.0
-
-    def __init__(self, client: FleetClient, on_event: Callable[[dict[str, Any]], None], *,
-                 devices: Iterable[str] = (), positions: dict[str, int] | None = None):
-        self.client = client
-        self.prefix = client.prefix
-        self.on_event = on_event
-        self.devices = list(devices)
-        self.last: dict[str, int] = dict(positions or {})
-        self.lost: dict[str, int] = {}
-        self.fills = 0  # agent.history requests made to fill gaps
-        self._buffer: dict[str, dict[int, dict[str, Any]]] = {}
-        self._filling: dict[str, tuple[str, float]] = {}  # device -> (request id, deadline)
-        self._inbox: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._remove: Callable[[], None] | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        removers = [self.client.on_message(self._on_message), self.client.on_reconnect(self._catch_up)]
-
-        def remove() -> None:
-            for r in removers:
-                r()
-
-        self._remove = remove
-        if self.devices:
-            topics = [f"{self.prefix}/{d}/{leaf}" for d in self.devices for leaf in ("events", "reply")]
-        else:
-            topics = [f"{self.prefix}/+/events", f"{self.prefix}/+/reply"]
-        self.client.subscribe(topics)
-        self._thread = threading.Thread(target=self._loop, name="fleet-events", daemon=True)
-        self._thread.start()
-        self._catch_up()
-
-    def _catch_up(self) -> None:
-        """Ask every device we know for what came after our last: at a resumed start, and after
-        a reconnect (what was published while we were away came to nobody)."""
-        for device in list(self.last):
-            self._inbox.put(("catch_up", device, None))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._remove is not None:
-            self._remove()
-            self._remove = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def _on_message(self, msg: Any) -> None:
-        for leaf in ("events", "reply"):
-            device = _device_of(self.prefix, msg.topic, leaf)
-            if device is not None and (not self.devices or device in self.devices):
-                try:
-                    doc = _json(msg.payload, REPLY_BYTES)
-                    docs: list[dict[str, Any] | None]
-                    if leaf == "reply":
-                        docs = [_checked_reply(doc)]
-                    else:  # events come one per message (an object) or batched (an array of them, in seq order)
-                        if isinstance(doc, list) and len(doc) > BATCH_EVENTS_MAX:
-                            raise Rejected(f"{len(doc)} events in one message (at most {BATCH_EVENTS_MAX})")
-                        docs = [_clean_or_none(one, msg.topic) for one in (doc if isinstance(doc, list) else [doc])]
-                except Rejected as exc:
-                    log.debug("fleet events: a message on %s ignored: %s", msg.topic[:200], exc)
-                    return
-                for one in docs:
-                    if one is not None:  # a bad event of a batch is dropped alone
-                        self._inbox.put((leaf, device, one))
-                return
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                kind, device, doc = self._inbox.get(timeout=0.5)
-            except queue.Empty:
-                self._check_timeouts()
-                continue
-            try:
-                if kind == "events":
-                    self._event(device, doc)
-                elif kind == "reply":
-                    self._reply(device, doc)
-                elif device not in self._filling:
-                    self._fill(device)
-            except Exception:
-                log.exception("fleet events: handling a message from %s", device)
-            self._check_timeouts()
-
-    def _event(self, device: str, doc: dict[str, Any]) -> None:
-        seq = doc.get("seq")
-        if not isinstance(seq, int):
-            return
-        if device not in self.last:
-            self.last[device] = seq - 1  # the first event seen of a device: the stream starts here
-        if seq <= self.last[device]:
-            return  # seen already (an outbox resend after a crash, or it came with a fill)
-        buf = self._buffer.setdefault(device, {})
-        buf.setdefault(seq, doc)
-        if len(buf) > STREAM_BUFFER:
-            # A gap that is not being filled while events keep coming (a device that jumps
-            # seq on purpose, or cannot answer agent.history): memory stays bounded; the gap is lost.
-            self._lose(device, min(buf) - 1)
-        self._drain(device)
-
-    def _drain(self, device: str) -> None:
-        buf = self._buffer.get(device, {})
-        while self.last[device] + 1 in buf:
-            self.last[device] += 1
-            self.on_event(buf.pop(self.last[device]))
-        if buf and device not in self._filling:
-            self._fill(device)
-
-    def _fill(self, device: str) -> None:
-        cid = new_id()
-        self._filling[device] = (cid, time.monotonic() + self.HISTORY_TIMEOUT)
-        self.fills += 1
-        self.client.publish_nowait(f"{self.prefix}/{device}/cmd/agent.history",
-                                   {"id": cid, "args": {"after": self.last.get(device, 0), "limit": 1000}})
-
-    def _reply(self, device: str, doc: dict[str, Any]) -> None:
-        pending = self._filling.get(device)
-        if pending is None or doc.get("id") != pending[0] or doc.get("status") not in FINAL:
-            return
-        del self._filling[device]
-        if doc["status"] != "succeeded":
-            log.warning("fleet events: %s answered agent.history with %s: %s", device, doc["status"], doc.get("error"))
-            return
-        result = doc.get("result")
-        raw = result.get("events") if isinstance(result, dict) else None
-        if not isinstance(raw, list):
-            log.warning("fleet events: %s answered agent.history without a list of events", device)
-            return
-        assert isinstance(result, dict)  # (raw came from it)
-        buf = self._buffer.setdefault(device, {})
-        last = self.last.setdefault(device, 0)
-        page = []
-        for ev in raw[:1000]:
-            try:
-                page.append(clean_event(ev))
-            except Rejected:
-                continue
-        page.sort(key=lambda ev: ev["seq"])
-        # The page holds every kept event after our last, ascending: below its first one the
-        # device keeps nothing any more (pruned by age or beyond max_rows).
-        if page and page[0]["seq"] > last + 1:
-            self._lose(device, page[0]["seq"] - 1)
-        for ev in page:
-            if ev["seq"] > self.last[device] and len(buf) < STREAM_BUFFER:
-                buf.setdefault(ev["seq"], ev)
-        if result.get("more") is True and page and page[-1]["seq"] > last:  # "more" only counts when it moves on
-            self._drain(device)  # asks for the next page when a gap is left
-            if device not in self._filling:
-                self._fill(device)
-            return
-        # The device gave all it keeps after our last: a gap left before the first buffered event
-        # is events it no longer keeps (pruned by age or beyond max_rows).
-        if buf and self.last[device] + 1 not in buf:
-            self._lose(device, min(buf) - 1)
-        self._drain(device)
-
-    def _lose(self, device: str, upto: int) -> None:
-        self.lost[device] = self.lost.get(device, 0) + (upto - self.last[device])
-        self.last[device] = upto
-
-    def _check_timeouts(self) -> None:
-        now = time.monotonic()
-        for device, (_, deadline) in list(self._filling.items()):
-            if now > deadline:
-                del self._filling[device]
-                self._fill(device)
 
 
 # --------------------------------------------------------------------------- settings

@@ -28,7 +28,6 @@ time-based jobs until the system clock is synchronised.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -155,26 +154,6 @@ class Planner:
         fired = set(fire)
         settled = passed[-1] if passed else window_start - _MICROSECOND
         return Decision(tuple(fire), settled, tuple(p for p in passed if p not in fired), dropped_before)
-
-    def next_wakeup(
-        self,
-        jobs: Iterable[Job],
-        last_planned: Mapping[str, datetime | None],
-        now: datetime,
-        since: Mapping[str, datetime] | datetime,
-    ) -> datetime | None:
-        """When to call :meth:`due` next: the earliest planned instant of any job after
-        its ``last_planned`` (``now`` if one is already due); None if no job fires again.
-
-        ``since`` is when each job was first seen: one instant for all, or per name.
-        """
-        earliest: datetime | None = None
-        for job in jobs:
-            job_since = since if isinstance(since, datetime) else since.get(job.name)
-            instant = job.trigger.next_after(_reference(job, last_planned.get(job.name), job_since))
-            if instant is not None and (earliest is None or instant < earliest):
-                earliest = instant
-        return None if earliest is None else max(earliest, now)
 
 
 def _reference(job: Job, last_planned: datetime | None, since: datetime | None) -> datetime:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.device.actions import Action, Runtime, bad_args
+from edge_agent.device.actions.registry import Action, Runtime, bad_args
 from edge_agent.device.commands import Param
 
 __all__ = ["agent_actions"]
@@ -31,7 +31,7 @@ HISTORY_PARAMS = (
 
 
 def _check_history(args: dict[str, Any]) -> None:
-    from edge_agent.device.events import KINDS, MAX_HISTORY
+    from edge_agent.contract import KINDS, MAX_HISTORY
 
     if args.get("after", 0) < 0:
         raise bad_args("agent.history", f"after must be a seq (0 or more), got {args['after']}")
@@ -87,14 +87,16 @@ def agent_actions(device_id: str, runtime: Runtime | None) -> list[Action]:
         from edge_agent.device.journal import Journal
 
         store = rt.store
+        assert store is not None
+        journal = Journal(store)
         with store.transaction() as cur:
-            row = cur.execute("select seq, state from commands where id = ?", (id,)).fetchone()
-            if row is None:
+            found = journal.seq_state(cur, id)
+            if found is None:
                 return {"id": id, "revoked": False, "state": "unknown"}
-            seq, state = row
+            seq, state = found
             if state != "queued":
                 return {"id": id, "revoked": False, "state": state}
-            done = Journal(store).finish(cur, seq, "revoked", error=("revoked", "revoked by agent.revoke"))
+            done = journal.finish(cur, seq, "revoked", error=("revoked", "revoked by agent.revoke"))
             if rt.reporter is not None:
                 rt.reporter.finished(cur, done)
         return {"id": id, "revoked": True, "state": "revoked"}

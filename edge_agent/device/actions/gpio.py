@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import DeviceSpec
-from edge_agent.device.actions import Action, Runtime, bad_args
+from edge_agent.device.actions.registry import Action, Runtime, bad_args
 from edge_agent.device.commands import Command, NewCommand, Param
+
+if TYPE_CHECKING:
+    from edge_agent.device.hardware import Hardware
 
 __all__ = ["gpio_actions"]
 
@@ -69,8 +72,8 @@ def gpio_actions(devices: Mapping[str, DeviceSpec], runtime: Runtime | None) -> 
         return out
 
     def gpio_pulse(device: str, seconds: float, *, command: Command) -> dict[str, Any]:
-        assert runtime is not None
         hw = _hardware(runtime)
+        assert runtime is not None and runtime.submit is not None  # (the daemon's runtime has both)
         # The "off" is a command of its own, durable in the journal with its own start
         # time: it happens even if the agent restarts in between.
         off_at = time.time() + seconds
@@ -100,7 +103,7 @@ def _follow_up_id(command_id: str, suffix: str) -> str:
 
     return f"{command_id[:100]}~{zlib.crc32(command_id.encode()):08x}/{suffix}"
 
-def _hardware(runtime: Runtime | None) -> Any:
+def _hardware(runtime: Runtime | None) -> Hardware:
     if runtime is None or runtime.hardware is None:
         raise RuntimeError("GPIO is only driven by the daemon")
     return runtime.hardware

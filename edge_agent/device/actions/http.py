@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from edge_agent.device.actions import Action, bad_args
+from edge_agent.device.actions.registry import Action, bad_args
 from edge_agent.device.commands import Param
 from edge_agent.device.retry import RETRYABLE_STATUS, RetryPolicy
 from edge_agent.errors import NetworkUnavailable, PermanentError, RetryableError

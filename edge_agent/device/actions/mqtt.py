@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge_agent.device.actions import Action, Runtime, bad_args
+from edge_agent.device.actions.registry import Action, Runtime, bad_args
 from edge_agent.device.commands import Param
 
 __all__ = ["mqtt_actions"]

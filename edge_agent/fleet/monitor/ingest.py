@@ -1,21 +1,25 @@
 """The ingest thread: what the broker link hears, checked, applied to the store in batches, and the gaps it finds.
 
-Messages wait in a queue bounded in count (``QUEUE_MAX``) and in bytes (``QUEUE_BYTES``;
+Messages wait in the :class:`Inbox`, bounded in count (``QUEUE_MAX``) and in bytes (``QUEUE_BYTES``;
 when it is full, paho's thread waits, and the broker holds the rest: memory stays
 bounded under any burst, of small messages or of large ones). Everything a device sends
-is checked first (:mod:`.validate`): a bad message is dropped and logged on its own.
+is checked first (:mod:`edge_agent.contract`, :mod:`.validate`): a bad message is dropped and
+logged on its own.
 Each batch is one transaction; if a row of it cannot be stored, the batch is stored again
 device by device, each in a savepoint of its own: the failing row rolls back its device's
 part only, never another device's.
 
-Per device the thread tracks ``hi``, the seq up to which every event is stored; an event
-beyond ``hi + 1`` is stored and marks a gap, which is fetched with ``agent.history``
-after ``hi`` (see :mod:`.link`). ``hi`` moves only over stored seqs: when a device's part
-is rolled back, its ``hi`` is put back too, so what was lost is fetched again. An event
-whose seq is valid but whose other fields are not is stored as a ``rejected`` stub (its
-seq, the reason): it is not fetched again and again. A page of history moves ``hi`` to
-its ``next``: the device sends every event it still has after ``after``, in order, so
-whatever is missing below ``next`` was pruned on the device and cannot be had.
+Per device the thread tracks its place in the device's events (a
+:class:`~edge_agent.fleet.stream.SeqLine`): ``hi``, the seq up to which every event is stored,
+and the seqs stored beyond a gap. An event beyond ``hi + 1`` is stored and marks a gap,
+which is fetched with ``agent.history`` after ``hi`` (asked through the link, see
+:mod:`.link`). ``hi`` moves only over stored seqs: when a device's part is rolled back, its
+place is put back too, so what was lost is fetched again. An event whose seq is valid but
+whose other fields are not is stored as a ``rejected`` stub (its seq, the reason): it is
+not fetched again and again. A page of history moves ``hi`` to its ``next``: the device
+sends every event it still has after ``after``, in order, so whatever is missing below
+``next`` was pruned on the device and cannot be had (:meth:`SeqLine.page_end
+<edge_agent.fleet.stream.SeqLine.page_end>`, the rule ``edge-agent fleet events`` follows too).
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
+from edge_agent.contract import FIELD_MAX, SEQ_MAX, Rejected, clean_event, clean_state, text
 from edge_agent.fleet.monitor.hub import Hub
 from edge_agent.fleet.monitor.store import MonitorStore, Writer
-from edge_agent.fleet.monitor.validate import FIELD_MAX, JOBS_MAX, SEQ_MAX, Rejected, clean_event, clean_reply, clean_state, text
+from edge_agent.fleet.monitor.validate import JOBS_MAX, clean_reply
+from edge_agent.fleet.stream import SeqLine, read_page, restarted
 
-__all__ = ["Ingest"]
+__all__ = ["Inbox", "Ingest", "Requests"]
 
 log = logging.getLogger("edge_agent.monitor.ingest")
 
@@ -50,27 +56,74 @@ NOTIFY_TASKS_MAX = 100  # task rows re-read per batch for the live pages (a burs
 RESET_CHECK_EVERY = 60.0  # seconds between two checks of a device whose state's last_seq is below the seq held
 
 
-class Ingest:
-    """Owns the store's writing side. ``request_history(device, after)`` and ``request_jobs(device)`` come from the link."""
+class Requests(Protocol):
+    """What the ingest thread asks devices for (the link sends it)."""
 
-    def __init__(self, store: MonitorStore, hub: Hub, *, prune_every: float = PRUNE_EVERY):
-        self.store = store
-        self.hub = hub
-        self.prune_every = prune_every
-        self.request_history: Callable[[str, int], None] = lambda device, after: None
-        self.request_jobs: Callable[[str], None] = lambda device: None
-        self.release_memory: Callable[[], None] = lambda: None
-        self._since_release = 0
-        self._since_release_bytes = 0
+    def request_history(self, device: str, after: int) -> None: ...
+
+    def request_jobs(self, device: str) -> None: ...
+
+
+class Inbox:
+    """The messages the link heard, waiting for the ingest thread: at most ``QUEUE_MAX`` of them
+    and ``QUEUE_BYTES`` of payload (the putting thread waits for room)."""
+
+    def __init__(self) -> None:
         self._q: queue.Queue[tuple[int, tuple[Any, ...]]] = queue.Queue(QUEUE_MAX)
         self._bytes = 0  # payload bytes queued or in the batch at hand
         self._room = threading.Condition()
+        self._closed = False
+
+    def put(self, kind: str, device: str, *payload: Any, size: int = 0) -> None:
+        """Queue a message; ``size``: its payload's bytes (raw ``bytes`` are counted by themselves).
+
+        Waits while QUEUE_BYTES are queued (one message larger than that still passes alone)."""
+        n = 100 + size + sum(len(p) for p in payload if isinstance(p, (bytes, str)))
+        with self._room:
+            while self._bytes and self._bytes + n > QUEUE_BYTES and not self._closed:
+                self._room.wait(0.5)
+            self._bytes += n
+        self._q.put((n, (kind, device, time.time(), *payload)))
+
+    def get(self, timeout: float | None = None) -> tuple[int, tuple[Any, ...]]:
+        """(its size, the message): waits up to ``timeout`` seconds (None: not at all); queue.Empty when none came."""
+        return self._q.get(timeout=timeout) if timeout is not None else self._q.get_nowait()
+
+    def release(self, n: int) -> None:
+        """Messages of ``n`` bytes (as :meth:`get` said) are done with: room for more."""
+        with self._room:
+            self._bytes -= n
+            self._room.notify_all()
+
+    def close(self) -> None:
+        """Putting no longer waits for room (the ingest thread is stopping)."""
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+
+    def __len__(self) -> int:
+        return self._q.qsize()
+
+
+class Ingest:
+    """Owns the store's writing side: stores what ``inbox`` holds; asks devices for what it
+    misses through ``requests`` (the link); ``release_memory()`` after a burst."""
+
+    def __init__(self, store: MonitorStore, hub: Hub, inbox: Inbox, requests: Requests, *,
+                 release_memory: Callable[[], None] = lambda: None, prune_every: float = PRUNE_EVERY):
+        self.store = store
+        self.hub = hub
+        self.inbox = inbox
+        self.requests = requests
+        self.release_memory = release_memory
+        self.prune_every = prune_every
+        self._since_release = 0
+        self._since_release_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         marks = store.seq_marks()
-        self._hi = {d: hi for d, (hi, _) in marks.items()}
+        self._lines = {d: SeqLine(hi) for d, (hi, _) in marks.items()}
         self._history = {d: h for d, (_, h) in marks.items()}
-        self._ahead: dict[str, set[int]] = {}
         self._gpio: dict[tuple[str, str], str] = {}
         self._checked: dict[str, float] = {}
         self.ingested = 0  # events stored (for /metrics and the benchmark)
@@ -83,45 +136,36 @@ class Ingest:
 
     # ------------------------------------------------------------------ from other threads
 
-    def put(self, kind: str, device: str, *payload: Any, size: int = 0) -> None:
-        """Queue a message; ``size``: its payload's bytes (raw ``bytes`` are counted by themselves).
-
-        Waits while QUEUE_BYTES are queued (one message larger than that still passes alone)."""
-        n = 100 + size + sum(len(p) for p in payload if isinstance(p, (bytes, str)))
-        with self._room:
-            while self._bytes and self._bytes + n > QUEUE_BYTES and not self._stop.is_set():
-                self._room.wait(0.5)
-            self._bytes += n
-        self._q.put((n, (kind, device, time.time(), *payload)))
-
-    def _release(self, n: int) -> None:
-        with self._room:
-            self._bytes -= n
-            self._room.notify_all()
-
     def start(self) -> None:
         # Events held beyond a gap when the monitor last stopped: pick them up again.
-        for device, hi in self._hi.items():
-            held = self.store.held_seqs(device, hi)
+        for device, line in self._lines.items():
+            held = self.store.held_seqs(device, line.hi)
             if held:
-                self._ahead[device] = set(held)
-                self._advance(device)
+                self._lines[device] = SeqLine(line.hi, held)
         self._thread = threading.Thread(target=self._run, name="monitor-ingest", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self.inbox.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def backlog(self) -> int:
-        return self._q.qsize()
+        return len(self.inbox)
 
     def wants_history(self, device: str) -> bool:
         return self._history.get(device, True)
 
     def seq_hi(self, device: str) -> int:
-        return self._hi.get(device, 0)
+        line = self._lines.get(device)
+        return line.hi if line is not None else 0
+
+    def _line(self, device: str) -> SeqLine:
+        line = self._lines.get(device)
+        if line is None:
+            line = self._lines[device] = SeqLine()
+        return line
 
     # ------------------------------------------------------------------ the thread
 
@@ -129,7 +173,7 @@ class Ingest:
         last_prune = time.monotonic()
         while not self._stop.is_set():
             try:
-                first = self._q.get(timeout=0.5)
+                first = self.inbox.get(0.5)
             except queue.Empty:
                 self.idle.set()
                 if self._since_release > RELEASE_AFTER or self._since_release_bytes > RELEASE_AFTER_BYTES:
@@ -147,13 +191,13 @@ class Ingest:
             until = time.monotonic() + BATCH_WINDOW
             while len(batch) < BATCH_MAX and size < BATCH_BYTES:
                 try:
-                    n, item = self._q.get_nowait()
+                    n, item = self.inbox.get()
                 except queue.Empty:
                     left = until - time.monotonic()
                     if left <= 0:
                         break
                     try:
-                        n, item = self._q.get(timeout=left)
+                        n, item = self.inbox.get(left)
                     except queue.Empty:
                         break
                 batch.append(item)
@@ -164,7 +208,7 @@ class Ingest:
                 log.exception("could not store a batch of %d messages", len(batch))
             self._since_release += len(batch)
             del batch, item, first  # (before the room is given back: the bound counts them until here)
-            self._release(size)
+            self.inbox.release(size)
             self._since_release_bytes += size
             if time.monotonic() - last_prune > self.prune_every:
                 last_prune = time.monotonic()
@@ -174,7 +218,7 @@ class Ingest:
         rest = []
         while True:
             try:
-                rest.append(self._q.get_nowait()[1])
+                rest.append(self.inbox.get()[1])
             except queue.Empty:
                 break
         if rest:
@@ -259,20 +303,18 @@ class Ingest:
         if out.newest:
             self.lag = max(0.0, time.time() - out.newest)
         for device, after in out.wanted.items():
-            self.request_history(device, after)
+            self.requests.request_history(device, after)
         for device in out.jobs_wanted:
-            self.request_jobs(device)
+            self.requests.request_jobs(device)
         if self.hub.listening:
             self._notify(out.changed, out.tasks, out.replies)
 
     def _marks(self, device: str) -> _Marks:
-        ahead = self._ahead.get(device)
-        return _Marks(self._hi.get(device), None if ahead is None else set(ahead), self._history.get(device),
-                      self._checked.get(device))
+        line = self._lines.get(device)
+        return _Marks(None if line is None else line.copy(), self._history.get(device), self._checked.get(device))
 
     def _restore(self, device: str, m: _Marks) -> None:
-        _put_back(self._hi, device, m.hi)
-        _put_back(self._ahead, device, m.ahead)
+        _put_back(self._lines, device, m.line)
         _put_back(self._history, device, m.history)
         _put_back(self._checked, device, m.checked)
         for key in [k for k in self._gpio if k[0] == device]:
@@ -298,7 +340,7 @@ class Ingest:
                 last = doc.get("last_seq")
                 # Newer than held: fetch. Older: the device may count from 1 again (a new
                 # database) or the retained state is stale; the history's `last` tells which.
-                hi = self._hi.get(device, 0)
+                hi = self.seq_hi(device)
                 if isinstance(last, int) and self.wants_history(device) and (
                         last > hi or (last < hi and time.monotonic() - self._checked.get(device, -1e9) > RESET_CHECK_EVERY)):
                     if last < hi:
@@ -320,12 +362,12 @@ class Ingest:
                 changed.add(device)
             elif kind == "nohistory":
                 self._history[device] = False
-                ahead = self._ahead.pop(device, set())
-                self._hi[device] = max([self._hi.get(device, 0), *ahead])
-                w.seq_hi(device, self._hi[device], history=False)
+                line = self._line(device)
+                line.skip_to(max([line.hi, *line.ahead]))
+                w.seq_hi(device, line.hi, history=False)
             elif kind == "sync":
                 if self.wants_history(device):
-                    wanted[device] = self._hi.get(device, 0)
+                    wanted[device] = self.seq_hi(device)
                 out.jobs_wanted.add(device)
             elif kind == "jobs":
                 try:
@@ -352,8 +394,8 @@ class Ingest:
                 changed.add(device)
         if seen is not None:
             w.seen(device, seen)
-        if device in self._hi:
-            w.seq_hi(device, self._hi[device], self._history.get(device, True))
+        if device in self._lines:
+            w.seq_hi(device, self._lines[device].hi, self._history.get(device, True))
 
     def _event(self, w: Writer, device: str, ev: Any, wanted: dict[str, int], tasks: dict[tuple[str, str], None],
                out: _Out, small: bool = False) -> float:
@@ -361,8 +403,8 @@ class Ingest:
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq <= SEQ_MAX:
             self._reject(device, "an event", f"no valid seq ({str(seq)[:30]})")
             return 0.0
-        hi = self._hi.get(device, 0)
-        if not (seq > hi and seq not in self._ahead.get(device, ())):
+        line = self._line(device)
+        if not line.new(seq):
             return 0.0
         try:
             ev = clean_event(ev, small)
@@ -376,15 +418,15 @@ class Ingest:
             tasks[(device, ev["id"])] = None
         if ev.get("event") == "succeeded":
             self._gpio_from_result(w, device, ev.get("action"), "succeeded", ev.get("result"), ev.get("ts"))
-        if seq == hi + 1 or not self.wants_history(device):  # (without agent.history a gap cannot be filled)
-            self._hi[device] = seq
-            self._advance(device)
+        if seq == line.hi + 1:
+            line.add(seq)
+        elif not self.wants_history(device):  # (without agent.history a gap cannot be filled)
+            line.skip_to(seq)
         else:
-            ahead = self._ahead.setdefault(device, set())
-            if len(ahead) >= AHEAD_MAX:
-                ahead.clear()
-            ahead.add(seq)
-            wanted.setdefault(device, hi)
+            if len(line.ahead) >= AHEAD_MAX:
+                line.ahead.clear()
+            line.add(seq)
+            wanted.setdefault(device, line.hi)
         ts = ev.get("ts")
         return float(ts) if isinstance(ts, (int, float)) else 0.0
 
@@ -397,48 +439,29 @@ class Ingest:
         Its tasks stay; their event lists go, since the old seqs would hide the new events.
         """
         log.warning("%s: its events start again (last_seq below the %d held); its old events are dropped",
-                    device, self._hi.get(device, 0))
+                    device, self.seq_hi(device))
         w.forget_events(device)
-        self._hi[device] = 0
-        self._ahead.pop(device, None)
-
-    def _advance(self, device: str) -> None:
-        ahead = self._ahead.get(device)
-        if not ahead:
-            return
-        hi = self._hi.get(device, 0)
-        while hi + 1 in ahead:
-            hi += 1
-        self._hi[device] = hi
-        ahead.difference_update([s for s in ahead if s <= hi])
-        if not ahead:
-            del self._ahead[device]
+        self._lines[device] = SeqLine()
 
     def _history_page(self, w: Writer, device: str, after: int, result: Any, wanted: dict[str, int],
                       tasks: dict[tuple[str, str], None], out: _Out) -> None:
         if not isinstance(result, dict):
             return
-        for key in ("next", "last"):
-            value = result.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEQ_MAX):
-                self._reject(device, "a history page", f"{key} is {str(value)[:30]}")
-                return
-        if isinstance(result.get("last"), int) and result["last"] < self._hi.get(device, 0):
+        try:
+            page = read_page(result, after)
+        except Rejected as exc:
+            self._reject(device, "a history page", str(exc))
+            return
+        if restarted(after, page.last):
             self._restart_seq(w, device)
             wanted[device] = 0
             return
-        raw_events = result.get("events")
-        events = raw_events if isinstance(raw_events, list) else []
-        for ev in events:
+        for ev in page.events:
             self._event(w, device, ev, {}, tasks, out)
-        nxt = result.get("next")
-        if isinstance(nxt, int) and nxt >= after:
-            self._hi[device] = max(self._hi.get(device, 0), nxt)
-        self._advance(device)
-        last = result.get("last")
-        hi = self._hi.get(device, 0)
-        if result.get("more") or (isinstance(last, int) and last > hi and events) or self._ahead.get(device):
-            wanted[device] = hi
+        line = self._line(device)
+        again, _ = line.page_end(after, page.next, page.more, page.last)
+        if again:
+            wanted[device] = line.hi
         else:
             wanted.pop(device, None)
 
@@ -497,8 +520,7 @@ class _Out:
 class _Marks(NamedTuple):
     """A device's marks before its part of a batch (None: it had none), to put back if the part is rolled back."""
 
-    hi: int | None
-    ahead: set[int] | None
+    line: SeqLine | None
     history: bool | None
     checked: float | None
 

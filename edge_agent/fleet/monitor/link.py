@@ -1,12 +1,14 @@
 """The monitor's broker link: a paho client that hears the fleet and asks devices for what it missed.
 
 Subscribes to ``P/+/status``, ``P/+/state``, ``P/+/events``, ``P/+/reply`` and
-``P/+/gpio/+``. The session is clean on purpose: what happened while the monitor was
-away is fetched from the devices with ``agent.history`` (the device keeps its events
-for days; a broker session would keep only what fits its queue), once per device on
-every connection (when its retained ``status`` or ``state`` arrives) and whenever the
-ingest thread finds a gap in a device's ``seq``. One history request per device is in
-flight at a time; one unanswered for ``REQUEST_TIMEOUT`` may be sent again.
+``P/+/gpio/+``; what it hears goes to the ingest thread through its :class:`~.ingest.Inbox`.
+The session is clean on purpose: what happened while the monitor was away is fetched from
+the devices with ``agent.history`` (the device keeps its events for days; a broker session
+would keep only what fits its queue), once per device on every connection (when its
+retained ``status`` or ``state`` arrives) and whenever the ingest thread finds a gap in a
+device's ``seq`` (:meth:`Link.request_history`). One history request per device is in
+flight at a time; one unanswered for ``REQUEST_TIMEOUT`` may be sent again
+(:class:`edge_agent.fleet.stream.HistoryRequests`).
 
 Commands (the web page's send and revoke, the history and jobs requests) are published
 on ``P/D/cmd/<action>``; their replies come back on ``P/D/reply`` like anyone's.
@@ -19,21 +21,23 @@ import json
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 import uuid
 from typing import Any
 
-from edge_agent.fleet.monitor.ingest import Ingest
+from edge_agent.broker import OPERATOR_MAX_BACKOFF, Backoff, connect, make_client
+from edge_agent.config import MqttSettings
+from edge_agent.contract import ANY, HISTORY_ACTION, Heard, command_topic, device_topic, gpio_topic, heard
+from edge_agent.fleet.monitor.ingest import Inbox
 from edge_agent.fleet.monitor.store import INTERNAL_PREFIX
-from edge_agent.mqttsock import BufferedClient
+from edge_agent.fleet.stream import HistoryRequests, lacks_history
+from edge_agent.mqttsock import UnwokenClient
 
 __all__ = ["Link"]
 
 log = logging.getLogger("edge_agent.monitor.link")
 
-HISTORY_LIMIT = 1000
 REQUEST_TIMEOUT = 30.0
 READ_BURST = 1000  # packets read from the buffer before the acks are written
 MAX_PAYLOAD = 1 << 20  # bytes of a message; larger ones are dropped unread (the broker may bound them lower)
@@ -41,45 +45,34 @@ MAX_DEVICE_ID = 200  # characters of a device id (a topic level); messages of lo
 _PENDING_MAX = 10_000
 
 
-class _LinkClient(BufferedClient):
-    """paho on the buffered socket, without its wake-up byte per queued packet (see :meth:`Link._network_loop`)."""
-
-    def _packet_queue(self, *args: Any, **kwargs: Any) -> Any:
-        # paho writes a byte to its own socket pair for every packet queued (a PUBACK per event),
-        # to wake a select() of loop(); ours wakes on Link._wake, only for other threads' publishes.
-        pair, self._sockpairW = self._sockpairW, None
-        try:
-            return super()._packet_queue(*args, **kwargs)
-        finally:
-            self._sockpairW = pair
-
-
 class Link:
-    """Owns the paho client. ``mqtt`` is the edge-agent ``MqttSettings`` of the monitor's broker."""
+    """Owns the paho client; puts what it hears in ``inbox``. ``mqtt_settings``: the monitor's broker."""
 
-    def __init__(self, mqtt_settings: Any, ingest: Ingest, *, keep: float = 30 * 86400.0, client_id: str | None = None):
+    def __init__(self, mqtt_settings: MqttSettings, inbox: Inbox, *, keep: float = 30 * 86400.0,
+                 client_id: str | None = None):
         self.cfg = mqtt_settings
         self.prefix = mqtt_settings.topic_prefix
-        self.ingest = ingest
+        self.inbox = inbox
         self.keep = keep
         self.client_id = client_id or f"edge-monitor-{socket.gethostname()}-{os.getpid()}"
         self.connected = threading.Event()
         self.connects = 0
+        self.dropped = 0  # messages dropped unread (too large, a device id too long): rejected at the boundary
         self._lock = threading.Lock()
         self._synced: set[str] = set()
-        self._inflight: dict[str, tuple[str, float]] = {}  # device -> (request id, sent at)
-        self._pending: dict[str, tuple[str, str, int]] = {}  # request id -> (kind, device, after)
-        self._counter = itertools.count(1)
-        self._dropped_logged = -1e9
         self._run_id = uuid.uuid4().hex[:8]
+        self._counter = itertools.count(1)
+        self.history = HistoryRequests(lambda device, doc: self._publish(device, HISTORY_ACTION, doc),
+                                       lambda: self._request_id("history"), timeout=REQUEST_TIMEOUT)
+        self._jobs: dict[str, str] = {}  # agent.jobs request id -> device
+        self._dropped_logged = -1e9
+        self._backoff = Backoff(OPERATOR_MAX_BACKOFF)
         self._client: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        ingest.request_history = self.request_history
-        ingest.request_jobs = self.request_jobs
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,32 +100,17 @@ class Link:
         self._wake_w.close()
 
     def _make_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-
-        client = _LinkClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5)
+        client = make_client(self.cfg, self.client_id, cls=UnwokenClient)
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self.cfg.password())
-        if self.cfg.tls is not None:
-            tls = self.cfg.tls
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                           cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
-            client.tls_insecure_set(tls.insecure)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        # Only this thread writes to the socket; a publish from another thread wakes it (self._wake).
-        client.on_socket_register_write = lambda c, u, sock: None
         return client
 
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (a TCP socket: this link sets no other transport)
-
     def _network_loop(self) -> None:
-        """Connect; then read every packet that has arrived, write, flush, per pass; reconnect with a backoff up to 10 s.
+        """Connect; then read every packet that has arrived, write, flush, per pass; reconnect
+        after a :class:`~edge_agent.broker.Backoff` delay (up to 10 s).
 
         Not paho's ``loop()``: it reads one packet per ``select()``, and under a stream of
         events that select (and the GIL hand-over around it) cost more than the packet.
@@ -141,15 +119,13 @@ class Link:
 
         import paho.mqtt.client as mqtt
 
-        delay = 0.5
         while not self._stop.is_set():
             client = self._client = self._make_client()
             try:
-                client.connect(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive), clean_start=True)
+                connect(client, self.cfg, keepalive=int(self.cfg.keepalive))
             except Exception as exc:  # refused, unreachable, TLS: try again later
                 log.warning("cannot connect to %s:%s: %s", self.cfg.host, self.cfg.port, exc)
-                self._stop.wait(delay)
-                delay = min(10.0, delay * 2)
+                self._backoff.wait(self._stop)
                 continue
             sock = client.socket()
             rc = mqtt.MQTT_ERR_SUCCESS
@@ -180,8 +156,6 @@ class Link:
                 except Exception:  # a bug in a callback must not end the link: log it, reconnect
                     log.exception("unexpected error in the MQTT loop; reconnecting")
                     break
-                if rc == mqtt.MQTT_ERR_SUCCESS:
-                    delay = 0.5
             self.connected.clear()
             try:
                 client.disconnect()
@@ -190,7 +164,7 @@ class Link:
             except Exception:
                 pass
             if not self._stop.is_set():
-                self._stop.wait(delay)
+                self._backoff.wait(self._stop)
 
     # ------------------------------------------------------------------ sending
 
@@ -204,7 +178,7 @@ class Link:
         client = self._client
         if client is None or not self.connected.is_set():
             raise ConnectionError("the monitor is not connected to the broker")
-        info = client.publish(f"{self.prefix}/{device}/cmd/{action}", json.dumps(doc), qos=1)
+        info = client.publish(command_topic(self.prefix, device, action), json.dumps(doc), qos=1)
         if info.rc != 0:
             raise ConnectionError(f"publish failed (paho rc {info.rc})")
         if threading.current_thread() is not self._thread:
@@ -213,38 +187,25 @@ class Link:
             except BlockingIOError:  # a wake is already pending
                 pass
 
+    def _request_id(self, kind: str) -> str:
+        return f"{INTERNAL_PREFIX}{kind}:{self._run_id}:{next(self._counter)}"
+
     def request_history(self, device: str, after: int) -> None:
-        """Ask ``device`` for its events after seq ``after`` (unless a request is in flight)."""
-        now = time.monotonic()
-        with self._lock:
-            inflight = self._inflight.get(device)
-            if inflight is not None and now - inflight[1] < REQUEST_TIMEOUT:
-                return
-            request_id = f"{INTERNAL_PREFIX}history:{self._run_id}:{next(self._counter)}"
-            self._inflight[device] = (request_id, now)
-            self._remember(request_id, ("history", device, after))
-        args: dict[str, Any] = {"after": after, "limit": HISTORY_LIMIT}
-        if after == 0:
-            args["since"] = round(time.time() - self.keep, 3)
-        try:
-            self._publish(device, "agent.history", {"id": request_id, "args": args})
-        except ConnectionError:
-            with self._lock:
-                self._inflight.pop(device, None)
+        """Ask ``device`` for its events after seq ``after`` (unless a request is in flight); from
+        the start of the monitor's retention when it has none of them yet."""
+        since = {"since": round(time.time() - self.keep, 3)} if after == 0 else {}
+        self.history.ask(device, after, **since)
 
     def request_jobs(self, device: str) -> None:
-        request_id = f"{INTERNAL_PREFIX}jobs:{self._run_id}:{next(self._counter)}"
+        request_id = self._request_id("jobs")
         with self._lock:
-            self._remember(request_id, ("jobs", device, 0))
+            if len(self._jobs) >= _PENDING_MAX:
+                self._jobs.clear()
+            self._jobs[request_id] = device
         try:
             self._publish(device, "agent.jobs", {"id": request_id})
         except ConnectionError:
             pass
-
-    def _remember(self, request_id: str, what: tuple[str, str, int]) -> None:
-        if len(self._pending) >= _PENDING_MAX:
-            self._pending.clear()
-        self._pending[request_id] = what
 
     # ------------------------------------------------------------------ paho callbacks (its thread)
 
@@ -252,12 +213,13 @@ class Link:
         if rc.is_failure:
             log.warning("broker refused the monitor: %s", rc)
             return
+        self._backoff.connected()
         p = self.prefix
         with self._lock:
             self._synced.clear()
-            self._inflight.clear()
-        client.subscribe([(f"{p}/+/status", 1), (f"{p}/+/state", 1), (f"{p}/+/events", 1), (f"{p}/+/reply", 1),
-                          (f"{p}/+/gpio/+", 1)])
+        self.history.clear()
+        client.subscribe([(device_topic(p, ANY, leaf), 1) for leaf in ("status", "state", "events", "reply")]
+                         + [(gpio_topic(p, ANY, ANY), 1)])
         self.connects += 1
         self.connected.set()
         log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
@@ -267,17 +229,16 @@ class Link:
         log.info("disconnected from the broker: %s", rc)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        parts = msg.topic.split("/")
-        n = len(self.prefix.split("/"))
-        if len(parts) < n + 2:
+        where = heard(self.prefix, msg.topic)
+        if where is None:
             return
-        device, kind = parts[n], parts[n + 1]
+        device = where.device
         if len(msg.payload) > MAX_PAYLOAD or len(device) > MAX_DEVICE_ID:
-            self._dropped(device, f"{len(msg.payload)} bytes on {kind}, more than {MAX_PAYLOAD}" if len(device) <= MAX_DEVICE_ID
-                          else f"device id of {len(device)} characters, more than {MAX_DEVICE_ID}")
+            self._dropped(device, f"{len(msg.payload)} bytes on {where.leaf}, more than {MAX_PAYLOAD}"
+                          if len(device) <= MAX_DEVICE_ID else f"device id of {len(device)} characters, more than {MAX_DEVICE_ID}")
             return
         try:
-            self._dispatch(device, kind, parts[n + 2:], msg.payload)
+            self._dispatch(where, msg.payload)
         except Exception:
             log.exception("could not handle a message on %s", msg.topic[:300])
 
@@ -286,13 +247,12 @@ class Link:
         if now - self._dropped_logged > 60:  # once a minute at most: a flood must not flood the log
             self._dropped_logged = now
             log.warning("%s: a message dropped: %s", device[:MAX_DEVICE_ID], why)
-        self.ingest.rejected += 1
+        self.dropped += 1
 
-    def _dispatch(self, device: str, kind: str, rest: list[str], payload: bytes) -> None:
-        put = self.ingest.put
+    def _dispatch(self, where: Heard, payload: bytes) -> None:
+        put, device, kind = self.inbox.put, where.device, where.leaf
         if kind == "gpio":
-            if len(rest) == 1:
-                put("gpio", device, rest[0], payload.decode("utf-8", "replace").strip()[:50])
+            put("gpio", device, where.name, payload.decode("utf-8", "replace").strip()[:50])
             return
         if kind == "events":  # parsed in the ingest thread: raw bytes are smaller while they wait
             put("events", device, payload)
@@ -323,27 +283,23 @@ class Link:
             if device in self._synced:
                 return
             self._synced.add(device)
-        self.ingest.put("sync", device)
+        self.inbox.put("sync", device)
 
     def _reply(self, device: str, doc: dict[str, Any], size: int) -> None:
         command_id = doc.get("id")
         if not (isinstance(command_id, str) and command_id.startswith(INTERNAL_PREFIX)):
-            self.ingest.put("reply", device, doc, size=size)
+            self.inbox.put("reply", device, doc, size=size)
             return
-        status = doc.get("status")
-        if status == "accepted":
+        after = self.history.answered(device, doc)
+        if after is not None:
+            if doc.get("status") == "succeeded":
+                self.inbox.put("history", device, after, doc.get("result"), size=size)
+            elif lacks_history(doc):
+                self.inbox.put("nohistory", device)
+            return
+        if doc.get("status") == "accepted":
             return
         with self._lock:
-            what = self._pending.pop(command_id, None)
-            if what is not None and what[0] == "history" and self._inflight.get(device, ("",))[0] == command_id:
-                del self._inflight[device]
-        if what is None:
-            return
-        kind, _, after = what
-        if kind == "history":
-            if status == "succeeded":
-                self.ingest.put("history", device, after, doc.get("result"), size=size)
-            elif status == "rejected" and (doc.get("error") or {}).get("type") in ("unknown_action", "unknown"):
-                self.ingest.put("nohistory", device)
-        elif kind == "jobs" and status == "succeeded" and isinstance(doc.get("result"), dict):
-            self.ingest.put("jobs", device, doc["result"], size=size)
+            asked = self._jobs.pop(command_id, None)
+        if asked is not None and doc.get("status") == "succeeded" and isinstance(doc.get("result"), dict):
+            self.inbox.put("jobs", device, doc["result"], size=size)

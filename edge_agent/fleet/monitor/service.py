@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_agent.fleet.monitor.auth import Auth
 from edge_agent.fleet.monitor.hub import Hub
-from edge_agent.fleet.monitor.ingest import Ingest
+from edge_agent.fleet.monitor.ingest import Inbox, Ingest
 from edge_agent.fleet.monitor.link import Link
 from edge_agent.fleet.monitor.store import MonitorStore
 
@@ -133,12 +133,17 @@ class Monitor:
             self.store.set_meta("session_salt", salt)
         self.auth = Auth.from_file(settings.password_file, salt, open_local=settings.open_local)
         self.hub = Hub()
-        self.ingest = Ingest(self.store, self.hub)
-        self.ingest.release_memory = release_memory
-        self.link = Link(settings.mqtt, self.ingest, keep=settings.keep)
+        # The link puts what it hears in the inbox; the ingest stores it and asks the link for what is missing.
+        inbox = Inbox()
+        self.link = Link(settings.mqtt, inbox, keep=settings.keep)
+        self.ingest = Ingest(self.store, self.hub, inbox, self.link, release_memory=release_memory)
         loc = settings.location
         self.tz = loc.tz
         self.latitude, self.longitude = loc.latitude, loc.longitude
+
+    def rejected(self) -> int:
+        """Device messages dropped at the boundary: unread by the link (too large) or failing the checks."""
+        return self.ingest.rejected + self.link.dropped
 
     def app(self) -> Any:
         from edge_agent.fleet.monitor.web import create_app

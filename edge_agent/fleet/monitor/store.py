@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.fleet.monitor.validate import text
+from edge_agent.contract import text
 
 __all__ = ["INTERNAL_PREFIX", "DeviceRow", "MonitorStore", "TaskQuery", "TERMINAL", "STATUSES"]
 

@@ -29,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from edge_agent.contract import parse_args_text
 from edge_agent.fleet.monitor.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS, new_csrf_token
 from edge_agent.fleet.monitor.day import day_picture, render_svg
 from edge_agent.fleet.monitor.metrics import render_metrics
@@ -179,7 +180,7 @@ def create_app(monitor: Any) -> Starlette:
         if not action or len(action) > 200 or "/" in action or "+" in action or "#" in action:
             return _answer(request, device, 400, error="refused: give an action name, e.g. gpio.set")
         try:
-            args = _parse_args(form.get("args", ""))
+            args = parse_args_text(form.get("args", ""))
         except ValueError as exc:
             return _answer(request, device, 400, error=f"refused: {exc}")
         try:
@@ -322,7 +323,7 @@ def create_app(monitor: Any) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         text = render_metrics(store.devices(), store.counts(), lag=monitor.ingest.lag, backlog=monitor.ingest.backlog(),
-                              ingested=monitor.ingest.ingested, rejected=monitor.ingest.rejected,
+                              ingested=monitor.ingest.ingested, rejected=monitor.rejected(),
                               streams=monitor.hub.count)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
@@ -330,7 +331,7 @@ def create_app(monitor: Any) -> Starlette:
         """Cheap figures for scripts and probes (no table scans, unlike /metrics)."""
         ing = monitor.ingest
         return JSONResponse({"broker_connected": monitor.link.connected.is_set(), "ingested": ing.ingested,
-                             "rejected": ing.rejected, "backlog": ing.backlog(), "lag_s": round(ing.lag, 3),
+                             "rejected": monitor.rejected(), "backlog": ing.backlog(), "lag_s": round(ing.lag, 3),
                              "live_streams": monitor.hub.count})
 
     routes = [
@@ -448,31 +449,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _parse_args(text: str) -> dict[str, Any]:
-    """``{"json": "object"}`` or ``key=value`` words (values read as JSON when they parse, else text)."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"args are not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValueError("args must be a JSON object")
-        return doc
-    out: dict[str, Any] = {}
-    for word in text.split():
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {word!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
 
 
 NETWORK_WAIT = "network_unavailable"  # the error type of a command parked until its target is reachable again

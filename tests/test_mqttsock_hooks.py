@@ -1,0 +1,219 @@
+"""edge_agent/mqttsock.py: paho's private parts it relies on are still there (this fails first when a paho
+release changes them: pyproject.toml holds paho below 3), and its buffered socket on a real socket pair."""
+
+from __future__ import annotations
+
+import inspect
+import select
+import socket
+import threading
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from bench.harness import wait_until
+from edge_agent.broker import connect, make_client
+from edge_agent.config import MqttSettings
+from edge_agent.mqttsock import READ_SIZE, WRITE_SIZE, BufferedClient, BufferedSocket, UnwokenClient
+
+# --------------------------------------------------------------------------- paho's private hooks
+
+
+def _params(func: object) -> list[str]:
+    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+
+
+def _source(func: object) -> str:
+    return inspect.getsource(func)  # type: ignore[arg-type]
+
+
+def test_paho_makes_its_socket_with_create_socket_on_every_connect() -> None:
+    """BufferedClient wraps what ``Client._create_socket()`` returns; paho must call it (without
+    arguments) when it connects, and keep the result in ``Client._sock``."""
+    assert _params(mqtt.Client._create_socket) == ["self"]
+    connect_src = _source(mqtt.Client.reconnect)
+    assert "self._sock = self._create_socket()" in connect_src
+    assert "self._sock.setblocking(False)" in connect_src  # (passed through to the real socket)
+
+
+def test_paho_reads_and_writes_only_through_recv_send_and_asks_pending() -> None:
+    """BufferedSocket serves ``recv``/``send`` and tells paho's loop of buffered bytes with ``pending()``."""
+    assert "self._sock.recv(" in _source(mqtt.Client._sock_recv)
+    assert "self._sock.send(" in _source(mqtt.Client._sock_send)
+    assert "pending" in _source(mqtt.Client._loop)  # buffered bytes are read without waiting in select()
+    assert ".close()" in _source(mqtt.Client._sock_close)  # close() flushes the DISCONNECT first
+
+
+def test_want_write_is_public_and_consulted_by_the_loop() -> None:
+    """BufferedClient.want_write() adds the socket's unsent bytes to paho's own answer."""
+    assert _params(mqtt.Client.want_write) == ["self"]
+    assert "self.want_write()" in _source(mqtt.Client._loop)
+
+
+def test_packet_queue_wakes_the_loop_through_sockpair_w() -> None:
+    """UnwokenClient hides ``_sockpairW`` while ``_packet_queue`` runs: paho must write its wake-up
+    byte there and nowhere else, and the method must keep its arguments."""
+    assert _params(mqtt.Client._packet_queue) == ["self", "command", "packet", "mid", "qos", "info"]
+    src = _source(mqtt.Client._packet_queue)
+    assert "self._sockpairW" in src and "self._sockpairR" not in src
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    for name in ("_sock", "_sockpairW", "_sockpairR"):
+        assert hasattr(client, name), name
+
+
+# --------------------------------------------------------------------------- BufferedSocket on a socket pair
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[BufferedSocket, socket.socket]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    try:
+        yield BufferedSocket(ours), peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_small_reads_are_served_from_one_big_read(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    """paho reads a packet in two or three small calls: the kernel is asked once, the rest comes from
+    the buffer, and ``pending()`` says how much waits there."""
+    sock, peer = pair
+    with pytest.raises(BlockingIOError):
+        sock.recv(1)  # nothing there yet: paho's "try later"
+    peer.sendall(b"\x30\x05hello" + b"\xd0\x00")
+    _readable(sock)
+    assert sock.recv(1) == b"\x30" and sock.pending() == 8
+    assert sock.recv(1) == b"\x05" and sock.recv(5) == b"hello"
+    assert sock.recv(2) == b"\xd0\x00" and sock.pending() == 0
+    peer.close()
+    wait_until(lambda: _eof(sock), 5)  # b"" at EOF, as a socket says it
+
+
+def _readable(sock: BufferedSocket) -> None:
+    """Until the kernel holds bytes for ``sock`` (select() on it, as paho's loop does)."""
+    readable, _, _ = select.select([sock], [], [], 5)
+    assert readable, "nothing arrived"
+
+
+def _eof(sock: BufferedSocket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
+def test_a_read_that_fits_is_handed_over_whole(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    sock, peer = pair
+    peer.sendall(b"abc")
+    _readable(sock)
+    assert sock.recv(10) == b"abc" and sock.pending() == 0
+
+
+def test_writes_wait_for_flush_and_go_out_in_order(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    """``send()`` takes everything at once; nothing leaves before ``flush()`` (or 64 KiB piled up)."""
+    sock, peer = pair
+    assert sock.send(b"one,") == 4 and sock.send(memoryview(b"two,")) == 4 and sock.send(bytearray(b"three")) == 5
+    assert sock.unsent == 13
+    peer.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        peer.recv(100)
+    sock.flush()
+    assert sock.unsent == 0
+    peer.settimeout(5)
+    assert _recv_exactly(peer, 13) == b"one,two,three"
+    sock.send(b"x" * WRITE_SIZE)  # the bound: sent at once
+    assert sock.unsent == 0 and len(_recv_exactly(peer, WRITE_SIZE)) == WRITE_SIZE
+
+
+def _recv_exactly(peer: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = peer.recv(n - len(out))
+        assert chunk, "the peer saw EOF"
+        out += chunk
+    return out
+
+
+def test_a_full_kernel_buffer_keeps_the_rest_for_the_next_pass(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    """What the kernel cannot take stays in ours (``want_write`` stays true through ``unsent``) and goes
+    with a later flush, in order."""
+    sock, peer = pair
+    data = bytes(range(256)) * (16 * READ_SIZE // 256)  # 1 MiB: more than a socket pair's buffers
+    for i in range(0, len(data), WRITE_SIZE // 2):
+        sock.send(data[i:i + WRITE_SIZE // 2])
+    sock.flush()
+    assert sock.unsent > 0  # the kernel took what it could; no error, no loss
+    got = bytearray()
+    reader_done = threading.Event()
+
+    def read() -> None:
+        while len(got) < len(data):
+            got.extend(peer.recv(65536))
+        reader_done.set()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    wait_until(lambda: (sock.flush(), sock.unsent == 0)[1], 10)
+    assert reader_done.wait(10) and bytes(got) == data
+
+
+def test_a_broken_connection_is_reported_by_the_next_read_or_write(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    """A write that fails is kept as the socket's error: paho hears of it at its next ``send``, or its next
+    ``recv`` once what was already read is consumed (a last PUBACK is not lost)."""
+    sock, peer = pair
+    peer.sendall(b"abc")
+    _readable(sock)
+    assert sock.recv(1) == b"a"  # "bc" wait in the buffer
+    peer.close()
+    for _ in range(100):  # the first writes may still be taken by the kernel
+        sock.send(b"x" * 1024)
+        sock.flush()
+        if sock._error is not None:
+            break
+    assert isinstance(sock._error, OSError)
+    assert sock.recv(2) == b"bc"
+    with pytest.raises(OSError):
+        sock.recv(1)
+    with pytest.raises(OSError):
+        sock.send(b"y")
+
+
+def test_close_sends_what_is_buffered_first(pair: tuple[BufferedSocket, socket.socket]) -> None:
+    """paho closes right after writing DISCONNECT: it must leave, or the broker takes a clean stop for a
+    lost connection (and publishes the last will)."""
+    sock, peer = pair
+    sock.send(b"\xe0\x00")  # DISCONNECT
+    sock.close()
+    assert _recv_exactly(peer, 2) == b"\xe0\x00" and peer.recv(1) == b""
+
+
+# --------------------------------------------------------------------------- BufferedClient on a real broker
+
+
+@pytest.mark.parametrize("cls", [BufferedClient, UnwokenClient])
+def test_a_buffered_client_publishes_and_hears_through_a_real_broker(broker, cls: type[BufferedClient]) -> None:
+    """Made by the factory, a client sits on a BufferedSocket; its loop with a flush after each pass
+    connects, subscribes, publishes QoS 1 and hears its own message."""
+    client = make_client(MqttSettings(host="127.0.0.1", port=broker.port), f"hooks-{cls.__name__}", cls=cls)
+    heard: list[bytes] = []
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("hooks/#", qos=1)
+    client.on_message = lambda c, u, msg: heard.append(msg.payload)
+    connect(client, MqttSettings(host="127.0.0.1", port=broker.port), keepalive=30)
+    assert isinstance(client.socket(), BufferedSocket)
+
+    def loop() -> bool:
+        client.loop(timeout=0.05)
+        client.flush()
+        return bool(heard)
+
+    wait_until(lambda: (loop(), client.is_connected())[1], 10)
+    info = client.publish("hooks/t", b"through the buffer", qos=1)
+    assert client.want_write()  # queued, not written by this thread: the loop writes it
+    wait_until(lambda: loop() and info.is_published(), 10)
+    assert heard == [b"through the buffer"]
+    client.disconnect()
+    client.loop(timeout=0.05)
+    client.flush()
