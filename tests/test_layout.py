@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "edge_agent"
 DEVICE, FLEET, CLI = "edge_agent.device", "edge_agent.fleet", "edge_agent.cli"
 SHARED = ["edge_agent.config", "edge_agent.errors", "edge_agent.durations", "edge_agent.logs", "edge_agent.mqttsock",
-          "edge_agent.contract", "edge_agent.broker", "edge_agent.schedule"]  # (contract and broker: once they exist)
+          "edge_agent.contract", "edge_agent.broker", "edge_agent.memory", "edge_agent.schedule"]
 
 
 def module_name(path: Path) -> str:

@@ -533,7 +533,8 @@ def test_live_streams_are_capped_and_the_monitor_stays_reachable(monitor) -> Non
     got = loop.run_until_complete(flood())  # (the loop stays open: the streams stay open while the pages are tried)
     try:
         codes = [code for code, _ in got]
-        assert codes.count("200") == 20 and codes.count("503") == 1080, {c: codes.count(c) for c in set(codes)}
+        assert codes.count("200") == 20 and codes.count("503") == 1080, (
+            {c: codes.count(c) for c in set(codes)}, mon.log()[-3000:])
         assert mon.get("/api/health", timeout=5)[0] == 200 and mon.get("/", timeout=5)[0] == 200  # (streams still open)
         assert mon.json("/api/health")["live_streams"] == 20
     finally:

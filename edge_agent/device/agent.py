@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from edge_agent.device.store import Store
 from edge_agent.device.taskqueue import TaskQueue, Workers
 from edge_agent.device.tasks import set_submitter
 from edge_agent.errors import EdgeAgentError
+from edge_agent.memory import limit_malloc_arenas, release_memory
 
 if TYPE_CHECKING:
     from edge_agent.device.mqtt import MqttLink
@@ -49,33 +49,6 @@ log = logging.getLogger("edge_agent.agent")
 
 IDLE_LOOK = 60.0  # seconds: how often the main loop looks around when nothing wakes it
 STOP_MARGIN = 6.0  # seconds for the rest of a stop besides the drain (TimeoutStopSec=20s covers both)
-
-
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None  # not glibc
-
-
-def _limit_arenas() -> None:
-    """Two malloc arenas instead of one per thread (up to 8 x cores): freed memory is
-    less scattered, so more of it goes back to the OS. Before any thread starts."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-
-
-def _release_memory() -> None:
-    import gc
-
-    gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 class Component(Protocol):
@@ -124,7 +97,7 @@ class Agent:
 
     def start(self) -> None:
         s = self.settings
-        _limit_arenas()
+        limit_malloc_arenas()
         # The whole config is checked before anything is created or locked, with the actions
         # declared only (as `edge-agent check` does): enough for the queue's lanes too (whether an
         # action needs the network). The daemon's own registry needs the queue (gpio.pulse queues
@@ -266,7 +239,7 @@ class Agent:
                 # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
                 # and an idle daemon on a 512 MB Pi should be small again).
                 trimmed_at = self.workers.processed
-                _release_memory()
+                release_memory()
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()

@@ -33,10 +33,12 @@ import json.encoder
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.contract import KINDS, MAX_HISTORY, event_document, history_page
 from edge_agent.device.commands import Command
+from edge_agent.device.outbox import Outbox
+from edge_agent.device.store import Store
 
 __all__ = ["QUIET_ACTIONS", "EventLog", "EventPublisher", "EventReporter"]
 
@@ -63,8 +65,8 @@ _quote = json.encoder.encode_basestring_ascii  # a str as JSON, as json.dumps wr
 class EventLog:
     """Writes events (inside the caller's transaction) and answers history queries."""
 
-    def __init__(self, store: Any, device_id: str, *, keep: float = 7 * 86400.0, max_rows: int = 100_000,
-                 outbox: Any = None, outbox_max: int = 10_000,
+    def __init__(self, store: Store, device_id: str, *, keep: float = 7 * 86400.0, max_rows: int = 100_000,
+                 outbox: Outbox | None = None, outbox_max: int = 10_000,
                  clock: Callable[[], float] = time.time, enabled: bool = True):
         self.store = store
         self.device_id = device_id
@@ -279,12 +281,19 @@ def _error(cmd: Command) -> dict[str, Any] | None:
     return {"type": cmd.error_type, "message": cmd.error_message} if cmd.error_type else None
 
 
+class Replies(Protocol):
+    """Where a finished command's reply goes (the MQTT link), in the same transaction."""
+
+    def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None: ...
+
+
 class EventReporter:
     """The runner's and the queue's hooks: each records its event, then tells ``inner`` (the
     MQTT replies) where it has something to say. Called inside the transaction that makes
     the change."""
 
-    def __init__(self, events: EventLog, inner: Any = None, accepted: Callable[[sqlite3.Cursor, Command], None] | None = None):
+    def __init__(self, events: EventLog, inner: Replies | None = None,
+                 accepted: Callable[[sqlite3.Cursor, Command], None] | None = None):
         self.events = events
         self.inner = inner
         self._accepted = accepted

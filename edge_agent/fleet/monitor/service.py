@@ -17,6 +17,7 @@ from edge_agent.fleet.monitor.hub import Hub
 from edge_agent.fleet.monitor.ingest import Inbox, Ingest
 from edge_agent.fleet.monitor.link import Link
 from edge_agent.fleet.monitor.store import MonitorStore
+from edge_agent.memory import limit_malloc_arenas, release_memory
 
 __all__ = ["Monitor", "MonitorSettings", "default_db_path", "run_monitor"]
 
@@ -48,22 +49,6 @@ class MonitorSettings:
     log_level: str = "info"
     max_db_bytes: int = 1 << 30  # the store's used pages at most (oldest rows go beyond)
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides localhost and addresses; "*": any
-
-
-def _libc() -> Any:
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None  # not glibc
-
-
-def limit_malloc_arenas() -> None:
-    """Two malloc arenas, not one per thread: freed memory is less scattered and more of it goes back."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def raise_open_files() -> None:
@@ -108,15 +93,6 @@ class OncePerMinute(logging.Filter):
         record.msg, record.args, record.exc_info, record.exc_text = (
             f"{msg.splitlines()[0]} (one such line a minute at most{more})", None, None, None)
         return True
-
-
-def release_memory() -> None:
-    import gc
-
-    gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 class Monitor:
