@@ -358,6 +358,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "expired": ("error",),
     "revoked": (),
     "fired": ("job", "planned"),
+    "skipped": ("job", "planned"),
 }
 
 EVENT_FIELDS = ("seq", "device", "event", "id", "action", "ts")  # every event's, in this order; then its extras

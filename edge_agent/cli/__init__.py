@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.cli.device import QUERY_ACTIONS
+from edge_agent.cli.device import JOB_VERBS, QUERY_ACTIONS
 from edge_agent.cli.terminal import columns
 
 __all__ = ["main"]
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     j = cmd("jobs", "every job and window: trigger, next firings, last fired")
     j.add_argument("--from", dest="start", metavar="ISO", help="list firings after this instant (default: now)")
     j.add_argument("--count", type=int, default=3, metavar="N", help="firings per job (default 3)")
+    jc = cmd("job", "pause, resume or run now a job by name (queues job.pause/resume/run, as send does)")
+    jc.add_argument("verb", choices=JOB_VERBS, help="pause: its firings are skipped until resume; run: fire it once now")
+    jc.add_argument("name", help="the job's name")
+    jc.add_argument("--wait", nargs="?", const=30.0, type=float, metavar="SECONDS", help="wait for the outcome (default 30 s)")
     su = cmd("sun", "solar events of one local date")
     su.add_argument("--date", metavar="YYYY-MM-DD", help="local date (default: today)")
     su.add_argument("--lat", type=float, help="latitude (with --lon and --tz no config is needed)")
@@ -125,6 +129,14 @@ def _fleet_parser(sub: Any) -> None:
                    help="also wait (until the timeout) for offline devices to come back and answer")
     s.add_argument("--ttl", type=float, metavar="S", help="the command expires if it cannot start within S seconds")
     s.add_argument("--id", help="command id (default: a new one)")
+    jf = fcmd("job", "pause, resume or run now a job on many devices (send of job.pause/resume/run)")
+    jf.add_argument("verb", choices=JOB_VERBS, help="pause: its firings are skipped until resume; run: fire it once now")
+    jf.add_argument("name", help="the job's name")
+    jwho = jf.add_mutually_exclusive_group(required=True)
+    jwho.add_argument("--device", "-d", action="append", metavar="D", help="a device (repeat for more)")
+    jwho.add_argument("--group", "-g", metavar="G", help="one group command to every member of G")
+    jwho.add_argument("--all", action="store_true", help="every device on the broker")
+    jf.add_argument("--timeout", type=float, default=30.0, metavar="S", help="wait at most S seconds (default 30)")
     e = fcmd("events", "the fleet's task events: the latest ones, and with --follow the live stream")
     e.add_argument("--device", "-d", action="append", metavar="D", help="only this device (repeat for more)")
     e.add_argument("--follow", "-f", action="store_true", help="keep printing events as they happen (Ctrl-C ends)")
@@ -135,7 +147,7 @@ def _fleet_parser(sub: Any) -> None:
     h.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50): the latest, or the first after --after")
     h.add_argument("--after", type=int, metavar="SEQ", help="events after this seq, oldest first")
     h.add_argument("--action", help="only this action")
-    h.add_argument("--event", help="only this kind (received, started, retried, succeeded, failed, expired, revoked, fired)")
+    h.add_argument("--event", help="only this kind (received, started, retried, succeeded, failed, expired, revoked, fired, skipped)")
     h.add_argument("--id", help="only this command id")
     h.add_argument("--since", metavar="TIME", help="unix seconds or ISO-8601")
     h.add_argument("--until", metavar="TIME", help="unix seconds or ISO-8601")

@@ -1,4 +1,4 @@
-"""``edge-agent run``, ``send``, ``status``, ``history``, ``check``, ``jobs`` and ``sun``: the commands
+"""``edge-agent run``, ``send``, ``job``, ``status``, ``history``, ``check``, ``jobs`` and ``sun``: the commands
 that act on this device's config and database. Exit codes as everywhere: 0 success, 1 the thing asked
 for failed, 2 usage or config error. Imports are lazy: ``send`` must start quickly on a 1 GHz CPU."""
 
@@ -16,8 +16,11 @@ from edge_agent.cli.terminal import columns
 #: read-only queries the fleet and the monitor ask all day, so `history` leaves them out unless --all
 #: (agent.ping and gpio.read stay: people send those by hand and schedules use them as heartbeats)
 QUERY_ACTIONS = ("agent.status", "agent.jobs", "agent.history")
+#: `edge-agent job VERB NAME` and `edge-agent fleet job VERB NAME`: the action job.VERB
+JOB_VERBS = ("pause", "resume", "run")
 
-__all__ = ["QUERY_ACTIONS", "cmd_check", "cmd_history", "cmd_jobs", "cmd_run", "cmd_send", "cmd_status", "cmd_sun"]
+__all__ = ["JOB_VERBS", "QUERY_ACTIONS", "cmd_check", "cmd_history", "cmd_job", "cmd_jobs", "cmd_run", "cmd_send",
+           "cmd_status", "cmd_sun"]
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -175,6 +178,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     else:
         print(f"{current.state}: {current.error_type}: {current.error_message}")
     return 0 if current.state == "succeeded" else 1
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """``edge-agent job VERB NAME``: ``send job.VERB name=NAME``."""
+    return cmd_send(argparse.Namespace(**vars(args), action=f"job.{args.verb}", pairs=[],
+                                       args=json.dumps({"name": args.name}), id=None, ttl=None))
 
 
 # --------------------------------------------------------------------------- status / history

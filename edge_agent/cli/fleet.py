@@ -16,7 +16,7 @@ from edge_agent.cli.terminal import safe
 from edge_agent.durations import ago
 from edge_agent.fleet import client as fleet
 
-__all__ = ["fleet_events", "fleet_history", "fleet_ls", "fleet_send"]
+__all__ = ["fleet_events", "fleet_history", "fleet_job", "fleet_ls", "fleet_send"]
 
 
 def _client(args: argparse.Namespace) -> fleet.FleetClient:
@@ -104,6 +104,12 @@ def fleet_send(args: argparse.Namespace) -> int:
     return _send_exit(result)
 
 
+def fleet_job(args: argparse.Namespace) -> int:
+    """``fleet job VERB NAME``: ``fleet send job.VERB name=NAME`` (same output and exit codes)."""
+    return fleet_send(argparse.Namespace(**vars(args), action=f"job.{args.verb}", pairs=[],
+                                         args=json.dumps({"name": args.name}), wait_offline=False, ttl=None, id=None))
+
+
 def _send_exit(result: fleet.SendResult) -> int:
     """0 when every device succeeded; else 1, with one line on stderr saying who did not and why."""
     if result.ok:
@@ -133,10 +139,14 @@ def _print_event(doc: dict[str, Any], as_json: bool) -> None:
         extra += f"; next try {time.strftime('%H:%M:%S', time.localtime(doc['next_try']))}"
     if kind == "fired":
         extra = f" job {doc.get('job')}"
+    if kind == "skipped":
+        planned = doc.get("planned")
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(planned)) if isinstance(planned, (int, float)) else "?"
+        extra = f" job {doc.get('job')} planned {at}: paused"
     if kind == "received":
         extra = f" from {doc.get('source')}"
     print(f"{when} {safe(doc.get('device'))[:16]:<16} #{safe(doc.get('seq')):<7} {safe(kind)[:9]:<9} "
-          f"{safe(doc.get('action'))[:20]:<20} {safe(doc.get('id'))[:40]}{safe(extra)[:300]}", flush=True)
+          f"{safe(doc.get('action'))[:20]:<20} {safe(doc.get('id') if doc.get('id') is not None else '-')[:40]}{safe(extra)[:300]}", flush=True)
 
 
 def fleet_events(args: argparse.Namespace) -> int:

@@ -161,6 +161,7 @@ class Agent:
             return
         assert self.store is not None and self._schedule_clock is not None
         scheduler = self.scheduler = Scheduler(self.settings, self.store, submit=queue.submit, on_fired=reporter.fired,
+                                               on_skipped=reporter.skipped,
                                                clock=self._schedule_clock)
         scheduler.start()
         self._components.append(scheduler)

@@ -309,6 +309,10 @@ class EventReporter:
         """The scheduler queued ``cmd`` for the firing of ``job`` planned at ``planned``."""
         self.events.emit(cur, "fired", cmd.id, cmd.action, job=job, planned=round(planned, 3))
 
+    def skipped(self, cur: sqlite3.Cursor, job: str, planned: float, action: str | None = None) -> None:
+        """The scheduler skipped the firing of paused ``job`` planned at ``planned`` (no command: no id)."""
+        self.events.emit(cur, "skipped", None, action, job=job, planned=round(planned, 3))
+
     def started(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         if cmd.action in QUIET_ACTIONS or cmd.error_type == "network_unavailable":
             # A command parked for the network said `retried` once when it was parked; its

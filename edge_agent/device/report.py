@@ -13,7 +13,8 @@ def _iso(ts: float | None, tz: Any) -> str | None:
 
 
 def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, store: Any = None) -> dict[str, Any]:
-    """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting"}], "windows": [...]}``."""
+    """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting", "paused", "paused_since"}], "windows": [...]}``
+    (a paused job's ``next`` instants are skipped until ``job.resume``)."""
     from edge_agent.errors import ConfigError
     from edge_agent.schedule.triggers import job_trigger, next_firings
     from edge_agent.schedule.windows import Window, window_state
@@ -38,13 +39,18 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
 
         after = datetime.fromtimestamp(reading_clock(store)(), UTC)
     last: dict[str, float | None] = {}
+    paused: dict[str, float] = {}
     if store is not None:
-        try:
-            from edge_agent.device.scheduler import Firings
+        from edge_agent.device.scheduler import Firings
 
+        try:
             last = Firings(store).last_fired()
         except Exception:
             last = {}
+        try:
+            paused = Firings(store).paused()
+        except Exception:  # a database no daemon of this version opened yet: nothing is paused
+            paused = {}
     loc = settings.location
     jobs = []
     for spec in settings.jobs:
@@ -57,6 +63,8 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
             "last_fired": _iso(last.get(spec.name), tz),
             "waiting": trigger.waiting_reason(after),
             "missed": spec.missed,
+            "paused": spec.name in paused,
+            "paused_since": _iso(paused.get(spec.name), tz),
         })
     windows = []
     for spec in settings.windows:
@@ -77,8 +85,11 @@ def render_jobs(doc: dict[str, Any]) -> str:
         lines.append(f"    last fired  {j['last_fired'] or 'never'}")
         if j["waiting"]:
             lines.append(f"    waiting     {j['waiting']}")
+        if j.get("paused"):
+            lines.append(f"    PAUSED      since {j['paused_since']}")
+        mark = "  (paused: skipped)" if j.get("paused") else ""
         for i, n in enumerate(j["next"]):
-            lines.append(f"    {'next' if i == 0 else '':<11} {n}")
+            lines.append(f"    {'next' if i == 0 else '':<11} {n}{mark}")
         if not j["next"]:
             lines.append("    next        none")
     for w in doc["windows"]:

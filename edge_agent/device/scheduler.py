@@ -116,7 +116,8 @@ def claim_clock(store: Store, clock: Callable[[], float], environ: Mapping[str, 
 
 class Firings:
     """The ``firings`` table, per job: when it was first seen (it never fires for instants
-    before), the last planned instant handled and when that fired. The only code on it."""
+    before), the last planned instant handled and when that fired; and ``paused_jobs``, the
+    jobs paused by ``job.pause`` and since when. The only code on both."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -141,9 +142,33 @@ class Firings:
         """In the transaction that queued the firings: the last planned instant handled, and when."""
         cur.execute("update firings set planned = ?, fired = ? where job = ?", (planned, fired, job))
 
+    def skipped(self, cur: sqlite3.Cursor, job: str, planned: float | None) -> None:
+        """In the transaction that reported a paused job's instants: handled, when it last fired kept."""
+        cur.execute("update firings set planned = ? where job = ?", (planned, job))
+
     def last_fired(self) -> dict[str, float | None]:
         """When each job last fired (None: the last decision fired nothing)."""
         return {job: fired for job, fired in self.store.query("select job, fired from firings")}
+
+    def pause(self, job: str, now_ts: float) -> bool:
+        """Pause ``job`` (its firings are skipped until resumed); whether it was not paused already."""
+        with self.store.transaction() as cur:
+            cur.execute("insert into paused_jobs (job, since) values (?, ?) on conflict (job) do nothing", (job, now_ts))
+            return cur.rowcount > 0
+
+    def resume(self, job: str) -> bool:
+        """Resume ``job``; whether it was paused."""
+        with self.store.transaction() as cur:
+            cur.execute("delete from paused_jobs where job = ?", (job,))
+            return cur.rowcount > 0
+
+    def is_paused(self, cur: sqlite3.Cursor, job: str) -> bool:
+        """In the transaction that would queue its firings: whether ``job`` is paused."""
+        return cur.execute("select 1 from paused_jobs where job = ?", (job,)).fetchone() is not None
+
+    def paused(self) -> dict[str, float]:
+        """The paused jobs and since when (also those no longer in the config: a job added again stays paused)."""
+        return {job: since for job, since in self.store.query("select job, since from paused_jobs")}
 
 
 def build_jobs(settings: Any) -> list[tuple[Any, Job]]:
@@ -157,12 +182,14 @@ def build_windows(settings: Any) -> list[tuple[Any, Window]]:
 class Scheduler:
     def __init__(self, settings: Any, store: Store, *, submit: Callable[..., Any],
                  clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None,
-                 on_fired: Callable[..., None] | None = None):
+                 on_fired: Callable[..., None] | None = None, on_skipped: Callable[..., None] | None = None):
         self.store = store
         self.firings = Firings(store)
         self.submit = submit
         # (cur, job name, planned unix time, command) in the transaction that queued a firing
         self.on_fired = on_fired
+        # (cur, job name, planned unix time, action) in the transaction that recorded a paused job's instant
+        self.on_skipped = on_skipped
         self.clock = clock or scheduler_clock()
         self.fake = fake_start() is not None
         self._trusted_fn = trusted
@@ -318,15 +345,26 @@ class Scheduler:
         # Deadlines are on the runner's clock (real time), not the schedule clock.
         grace = spec.grace if spec.missed != "skip" else ON_TIME
         with self.store.transaction() as cur:
+            paused = bool(instants) and self.firings.is_paused(cur, spec.name)
             for planned in instants:
                 ts = planned.timestamp()
+                if paused:
+                    # Handled (recorded below) but not queued: a resume does not catch it up.
+                    if self.on_skipped is not None:
+                        self.on_skipped(cur, spec.name, ts, spec.action)
+                    log.info("job %s skipped for %s: paused", spec.name,
+                             planned.astimezone(self.settings.location.tz).isoformat())
+                    continue
                 cmd = NewCommand(action=spec.action, args=dict(spec.args), id=f"job:{spec.name}:{ts:.0f}",
                                  source="schedule", deadline=time.time() + max(ts + grace - now_ts, ON_TIME))
                 queued = self.submit(cmd, cur)
                 if self.on_fired is not None and queued is not None and queued[1]:
                     self.on_fired(cur, spec.name, ts, queued[0])
                 log.info("job %s fired for %s", spec.name, planned.astimezone(self.settings.location.tz).isoformat())
-            self.firings.record(cur, spec.name, last.timestamp() if last else None, now_ts if instants else None)
+            if paused:
+                self.firings.skipped(cur, spec.name, last.timestamp() if last else None)
+            else:
+                self.firings.record(cur, spec.name, last.timestamp() if last else None, now_ts if instants else None)
 
     def _apply_window(self, i: int, spec: Any, window: Window, now: datetime, now_ts: float) -> float | None:
         loc = self.settings.location

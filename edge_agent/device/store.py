@@ -55,6 +55,10 @@ LOW_SPACE = 16 * 1024 * 1024
 TIGHT_EVERY = 16
 FULL_LOG_EVERY = 60.0  # seconds: a disk full again within this is logged at debug level
 
+# Per paused job (job.pause): since when. Added without a schema version: a database of
+# schema 3 gets it at its next open, and an older edge-agent still opens the file.
+_PAUSED_JOBS = "create table if not exists paused_jobs (job text primary key, since real not null)"
+
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
     # seq is the rowid (max + 1, so in commit order). No AUTOINCREMENT: it rewrites
@@ -113,6 +117,7 @@ _SCHEMA = (
     )""",
     # Small facts the daemon shares with the CLI: pid, start time, link state, last error.
     "create table if not exists meta (key text primary key, value text not null)",
+    _PAUSED_JOBS,
 )
 
 
@@ -233,6 +238,8 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StorageError(f"{self.path}: written by a newer edge-agent (schema {version}); upgrade edge-agent")
         if version == SCHEMA_VERSION:
+            with contextlib.suppress(sqlite3.OperationalError):  # (read-only: the daemon makes it at its start)
+                self.conn.execute(_PAUSED_JOBS)  # (no write when it is there)
             return
         with self.transaction() as cur:
             for sql in _SCHEMA:

@@ -1,5 +1,5 @@
 """The actions a command can run: the registry (:mod:`.registry`) and the built-ins
-(:mod:`.agent`, :mod:`.gpio`, :mod:`.http`, :mod:`.mqtt`), put together by :func:`build_registry`."""
+(:mod:`.agent`, :mod:`.gpio`, :mod:`.http`, :mod:`.job`, :mod:`.mqtt`), put together by :func:`build_registry`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from edge_agent.device.actions.agent import agent_actions
 from edge_agent.device.actions.gpio import gpio_actions
 from edge_agent.device.actions.http import http_actions
+from edge_agent.device.actions.job import job_actions
 from edge_agent.device.actions.mqtt import mqtt_actions
 from edge_agent.device.actions.registry import Action, Registry, Runtime, bad_args, check_jobs, load_user_tasks
 from edge_agent.errors import ConfigError
@@ -20,7 +21,7 @@ def build_registry(settings: Any, runtime: Runtime | None = None) -> Registry:
     Without ``runtime`` the built-ins are declared only (enough to check commands and jobs)."""
     registry = Registry()
     for action in (*gpio_actions(settings.devices, runtime), *agent_actions(settings.device_id, runtime),
-                   *http_actions(), *mqtt_actions(settings, runtime)):
+                   *http_actions(), *mqtt_actions(settings, runtime), *job_actions(settings, runtime)):
         registry.add(action)
     for fn in load_user_tasks(settings).values():
         if fn.name in registry:

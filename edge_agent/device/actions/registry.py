@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 __all__ = ["Action", "Registry", "Runtime", "bad_args", "check_jobs", "load_user_tasks"]
 
 
+class Submit(Protocol):
+    """Journal and queue a command, in ``cur``'s transaction if given: (its row, whether it is new)."""
+
+    def __call__(self, new: NewCommand, cur: sqlite3.Cursor | None = None) -> tuple[Command, bool]: ...
+
+
 @dataclass(frozen=True)
 class Action:
     name: str
@@ -114,8 +120,8 @@ class Runtime:
     all of it is absent: the actions are then only declared, never run)."""
 
     hardware: Hardware | None = None
-    #: queue a command (``gpio.pulse`` its "off"): the daemon's TaskQueue.submit
-    submit: Callable[[NewCommand], tuple[Command, bool]] | None = None
+    #: queue a command (``gpio.pulse`` its "off"), in the caller's transaction if given: the daemon's TaskQueue.submit
+    submit: Submit | None = None
     #: queue an MQTT message (``mqtt.publish``): the link's outbox
     publish: Callable[..., None] | None = None
     started_monotonic: float = 0.0
