@@ -347,6 +347,35 @@ def test_revoke_from_the_task_page_ends_a_retry_waiting_task(setup: Setup) -> No
     assert kinds[-1] == "revoked" and not d.find_elements("id", "revoke")
 
 
+def test_a_job_is_paused_resumed_and_run_from_the_device_page(setup: Setup) -> None:
+    """Logged in, the jobs table's buttons send job.pause, job.resume and job.run (through the send route, with
+    its CSRF check); after each reply the page shows the job as the device now reports it."""
+    d = setup.driver
+    setup.login()
+    page = setup.monitor.url + "/device/dev2"
+
+    def row() -> Any:
+        d.get(page)
+        return d.find_element("xpath", "//table[@id='jobs']//tr[td[1][starts-with(normalize-space(), 'porch-off')]]")
+
+    def click(label: str) -> None:
+        wait_until(lambda: row().find_element("xpath", f".//button[text()='{label}']"), 15, f"the {label} button").click()
+
+    click("pause")
+    wait_until(lambda: "paused" in row().find_element("tag name", "td").text, 15, "porch-off shown paused")
+    setup.shot("device-job-paused")
+    click("resume")
+    wait_until(lambda: "paused" not in row().find_element("tag name", "td").text
+               and row().find_elements("xpath", ".//button[text()='pause']"), 15, "porch-off shown running again")
+    click("run now")
+    run = wait_until(lambda: next((r for r in setup.final_replies("") if r.get("action") == "job.run"), None), 15,
+                     "the job.run reply")
+    assert run["status"] == "succeeded" and run["result"]["id"].startswith("job:porch-off:run:"), run
+    with setup.listener.cond:
+        sent = [json.loads(m.payload)["id"] for m in setup.listener.messages if m.topic == "edge/dev2/cmd/job.run"]
+    assert sent == [run["id"]]  # one command, from the button
+
+
 def test_script_in_device_id_and_payload_renders_as_inert_text(setup: Setup) -> None:
     """A device id and a task's args and result holding markup show as text and run nothing."""
     from bench.simfleet import SimFleet

@@ -387,6 +387,8 @@ class Ingest:
                 self._gpio_from_result(w, device, doc.get("action"), doc.get("status"), doc.get("result"), at)
                 if isinstance(doc.get("id"), str):
                     tasks[(device, doc["id"])] = None
+                if str(doc.get("action", "")).startswith("job.") and doc.get("status") == "succeeded":
+                    out.jobs_wanted.add(device)  # a job paused, resumed or run: show its jobs as they are now
                 out.replies.append((device, doc))
             elif kind == "gpio":
                 pin, value = payload
