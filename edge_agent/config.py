@@ -28,6 +28,7 @@ __all__ = [
     "check_tls_files",
     "config_path",
     "load_settings",
+    "parse_schedule",
     "parse_settings",
 ]
 
@@ -59,7 +60,12 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "events": ("keep", "max_rows", "outbox_max", "enabled"),
     "jobs": ("name", *TRIGGER_KINDS, "offset", "action", "args", "missed", "grace", "not_before", "not_after", "anchor"),
     "windows": ("device", "from", "until", "value"),
+    "schedule": ("version", "jobs", "windows", "set_at", "by", "clear"),  # a schedule document (parse_schedule)
 }
+
+#: device ids that would collide with the topics of fleet schedules (P/all/schedule, P/group/<g>/...)
+RESERVED_DEVICE_IDS = ("all", "group")
+VERSION_MAX = 2**63 - 1  # a schedule document's version: SQLite's integer
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,8 @@ class JobSpec:
     not_before: str | None = None  # local wall time "HH:MM": firings earlier in the day are skipped
     not_after: str | None = None  # local wall time "HH:MM": firings later in the day are skipped
     anchor: str | None = None  # `every` only: the grid's origin, "HH:MM" or ISO-8601
+    origin: str = "config"  # where it comes from: the file, or a schedule document's source ("all", "group:<g>", "device")
+    version: int | None = None  # the schedule document's version (None: the file)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,8 @@ class WindowSpec:
     until: str
     value: str | float
     key: str
+    origin: str = "config"  # as JobSpec's
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -401,7 +411,7 @@ def _default_device_id() -> str:
     import socket
 
     name = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower().split(".")[0]).strip("-_")
-    return name if name and _NAME.match(name) else "edge"
+    return name if name and _NAME.match(name) and name not in RESERVED_DEVICE_IDS else "edge"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -416,6 +426,9 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
     if (t := top.table("device")) is not None:
         t.expect("device")
         device_id = t.get("id", _ident("device id"), device_id)
+        if device_id in RESERVED_DEVICE_IDS:
+            raise t.error("id", f"{device_id!r} is reserved (P/{device_id}/... are the topics of fleet schedules); "
+                                "choose another device id")
         groups = t.get("groups", _ident_list, ())
         t.finish()
 
@@ -512,14 +525,41 @@ def parse_settings(raw: Mapping[str, Any], *, path: str = "<config>") -> Setting
     windows = tuple(_parse_windows(top, devices))
     top.finish()
 
+    _check_triggers(jobs, windows, location, path)
     settings = Settings(
         path=path, device_id=device_id, groups=groups, location=location, db_path=db_path, sync=sync,
         keep=keep, clock_trust=clock_trust, mqtt=mqtt, pin_factory=pin_factory, devices=devices,
         task_modules=modules, task_paths=paths, workers=workers, network_workers=network_workers, drain_timeout=drain, task_timeout=task_timeout, jobs=jobs,
         windows=windows, log_level=log_level, events=events,
     )
-    _check_schedules(settings)
     return settings
+
+
+def parse_schedule(doc: Mapping[str, Any], *, where: str, devices: Mapping[str, DeviceSpec] | None,
+                   location: LocationSettings | None = None) -> tuple[tuple[JobSpec, ...], tuple[WindowSpec, ...]]:
+    """The jobs and windows of a schedule document (fleet schedules), checked by the code that
+    checks ``[[jobs]]`` and ``[[windows]]`` in the config file, with its messages; ``where`` stands
+    where the file's path would (``schedule group:greenhouse v3``). Raises :class:`ConfigError`.
+
+    The document: ``{"version": 1.., "jobs": [...], "windows": [...]}`` (optional ``set_at``,
+    ``by``), or a tombstone ``{"version", "clear": true}`` (no jobs, no windows).
+    ``devices`` is the device's ``[devices]``; None (the operator's side) skips what only the
+    device can check (the device a window names, and its kind). ``location`` is the device's
+    ``[location]``; None skips the check that solar jobs and windows have one."""
+    top = _Table(dict(doc) if isinstance(doc, Mapping) else doc, "", where)
+    top.expect("schedule")
+    top.get("version", _int_range(1, VERSION_MAX), required=True)
+    top.get("set_at", _float_range(0, 1e11))
+    top.get("by", _str)
+    if top.get("clear", _bool, False):
+        extra = next((k for k in ("jobs", "windows") if k in top.raw), None)
+        if extra is not None:
+            raise top.error(extra, "a document that clears (clear = true) holds no jobs and no windows")
+    jobs = tuple(_parse_jobs(top))
+    windows = tuple(_parse_windows(top, devices))
+    top.finish()
+    _check_triggers(jobs, windows, location, where)
+    return jobs, windows
 
 
 def _ident(what: str) -> Callable[[Any], str]:
@@ -722,10 +762,18 @@ def _args_table(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _parse_windows(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[WindowSpec]:
+def _parse_windows(top: _Table, devices: Mapping[str, DeviceSpec] | None) -> list[WindowSpec]:
+    """``devices`` None: the devices are not known here (a schedule document on the operator's
+    side): any name, and a value that suits an output or a PWM output."""
     windows: list[WindowSpec] = []
     for key, t in _array_of_tables(top, "windows"):
         device = t.get("device", _nonempty_str, required=True)
+        if devices is None:
+            any_value: str | float = t.get("value", _on_off_or_level, "on")
+            windows.append(WindowSpec(device, t.get("from", _nonempty_str, required=True),
+                                      t.get("until", _nonempty_str, required=True), any_value, key))
+            t.finish()
+            continue
         spec = devices.get(device)
         if spec is None:
             raise t.error("device", f"no device {device!r} under [devices]{_did_you_mean(device, devices)}")
@@ -737,33 +785,39 @@ def _parse_windows(top: _Table, devices: Mapping[str, DeviceSpec]) -> list[Windo
     return windows
 
 
+def _on_off_or_level(value: Any) -> str | float:
+    return value if value in ("on", "off") else _float_range(0.0, 1.0)(value)
+
+
 def _did_you_mean(name: str, options: Mapping[str, Any] | list[str]) -> str:
     hint = _close_matches(name, list(options), n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
-def _check_schedules(settings: Settings) -> None:
-    """Triggers and window expressions are parsed now so a bad one stops start-up."""
-    loc = settings.location
-    needs_location = [j for j in settings.jobs if j.kind == "solar"]
+def _check_triggers(jobs: tuple[JobSpec, ...], windows: tuple[WindowSpec, ...], location: LocationSettings | None,
+                    path: str) -> None:
+    """Triggers and window expressions are parsed now so a bad one stops start-up (or refuses a
+    schedule document). ``location`` None: whether solar ones have a place is not checked."""
+    loc = location if location is not None else LocationSettings(0.0, 0.0)
+    needs_location = [j for j in jobs if j.kind == "solar"]
     if needs_location and loc.latitude is None:
-        raise ConfigError("solar jobs need [location] latitude and longitude", path=settings.path, key=f"{needs_location[0].key}.solar")
-    if not settings.jobs and not settings.windows:
+        raise ConfigError("solar jobs need [location] latitude and longitude", path=path, key=f"{needs_location[0].key}.solar")
+    if not jobs and not windows:
         return
     from edge_agent.schedule.triggers import job_trigger
     from edge_agent.schedule.windows import parse_time_expr
 
-    for job in settings.jobs:
+    for job in jobs:
         try:
             job_trigger(job, loc)
         except ValueError as exc:
             field = next((k for k in ("not_before", "not_after", "anchor") if str(exc).startswith(k)), job.kind)
-            raise ConfigError(str(exc), path=settings.path, key=f"{job.key}.{field}") from None
-    for window in settings.windows:
+            raise ConfigError(str(exc), path=path, key=f"{job.key}.{field}") from None
+    for window in windows:
         for name, text in (("from", window.start), ("until", window.until)):
             try:
                 expr = parse_time_expr(text)
             except ValueError as exc:
-                raise ConfigError(str(exc), path=settings.path, key=f"{window.key}.{name}") from None
+                raise ConfigError(str(exc), path=path, key=f"{window.key}.{name}") from None
             if getattr(expr, "event", None) and loc.latitude is None:
-                raise ConfigError("solar times need [location] latitude and longitude", path=settings.path, key=f"{window.key}.{name}")
+                raise ConfigError("solar times need [location] latitude and longitude", path=path, key=f"{window.key}.{name}")

@@ -12,6 +12,9 @@ one level):
     P/D/state                     the state document (retained; :func:`check_state`)
     P/D/events                    an event, or a JSON array of events in seq order (:func:`event_document`)
     P/D/gpio/<name>               a GPIO state (retained); P/D/gpio/<name>/set takes ON / OFF / TOGGLE / 0..1
+    P/all/schedule                a schedule document for every device (retained; :func:`schedule_topic`)
+    P/group/<group>/schedule      the same, for the members of the group
+    P/D/schedule                  the same, for one device
 
 A topic is built by the functions below (:class:`Topics` for one device) and read by
 :meth:`Topics.route` (the device: what it obeys) or :func:`heard` (the operator's side: what a
@@ -50,7 +53,7 @@ __all__ = [
     "CommandRow", "Heard", "Rejected", "Topics", "bounded", "check_reply", "check_state", "clean_event", "clean_state",
     "command_reply", "command_topic", "depth", "device_topic", "discovery_object_id", "discovery_topic", "error_document", "event_document", "gpio_set_topic", "gpio_topic",
     "group_command_topic", "heard", "history_page", "loads", "number", "parse_args_text", "parse_pairs", "rejection_document",
-    "reply_document", "reply_status", "show", "sync_topic", "text",
+    "reply_document", "reply_status", "SCHEDULE_SCOPES", "schedule_source", "schedule_topic", "show", "sync_topic", "text",
 ]
 
 # --------------------------------------------------------------------------- topics
@@ -92,6 +95,27 @@ def discovery_topic(discovery_prefix: str, component: str, node: str, object_id:
 def discovery_object_id(topic: str) -> str | None:
     """The ``<object>`` of a :func:`discovery_topic`; None for another topic."""
     return topic.split("/")[-2] if topic.endswith("/config") else None
+
+
+SCHEDULE_SCOPES = ("all", "group", "device")
+
+
+def schedule_topic(prefix: str, scope: str, name: str = "") -> str:
+    """Where a schedule document is retained: ``P/all/schedule`` (scope "all"), ``P/group/<name>/schedule``
+    (scope "group", ``name`` the group) or ``P/<name>/schedule`` (scope "device", ``name`` the device id)."""
+    if scope == "all":
+        return f"{prefix}/all/schedule"
+    if scope == "group":
+        return f"{prefix}/group/{name}/schedule"
+    if scope == "device":
+        return f"{prefix}/{name}/schedule"
+    raise ValueError(f"a schedule scope is one of {', '.join(SCHEDULE_SCOPES)}, not {scope!r}")
+
+
+def schedule_source(scope: str, name: str = "") -> str:
+    """The source name of a schedule document, as state, reports and the CLI say it:
+    "all", "group:<group>" or "device" (the config file is "config")."""
+    return f"group:{name}" if scope == "group" else scope
 
 
 def sync_topic(prefix: str, token: str) -> str:
@@ -140,6 +164,10 @@ class Topics:
         self.ha_status = ha_status  # Home Assistant's birth topic ([mqtt] ha_status_topic), not under discovery_prefix
         self.subscriptions = [command_topic(prefix, device_id, ANY), gpio_set_topic(prefix, device_id, ANY),
                               *(group_command_topic(prefix, g, ANY) for g in groups)]
+        #: the retained schedule documents this device obeys: all, its groups, its own
+        self.schedules = [schedule_topic(prefix, "all"), *(schedule_topic(prefix, "group", g) for g in groups),
+                          schedule_topic(prefix, "device", device_id)]
+        self.subscriptions += self.schedules
 
     def gpio(self, device: str) -> str:
         return gpio_topic(self.prefix, self.device, device)
@@ -151,7 +179,8 @@ class Topics:
         return command_topic(self.prefix, self.device, action)
 
     def route(self, topic: str) -> tuple[str, str] | None:
-        """(kind, name): ("cmd", action), ("group", action), ("set", device), ("ha_status", "") or None."""
+        """(kind, name): ("cmd", action), ("group", action), ("set", device), ("ha_status", ""),
+        ("schedule", source) with source "all", "group:<g>" or "device", or None."""
         if topic == self.ha_status:
             return "ha_status", ""
         rest = _levels(self.prefix, topic)
@@ -163,6 +192,12 @@ class Topics:
             return "group", rest[3]
         if len(rest) == 4 and rest[0] == self.device and rest[1] == "gpio" and rest[3] == "set":
             return "set", rest[2]
+        if rest == ["all", "schedule"]:
+            return "schedule", schedule_source("all")
+        if len(rest) == 3 and rest[0] == "group" and rest[1] in self.groups and rest[2] == "schedule":
+            return "schedule", schedule_source("group", rest[1])
+        if rest == [self.device, "schedule"]:
+            return "schedule", schedule_source("device")
         return None
 
 

@@ -105,7 +105,7 @@ def test_a_device_obeys_its_own_commands_its_groups_and_its_gpio() -> None:
         assert t.route(other) is None, other
     # it subscribes to exactly what it obeys (and not to its own replies)
     assert t.subscriptions == ["site/edge/porch/cmd/+", "site/edge/porch/gpio/+/set", "site/edge/group/garden/cmd/+",
-                               "site/edge/group/all/cmd/+"]
+                               "site/edge/group/all/cmd/+", *t.schedules]  # schedules: tests/test_schedule_docs.py
     for topic in ("site/edge/porch/cmd/x", "site/edge/porch/gpio/lamp/set", "site/edge/group/all/cmd/y"):
         assert any(topic_matches_sub(sub, topic) for sub in t.subscriptions)
     assert not any(topic_matches_sub(sub, t.reply) for sub in t.subscriptions)

@@ -1,6 +1,6 @@
 """The shipped ACL (deploy/acl.example) on a real mosquitto with passwords: the agents and the
 operator work as usual, and a device's credentials cannot command, impersonate or eavesdrop on
-another device."""
+another device, nor publish a schedule document."""
 
 from __future__ import annotations
 
@@ -170,6 +170,46 @@ def test_operator_works_and_leaked_device_credentials_cannot_reach_another_devic
                 t.split("/")[2].removeprefix("edge-agent-") for t, _ in ha.messages}, 10), ha.messages
     finally:
         ha.close()
+    for d in daemons.values():
+        assert "refused a message" not in d.log.read_text(), d.log.read_text()[-2000:]
+
+
+def test_only_operators_publish_schedules(secured, tmp_path):
+    """Under the ACL a device's credentials cannot publish any schedule document (all, a group's,
+    another device's, its own): the broker answers Not authorized and keeps none of them; the
+    operator's `fleet schedule set` is published, read by the devices and applied."""
+    broker, daemons, secrets = secured
+    _ls(broker, secrets, lambda r: {"porch", "kitchen"} <= set(r) and all(
+        r[d]["online"] and r[d]["version"] for d in ("porch", "kitchen")))
+    evil = {"version": 2**62, "jobs": [{"name": "evil", "every": "1m", "action": "gpio.set",
+                                        "args": {"device": "lamp", "value": "on"}}]}
+    thief = Client(broker.port, "porch", "stolen-porch-schedules")
+    try:
+        refusals = [thief.publish(topic, evil, retain=True) for topic in
+                    ("edge/all/schedule", "edge/group/garden/schedule", "edge/kitchen/schedule", "edge/porch/schedule")]
+        assert all(r == "Not authorized" for r in refusals), refusals
+    finally:
+        thief.close()
+    water = tmp_path / "water.toml"
+    water.write_text('[[jobs]]\nname = "water"\ncron = "30 5 * * *"\naction = "gpio.set"\n'
+                     'args = { device = "lamp", value = "on" }\n')
+    out = _op(broker, secrets, "schedule", "set", str(water), "--group", "garden", "--timeout", "60", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["counts"] == {"applied": 2} and doc["version"] < 2**62, doc
+    reader = Client(broker.port, "operator", "op-schedules")
+    try:
+        reader.subscribe("edge/+/schedule")
+        reader.subscribe("edge/group/+/schedule")
+        marker = "edge/_fleet/acl-test/sync"
+        reader.subscribe(marker)
+        reader.publish(marker, "")
+        with reader.cond:
+            assert reader.cond.wait_for(lambda: any(t == marker for t, _ in reader.messages), 10)
+            held = {t: json.loads(p) for t, p in reader.messages if t.endswith("/schedule")}
+    finally:
+        reader.close()
+    assert list(held) == ["edge/group/garden/schedule"] and held["edge/group/garden/schedule"]["version"] == doc["version"]
     for d in daemons.values():
         assert "refused a message" not in d.log.read_text(), d.log.read_text()[-2000:]
 

@@ -92,14 +92,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fleet_parser(sub: Any) -> None:
-    f = sub.add_parser("fleet", help="every device on the broker: list, command, events, history",
+    f = sub.add_parser("fleet", help="every device on the broker: list, command, schedules, events, history",
                        description="The fleet, seen from the MQTT broker (from any machine that reaches it).",
                        formatter_class=_Formatter)
     fsub = f.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND")
     fsub.required = True
 
-    def fcmd(name: str, help_text: str) -> argparse.ArgumentParser:
-        sp = fsub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+    def fcmd(name: str, help_text: str, under: Any = fsub) -> argparse.ArgumentParser:
+        sp = under.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
         g = sp.add_argument_group("broker (default: the [mqtt] table of the config)")
         g.add_argument("--config", metavar="PATH", help="config file whose [mqtt] table to use")
         g.add_argument("--host", help="broker host (without --config: no config file is read); "
@@ -137,6 +137,7 @@ def _fleet_parser(sub: Any) -> None:
     jwho.add_argument("--group", "-g", metavar="G", help="one group command to every member of G")
     jwho.add_argument("--all", action="store_true", help="every device on the broker")
     jf.add_argument("--timeout", type=float, default=30.0, metavar="S", help="wait at most S seconds (default 30)")
+    _schedule_parser(fsub, fcmd)
     e = fcmd("events", "the fleet's task events: the latest ones, and with --follow the live stream")
     e.add_argument("--device", "-d", action="append", metavar="D", help="only this device (repeat for more)")
     e.add_argument("--follow", "-f", action="store_true", help="keep printing events as they happen (Ctrl-C ends)")
@@ -152,6 +153,34 @@ def _fleet_parser(sub: Any) -> None:
     h.add_argument("--since", metavar="TIME", help="unix seconds or ISO-8601")
     h.add_argument("--until", metavar="TIME", help="unix seconds or ISO-8601")
     h.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait at most S seconds for each answer")
+
+
+def _schedule_parser(fsub: Any, fcmd: Callable[..., argparse.ArgumentParser]) -> None:
+    sc = fsub.add_parser("schedule", help="jobs and windows for many devices, held by the broker: set, status, get, clear",
+                         description="Fleet schedules: [[jobs]] and [[windows]] documents published (retained) for "
+                                     "a device, a group or all devices, applied by each device.",
+                         formatter_class=_Formatter)
+    ssub = sc.add_subparsers(dest="schedule_command", metavar="SUBCOMMAND")
+    ssub.required = True
+
+    def who(sp: argparse.ArgumentParser) -> None:
+        w = sp.add_mutually_exclusive_group(required=True)
+        w.add_argument("--device", "-d", action="append", metavar="D", help="a device's own document (repeat for more)")
+        w.add_argument("--group", "-g", metavar="G", help="the document of group G (its members)")
+        w.add_argument("--all", action="store_true", help="the document for every device")
+        sp.add_argument("--timeout", type=float, default=30.0, metavar="S", help="wait at most S seconds (default 30)")
+
+    st = fcmd("set", "publish a schedule file (TOML [[jobs]]/[[windows]]); wait until each device applied or rejected it "
+                     "(exit 0 only if all applied)", ssub)
+    st.add_argument("file", metavar="FILE", help="TOML with [[jobs]] and [[windows]] tables, as in config.toml")
+    who(st)
+    fcmd("status", "per device and source: the version on the broker against the one applied (in sync, drift, "
+                   "rejected, offline)", ssub)
+    g = fcmd("get", "one device's effective schedule (agent.jobs): each job and window with its origin and version", ssub)
+    g.add_argument("device", help="the device")
+    g.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait at most S seconds (default 10)")
+    c = fcmd("clear", "remove a device's, a group's or the all document (a retained tombstone); wait as set does", ssub)
+    who(c)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

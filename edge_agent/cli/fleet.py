@@ -16,7 +16,7 @@ from edge_agent.cli.terminal import safe
 from edge_agent.durations import ago
 from edge_agent.fleet import client as fleet
 
-__all__ = ["fleet_events", "fleet_history", "fleet_job", "fleet_ls", "fleet_send"]
+__all__ = ["fleet_events", "fleet_history", "fleet_job", "fleet_ls", "fleet_schedule", "fleet_send"]
 
 
 def _client(args: argparse.Namespace) -> fleet.FleetClient:
@@ -120,6 +120,116 @@ def _send_exit(result: fleet.SendResult) -> int:
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
         print(f"edge-agent: not every device succeeded: {names}{more}", file=sys.stderr)
     return 1
+
+
+def fleet_schedule(args: argparse.Namespace) -> int:
+    """``fleet schedule set|status|get|clear``."""
+    from edge_agent.errors import InvalidCommand
+    from edge_agent.fleet import schedules
+
+    verb = args.schedule_command
+    if verb in ("set", "clear"):
+        if args.timeout <= 0:
+            raise InvalidCommand("--timeout must be a positive number of seconds")
+        doc = schedules.load_document(args.file) if verb == "set" else None  # checked before connecting
+        with _client(args) as client:
+            if doc is not None:
+                result = schedules.set_schedule(client, doc, devices=args.device or (), group=args.group,
+                                                everyone=args.all, timeout=args.timeout)
+            else:
+                result = schedules.clear(client, devices=args.device or (), group=args.group, everyone=args.all,
+                                         timeout=args.timeout)
+        return _print_schedule_result(args, result)
+    if verb == "status":
+        with _client(args) as client:
+            rows = schedules.status(client)
+        _print_schedule_status(rows, args.json)
+        return 0
+    if args.timeout <= 0:
+        raise InvalidCommand("--timeout must be a positive number of seconds")
+    with _client(args) as client:
+        got = schedules.get(client, args.device, timeout=args.timeout)
+    _print_schedule_get(got, args.json)
+    return 0
+
+
+def _print_schedule_result(args: argparse.Namespace, result: Any) -> int:
+    """One line per device and a summary (or ``--json``); 0 only when every device applied it."""
+    doc = result.document()
+    what = "clear" if result.clear else "schedule"
+    label = f"{what} {'/'.join(doc['sources'])} v{result.version}"
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    elif result.devices:
+        for d in doc["devices"]:
+            text = d.get("error") or d.get("detail") or f"version {result.version}"
+            print(f"{safe(d['device'])[:20]:<20} {safe(d['result']):<14} {safe(text)[:200]}")
+        counts = ", ".join(f"{n} {safe(status)}" for status, n in sorted(result.counts().items()))
+        print(f"{label}: {counts} in {result.elapsed_s:.2f}s")
+    if not result.devices:
+        who = f"group {args.group!r}" if args.group else "this broker"
+        print(f"edge-agent: {label} is on the broker, but there are no devices in {safe(who)} yet (from their retained "
+              f"state): each gets it when it connects", file=sys.stderr)
+        return 1
+    if result.ok:
+        return 0
+    done = "cleared" if result.clear else "applied"
+    bad = [(d["device"], d["result"]) for d in doc["devices"] if d["result"] != done]
+    names = ", ".join(f"{safe(d)[:40]} {safe(r)}" for d, r in bad[:20])
+    more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+    print(f"edge-agent: not every device {done} it: {names}{more}", file=sys.stderr)
+    return 1
+
+
+_SYNC_ORDER = ("in sync", "offline", "drift", "rejected")  # a device's summary: its worst row
+
+
+def _print_schedule_status(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"rows": rows}, indent=2, default=str))
+        return
+    if not rows:
+        print("no devices on this broker (no retained status or state under this prefix)")
+        return
+    print(f"{'DEVICE':<16} {'STATUS':<8} {'SOURCE':<20} {'DESIRED':>14} {'APPLIED':>14}  SYNC")
+    worst: dict[str, str] = {}
+    for r in rows:
+        desired = "clear" if r["desired_clear"] else _num(r["desired"])
+        applied = "clear" if r["applied_clear"] else safe(_num(r["applied"]))[:14]
+        sync = r["sync"]
+        if r["sync"] == "rejected" and r["rejected"]:
+            sync += f": {r['rejected']['error']}"
+        print(f"{safe(r['device'])[:16]:<16} {'online' if r['online'] else 'offline':<8} "
+              f"{safe(r['source'] or '-')[:20]:<20} {desired:>14} {applied:>14}  {safe(sync)[:200]}")
+        was = worst.get(r["device"], "in sync")
+        worst[r["device"]] = max(was, r["sync"], key=lambda s: _SYNC_ORDER.index(s) if s in _SYNC_ORDER else 0)
+    counts: dict[str, int] = {}
+    for sync in worst.values():
+        counts[sync] = counts.get(sync, 0) + 1
+    print(f"{len(worst)} device(s): " + ", ".join(f"{counts[s]} {s}" for s in _SYNC_ORDER if s in counts))
+    for r in rows:
+        if r.get("problem"):
+            print(f"edge-agent: {safe(r['device'])[:60]}: {safe(r['problem'])}", file=sys.stderr)
+
+
+def _print_schedule_get(got: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(got, indent=2, default=str))
+        return
+    if not got["jobs"] and not got["windows"]:
+        print(f"{safe(got['device'])}: no jobs or windows")
+        return
+    print(f"{'JOB':<20} {'ORIGIN':<20} {'VERSION':>14}  TRIGGER -> ACTION; NEXT")
+    for j in got["jobs"]:
+        nxt = j.get("next") or []
+        extra = " PAUSED" if j.get("paused") else ""
+        print(f"{safe(j.get('name'))[:20]:<20} {safe(j.get('origin', 'config'))[:20]:<20} "
+              f"{safe(_num(j.get('version')))[:14]:>14}  {safe(j.get('trigger'))[:60]} -> {safe(j.get('action'))[:40]}; "
+              f"next {safe(nxt[0] if nxt else 'none')[:40]}{extra}")
+    for w in got["windows"]:
+        print(f"{'window ' + safe(w.get('device'))[:13]:<20} {safe(w.get('origin', 'config'))[:20]:<20} "
+              f"{safe(_num(w.get('version')))[:14]:>14}  {safe(w.get('value'))[:10]} from {safe(w.get('from'))[:40]} "
+              f"until {safe(w.get('until'))[:40]}")
 
 
 def _print_event(doc: dict[str, Any], as_json: bool) -> None:

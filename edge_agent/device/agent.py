@@ -5,6 +5,12 @@ crash left, open GPIO (outputs to ``initial``), start the workers, then tell sys
 READY. Everything else (the broker, the clock sync) may come later: the agent works
 offline. Stop (SIGTERM/SIGINT) drains: no new work, running commands get
 ``drain_timeout``, then outputs go to their safe state. SIGHUP reloads the config.
+
+Fleet schedules: what runs is the config file's jobs and windows merged with the schedule
+documents applied (:mod:`edge_agent.device.desired`), at start-up from the database (no broker
+needed), again at each SIGHUP, and when a document arrives. The link hands a document to the
+main loop (a queue and the wake-up socket); the main loop checks, stores and applies it, as it
+does a SIGHUP reload: one thread changes what runs, so a document and a reload never race.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import faulthandler
 import json
 import logging
 import os
+import queue as queues
 import select
 import signal
 import socket
@@ -26,6 +33,7 @@ from edge_agent import __version__
 from edge_agent.config import Settings, load_settings
 from edge_agent.device import systemd
 from edge_agent.device.actions import Registry, Runtime, build_registry, check_jobs
+from edge_agent.device.desired import Desired, merge, offer, schedule_state
 from edge_agent.device.events import EventLog, EventReporter
 from edge_agent.device.hardware import Hardware
 from edge_agent.device.journal import Journal
@@ -65,7 +73,8 @@ class Agent:
     (what ``state`` says of the schedule and the clock; discovery with the config of the moment)."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
+        self.file_settings = settings  # the config file's (SIGHUP re-reads it)
+        self.settings = settings  # what runs: the file's merged with the schedule documents applied (from start())
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
         # The main loop sleeps on this socket pair. Signals write to it too (set_wakeup_fd): the
@@ -92,6 +101,9 @@ class Agent:
         self.scheduler: Scheduler | None = None
         self._components: list[Component] = []
         self._last_problems: list[str] = []
+        self.desired: Desired | None = None
+        self._schedules_in: queues.SimpleQueue[tuple[str, bytes]] = queues.SimpleQueue()  # from the link's thread
+        self._schedules: dict[str, Any] = {}  # the state document's `schedules`
 
     # ----------------------------------------------------------------- start
 
@@ -106,6 +118,8 @@ class Agent:
         check_jobs(s, declared)
         self._lock = InstanceLock(s.db_path)
         store = self.store = Store(s.db_path, sync=s.sync, background=True)
+        self.desired = Desired(store)
+        s = self.settings = self._merged(s, lambda new: check_jobs(new, declared))  # the documents applied, before anything runs
         self._schedule_clock = scheduler_clock()  # one clock: the one recorded is the one that runs
         if s.jobs or s.windows:
             claim_clock(store, self._schedule_clock)
@@ -153,16 +167,19 @@ class Agent:
             return None
         from edge_agent.device.mqtt import MqttLink  # (paho and the link's modules only with [mqtt])
 
-        return MqttLink(self.settings, store, outbox, journal, self, events=events)
+        return MqttLink(self.settings, store, outbox, journal, self, events=events, on_schedule=self._schedule_arrived)
 
-    def _start_scheduler(self, queue: TaskQueue, reporter: EventReporter) -> None:
-        """The scheduler, if there are jobs or windows (at start, or at the first reload that adds some)."""
+    def _start_scheduler(self, queue: TaskQueue, reporter: EventReporter, *, live: bool = False) -> None:
+        """The scheduler, if there are jobs or windows (at start, or at the first reload that adds
+        some: ``live``, its jobs are planned from now, with no catch-up)."""
         if not self.settings.jobs and not self.settings.windows:
             return
         assert self.store is not None and self._schedule_clock is not None
+        if live:
+            claim_clock(self.store, self._schedule_clock)  # (at start, done before anything runs)
         scheduler = self.scheduler = Scheduler(self.settings, self.store, submit=queue.submit, on_fired=reporter.fired,
                                                on_skipped=reporter.skipped,
-                                               clock=self._schedule_clock)
+                                               clock=self._schedule_clock, live=live)
         scheduler.start()
         self._components.append(scheduler)
 
@@ -183,6 +200,10 @@ class Agent:
 
         nxt = next_solar(event, datetime.now(UTC), loc.latitude, loc.longitude)
         return nxt.astimezone(loc.tz).isoformat(timespec="seconds") if nxt is not None else None
+
+    def schedule_state(self) -> dict[str, Any]:
+        """The state document's ``schedules``: per source, the version applied or the rejection."""
+        return self._schedules
 
     def clock_trusted(self) -> bool:
         if self.scheduler is not None:
@@ -236,6 +257,7 @@ class Agent:
         trimmed_at = 0
         while not self._stop_requested:
             self._sleep(min(interval, IDLE_LOOK) if interval else IDLE_LOOK)
+            self._take_schedules()
             if self.workers is not None and self.workers.busy == 0 and self.workers.processed - trimmed_at > 1000:
                 # After a burst, hand freed memory back to the OS (glibc keeps it otherwise,
                 # and an idle daemon on a 512 MB Pi should be small again).
@@ -278,16 +300,79 @@ class Agent:
         needs_restart = [name for name in ("device_id", "groups", "db_path", "sync", "mqtt", "pin_factory", "devices",
                                            "task_modules", "task_paths", "workers", "network_workers")
                          if getattr(old, name) != getattr(new, name)]
-        self.settings = new
+        self.file_settings = new
         logging.getLogger().setLevel(new.log_level.upper())
-        if self.scheduler is not None:
-            self.scheduler.reload(new)
-        elif self.queue is not None and self.reporter is not None:
-            self._start_scheduler(self.queue, self.reporter)
+        self._apply()
         if needs_restart:
             log.warning("reloaded; these changes take effect at the next restart: %s", ", ".join(needs_restart))
         else:
             log.info("reloaded %s", new.path)
+
+    # ----------------------------------------------------------------- fleet schedules
+
+    def _merged(self, file: Settings, check: Callable[[Settings], None]) -> Settings:
+        """``file`` merged with the documents applied; also refreshes the state's ``schedules``."""
+        assert self.desired is not None
+        merged = merge(file, self.desired.held(), check_jobs=check, on_invalid=self._withdraw)
+        self._schedules = schedule_state(file, self.desired.held())
+        return merged
+
+    def _withdraw(self, source: str, version: int, error: str) -> None:
+        assert self.desired is not None
+        log.error("schedule %s v%d no longer passes the checks and is dropped: %s", source, version, error)
+        self.desired.withdrawn(source, version, error, time.time())
+
+    def _apply(self) -> None:
+        """Run the config file's jobs and windows merged with the documents applied: through the
+        scheduler's reload (an unchanged job keeps its last firing; a changed or new one is planned
+        from now, with no catch-up; windows are put in their state at once)."""
+        registry = self.registry
+        assert registry is not None
+        self.settings = self._merged(self.file_settings, lambda new: check_jobs(new, registry))
+        if self.scheduler is not None:
+            self.scheduler.reload(self.settings)
+        elif self.queue is not None and self.reporter is not None:
+            try:
+                self._start_scheduler(self.queue, self.reporter, live=True)
+            except EdgeAgentError as exc:  # (the fake-clock guard: claim_clock)
+                log.error("schedules not started: %s", exc)
+        if self.link is not None:
+            self.link.state_changed()  # (republished if `schedules` changed)
+
+    def _schedule_arrived(self, source: str, payload: bytes) -> None:
+        """From the link's thread: a retained schedule document; the main loop takes it."""
+        self._schedules_in.put((source, payload))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _take_schedules(self) -> None:
+        """On the main loop: check, store and apply the documents that arrived."""
+        while True:
+            try:
+                source, payload = self._schedules_in.get_nowait()
+            except queues.Empty:
+                return
+            try:
+                self._take_schedule(source, payload)
+            except EdgeAgentError as exc:  # the database (a full disk): the broker sends it again at the next connect
+                log.error("schedule %s not taken: %s", source, exc)
+
+    def _take_schedule(self, source: str, payload: bytes) -> None:
+        assert self.desired is not None and self.registry is not None
+        registry = self.registry
+        max_payload = self.file_settings.mqtt.max_payload if self.file_settings.mqtt else 65536
+        outcome = offer(self.desired, source, payload, self.file_settings,
+                        check_jobs=lambda new: check_jobs(new, registry), limit=max_payload, now=time.time())
+        if outcome.result == "rejected":
+            log.error("schedule %s rejected, keeping the running schedule: %s", source, outcome.message)
+            self._schedules = schedule_state(self.file_settings, self.desired.held())
+            if self.link is not None:
+                self.link.state_changed()
+        elif outcome.result == "ignored":
+            log.info("schedule %s ignored: %s", source, outcome.message)
+        else:
+            self._apply()
+            log.info("schedule %s v%s %s: %s", source, outcome.version, outcome.result, outcome.message)
 
     # ----------------------------------------------------------------- stop
 

@@ -16,6 +16,9 @@
   change (looked at 0.25 s after a change, at most once a second; nothing when idle), and
   every ``state_interval``.
 - MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 ("auto").
+- Retained schedule documents (``P/all/schedule``, ``P/group/<g>/schedule``, ``P/D/schedule``)
+  are handed to ``on_schedule`` (source, payload), the daemon's: it checks and applies them
+  on its main loop. They come again at every connect (subscribing sends what is retained).
 - Everything published goes through :class:`Outbox` (SQLite), except the link's own
   ``online`` marker and the periodic refresh of ``state`` (both are remade on connect).
 """
@@ -76,6 +79,8 @@ class Daemon(Protocol):
 
     def announce_discovery(self) -> None: ...
 
+    def schedule_state(self) -> dict[str, Any]: ...
+
 
 @dataclass(frozen=True)
 class Intake:
@@ -92,7 +97,7 @@ class MqttLink:
     given then (the queue, which reports to the link, exists only after it)."""
 
     def __init__(self, settings: Settings, store: Store, outbox: Outbox, journal: Journal, daemon: Daemon, *,
-                 events: EventLog | None = None):
+                 events: EventLog | None = None, on_schedule: Callable[[str, bytes], None] | None = None):
         assert settings.mqtt is not None, "the link needs [mqtt]"
         self.settings = settings
         self.cfg = settings.mqtt
@@ -100,6 +105,7 @@ class MqttLink:
         self.outbox = outbox
         self.journal = journal
         self.daemon = daemon
+        self.on_schedule = on_schedule  # (source, payload) of a retained schedule document, on the network thread
         self.topics = Topics(self.cfg.topic_prefix, settings.device_id, settings.groups, self.cfg.ha_status_topic)
         self._intake: Intake | None = None  # from start() on
         self.ingress = Ingress(store, outbox, self.topics, max_payload=self.cfg.max_payload,
@@ -158,6 +164,11 @@ class MqttLink:
             # Kept and queued when the disk has space again (Home Assistant would show the old state).
             self._unqueued_states[device] = value
             log.error("could not queue the state of %s: %s", device, exc)
+
+    def state_changed(self) -> None:
+        """Something ``state`` says may have changed (the schedules applied): looked at soon."""
+        self._state_dirty.set()
+        self.outbox.wake()
 
     def _full_changed(self, full: bool) -> None:
         """Told by the store when the disk becomes full or writable: the state to publish may have changed."""
@@ -424,6 +435,10 @@ class MqttLink:
             if msg.payload.strip().lower() == b"online":
                 self.daemon.announce_discovery()
             return None
+        if route is not None and route[0] == "schedule":
+            if self.on_schedule is not None:
+                self.on_schedule(route[1], bytes(msg.payload))
+            return None
         response_topic, correlation = None, None
         props = getattr(msg, "properties", None)
         if props is not None:
@@ -609,6 +624,7 @@ class MqttLink:
             "last_error": None,
             "disk_full": self.store.full,
             "failures_24h": self.journal.failures_since(time.time() - 86400),
+            "schedules": self.daemon.schedule_state(),
         }
         for failed in self.journal.recent_failures(1):
             doc["last_error"] = {"action": failed.action, "type": failed.error_type, "message": failed.error_message,
@@ -633,10 +649,11 @@ class MqttLink:
             "failures_24h": changing["failures_24h"],
             "disk_full": changing["disk_full"],
             "last_seq": self.events.last_seq() if self.events is not None else 0,
+            "schedules": changing["schedules"],
             "ts": round(time.time(), 3),
         }
 
 
 def _key_of(doc: dict[str, Any]) -> Any:
     return (doc["queue"], doc["outbox"], doc["failures_24h"], json.dumps(doc["last_error"], sort_keys=True, default=str),
-            doc["disk_full"])
+            doc["disk_full"], json.dumps(doc["schedules"], sort_keys=True))

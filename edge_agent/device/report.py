@@ -1,4 +1,5 @@
-"""``edge-agent jobs``: every job and window, its trigger, next firings and last firing."""
+"""``edge-agent jobs``: every job and window, its trigger, next firings and last firing, and where it
+comes from (``origin``: the config file, or a fleet schedule document's source, with its ``version``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ def _iso(ts: float | None, tz: Any) -> str | None:
 
 
 def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, store: Any = None) -> dict[str, Any]:
-    """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting", "paused", "paused_since"}], "windows": [...]}``
-    (a paused job's ``next`` instants are skipped until ``job.resume``)."""
+    """``{"jobs": [{"name", "trigger", "next", "last_fired", "waiting", "paused", "paused_since", "origin",
+    "version"}], "windows": [{..., "origin", "version"}]}`` (a paused job's ``next`` instants are skipped
+    until ``job.resume``). ``settings``: the config file's, or what runs (the daemon's): the schedule
+    documents applied in ``store`` are merged in (again: merging twice changes nothing)."""
     from edge_agent.errors import ConfigError
     from edge_agent.schedule.triggers import job_trigger, next_firings
     from edge_agent.schedule.windows import Window, window_state
@@ -51,6 +54,13 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
             paused = Firings(store).paused()
         except Exception:  # a database no daemon of this version opened yet: nothing is paused
             paused = {}
+        from edge_agent.device.desired import Desired, merge
+
+        try:
+            held = Desired(store).held()
+        except Exception:  # (as for paused jobs)
+            held = {}
+        settings = merge(settings, held)
     loc = settings.location
     jobs = []
     for spec in settings.jobs:
@@ -65,6 +75,8 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
             "missed": spec.missed,
             "paused": spec.name in paused,
             "paused_since": _iso(paused.get(spec.name), tz),
+            "origin": spec.origin,
+            "version": spec.version,
         })
     windows = []
     for spec in settings.windows:
@@ -72,6 +84,7 @@ def jobs_report(settings: Any, *, start: str | None = None, count: int = 3, stor
         windows.append({
             "device": spec.device, "from": spec.start, "until": spec.until, "value": spec.value, "active": active,
             "changes_at": boundary.astimezone(tz).isoformat(timespec="seconds") if boundary else None,
+            "origin": spec.origin, "version": spec.version,
         })
     return {"jobs": jobs, "windows": windows}
 
@@ -82,6 +95,7 @@ def render_jobs(doc: dict[str, Any]) -> str:
     lines = []
     for j in doc["jobs"]:
         lines.append(f"{j['name']}  ({j['trigger']} -> {j['action']}, missed: {j['missed']})")
+        lines.append(f"    origin      {_origin(j)}")
         lines.append(f"    last fired  {j['last_fired'] or 'never'}")
         if j["waiting"]:
             lines.append(f"    waiting     {j['waiting']}")
@@ -95,5 +109,11 @@ def render_jobs(doc: dict[str, Any]) -> str:
     for w in doc["windows"]:
         state = "ACTIVE" if w["active"] else "inactive"
         lines.append(f"window {w['device']} = {w['value']}  from {w['from']} until {w['until']}: {state}, "
-                     f"changes at {w['changes_at'] or 'never'}")
+                     f"changes at {w['changes_at'] or 'never'} (origin {_origin(w)})")
     return "\n".join(lines)
+
+
+def _origin(item: dict[str, Any]) -> str:
+    """``config``, or a document's source and version: ``group:greenhouse v17``."""
+    origin = item.get("origin") or "config"
+    return origin if item.get("version") is None else f"{origin} v{item['version']}"

@@ -6,6 +6,11 @@ each firing as a command whose id is ``job:<name>:<planned unix time>`` (so a re
 after a crash is a no-op) and records ``last_planned`` in the same transaction, then
 sleeps until the next instant (at most a minute, to notice clock steps).
 
+A reload (SIGHUP, a fleet schedule document) keeps what a job has fired when its trigger is
+unchanged; a job whose trigger changed, or that is new to the running schedule, is planned from
+the first tick after the change: no instant before it is caught up, whatever its ``missed``
+policy (the planned instants up to then are recorded as settled, :meth:`Firings.settle`).
+
 Windows: at start-up, when the clock becomes trusted, after a clock step and at every
 boundary, each window's device is put in the state the window says for *now*
 (the window's value inside, off outside), through the queue like any command.
@@ -142,6 +147,13 @@ class Firings:
         """In the transaction that queued the firings: the last planned instant handled, and when."""
         cur.execute("update firings set planned = ?, fired = ? where job = ?", (planned, fired, job))
 
+    def settle(self, names: list[str], now_ts: float) -> None:
+        """Jobs changed by a reload: every planned instant up to ``now_ts`` counts as handled (none
+        is caught up); when each last fired is kept. A job never seen is first seen at its first tick."""
+        with self.store.transaction() as cur:
+            cur.executemany("update firings set planned = max(coalesce(planned, ?1), ?1) where job = ?2",
+                            [(now_ts, n) for n in names])
+
     def skipped(self, cur: sqlite3.Cursor, job: str, planned: float | None) -> None:
         """In the transaction that reported a paused job's instants: handled, when it last fired kept."""
         cur.execute("update firings set planned = ? where job = ?", (planned, job))
@@ -179,10 +191,16 @@ def build_windows(settings: Any) -> list[tuple[Any, Window]]:
     return [(spec, Window(spec.device, spec.start, spec.until)) for spec in settings.windows]
 
 
+def _instants(spec: Any) -> tuple[Any, ...]:
+    """What decides a job's planned instants: when it is unchanged, so is what it has fired."""
+    return (spec.kind, spec.value, spec.offset, spec.anchor, spec.not_before, spec.not_after)
+
+
 class Scheduler:
     def __init__(self, settings: Any, store: Store, *, submit: Callable[..., Any],
                  clock: Callable[[], float] | None = None, trusted: Callable[[], bool] | None = None,
-                 on_fired: Callable[..., None] | None = None, on_skipped: Callable[..., None] | None = None):
+                 on_fired: Callable[..., None] | None = None, on_skipped: Callable[..., None] | None = None,
+                 live: bool = False):
         self.store = store
         self.firings = Firings(store)
         self.submit = submit
@@ -201,7 +219,10 @@ class Scheduler:
         self._window_boundary: dict[int, float | None] = {}
         self.last_beat = self._started = time.monotonic()
         self.trusted = False
+        self._unsettled: set[str] = set()  # jobs changed by a reload, settled at the next tick
         self._configure(settings)
+        if live:  # made by a reload (the first jobs): a change, not a start after downtime
+            self._unsettled = {spec.name for spec, _ in self.jobs}
 
     def _configure(self, settings: Any) -> None:
         with self._lock:
@@ -227,7 +248,11 @@ class Scheduler:
             self._thread.join(2.0)
 
     def reload(self, settings: Any) -> None:
+        with self._lock:
+            before = {spec.name: _instants(spec) for spec, _ in self.jobs}
         self._configure(settings)
+        with self._lock:
+            self._unsettled |= {spec.name for spec, _ in self.jobs if before.get(spec.name) != _instants(spec)}
         self._wake.set()
 
     def alive(self) -> bool:
@@ -306,6 +331,11 @@ class Scheduler:
         now = datetime.fromtimestamp(now_ts, UTC)
         with self._lock:
             jobs, windows = list(self.jobs), list(self.windows)
+            unsettled = sorted(self._unsettled)
+        if unsettled:
+            self.firings.settle(unsettled, now_ts)
+            with self._lock:
+                self._unsettled -= set(unsettled)
         state = self._load_state(now_ts, [spec.name for spec, _ in jobs])
         next_ts: float | None = None
         for spec, job in jobs:

@@ -58,6 +58,18 @@ FULL_LOG_EVERY = 60.0  # seconds: a disk full again within this is logged at deb
 # Per paused job (job.pause): since when. Added without a schema version: a database of
 # schema 3 gets it at its next open, and an older edge-agent still opens the file.
 _PAUSED_JOBS = "create table if not exists paused_jobs (job text primary key, since real not null)"
+# Per schedule source ("all", "group:<g>", "device"; fleet schedules): the version applied and its
+# document (JSON; null for a tombstone or none), and the last rejection. Added as paused_jobs is;
+# owned by edge_agent.device.desired.
+_DESIRED = """create table if not exists desired_schedules (
+    source text primary key,
+    version integer,
+    doc text,
+    applied_at real,
+    rejected_version integer,
+    rejected_error text,
+    rejected_at real
+)"""
 
 _SCHEMA = (
     # The command journal: one row per command, the source of truth for what must run.
@@ -118,6 +130,7 @@ _SCHEMA = (
     # Small facts the daemon shares with the CLI: pid, start time, link state, last error.
     "create table if not exists meta (key text primary key, value text not null)",
     _PAUSED_JOBS,
+    _DESIRED,
 )
 
 
@@ -240,6 +253,7 @@ class Store:
         if version == SCHEMA_VERSION:
             with contextlib.suppress(sqlite3.OperationalError):  # (read-only: the daemon makes it at its start)
                 self.conn.execute(_PAUSED_JOBS)  # (no write when it is there)
+                self.conn.execute(_DESIRED)
             return
         with self.transaction() as cur:
             for sql in _SCHEMA:

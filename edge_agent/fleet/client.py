@@ -57,11 +57,12 @@ from edge_agent.contract import (
     loads,
     show,
     sync_topic,
+    text,
 )
 from edge_agent.errors import BrokerUnreachable, EdgeAgentError, InvalidCommand
 
 __all__ = ["FINAL", "DeviceError", "DeviceInfo", "FleetClient", "SendResult", "connection_settings", "history", "ls",
-           "request", "send", "snapshot"]
+           "is_version", "reported_schedules", "request", "send", "snapshot"]
 
 log = logging.getLogger("edge_agent.fleet")
 
@@ -270,7 +271,40 @@ class DeviceInfo:
                 "outbox": s.get("outbox"), "clock_synchronized": s.get("clock_synchronized"),
                 "last_seen": s.get("ts"), "failures_24h": s.get("failures_24h"), "last_seq": s.get("last_seq"),
                 "groups": self.groups, "next_job": nxt[0] if nxt else None, "last_error": s.get("last_error"),
-                "problem": self.problem}
+                "schedules": reported_schedules(s)[0], "problem": self.problem}
+
+
+VERSION_MAX = 2**63 - 1  # a schedule document's version, at most
+ERROR_CHARS = 2000  # characters of a device's rejection message kept
+
+
+def is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= VERSION_MAX
+
+
+def reported_schedules(state: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """A device's ``state["schedules"]`` checked: ({source: {"version": int|None, "cleared": bool, "rejected":
+    None|{"version", "error"}}}, a problem in words or None). Malformed entries are left out."""
+    raw = (state or {}).get("schedules")
+    if raw is None:
+        return {}, None
+    if not isinstance(raw, dict):
+        return {}, f"schedules is {show(raw)}, not an object"
+    out: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    for source, entry in raw.items():
+        if not isinstance(entry, dict) or not (entry.get("version") is None or is_version(entry.get("version"))):
+            bad.append(str(source))
+            continue
+        rej = entry.get("rejected")
+        if rej is not None and not (isinstance(rej, dict) and is_version(rej.get("version"))):
+            bad.append(str(source))
+            continue
+        out[str(source)] = {"version": entry.get("version"), "cleared": entry.get("cleared") is True,
+                            "rejected": None if rej is None else {
+                                "version": rej["version"], "error": text(rej.get("error"), ERROR_CHARS) or "no reason given"}}
+    problem = f"schedules of {show(bad)} ignored: malformed" if bad else None
+    return out, problem
 
 
 class _Snapshot:
