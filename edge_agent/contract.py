@@ -52,7 +52,7 @@ __all__ = [
     "FIELD_MAX", "FINAL", "HISTORY_ACTION", "KINDS", "MAX_DEPTH", "MAX_HISTORY", "SEQ_MAX", "STATE_MAX", "TS_MAX",
     "CommandRow", "Heard", "Rejected", "Topics", "bounded", "check_reply", "check_state", "clean_event", "clean_state",
     "command_reply", "command_topic", "depth", "device_topic", "discovery_object_id", "discovery_topic", "error_document", "event_document", "gpio_set_topic", "gpio_topic",
-    "group_command_topic", "heard", "history_page", "loads", "number", "parse_args_text", "parse_pairs", "rejection_document",
+    "group_command_topic", "heard", "history_page", "loads", "number", "parse_args_text", "parse_pairs", "rejection_document", "schedule_of",
     "reply_document", "reply_status", "SCHEDULE_SCOPES", "schedule_source", "schedule_topic", "show", "sync_topic", "text",
 ]
 
@@ -110,6 +110,20 @@ def schedule_topic(prefix: str, scope: str, name: str = "") -> str:
     if scope == "device":
         return f"{prefix}/{name}/schedule"
     raise ValueError(f"a schedule scope is one of {', '.join(SCHEDULE_SCOPES)}, not {scope!r}")
+
+
+def schedule_of(prefix: str, topic: str) -> tuple[str, str] | None:
+    """(scope, name) of a schedule document's topic (the inverse of :func:`schedule_topic`); None for another topic."""
+    rest = _levels(prefix, topic)
+    if rest is None or rest[-1:] != ["schedule"]:
+        return None
+    if rest == ["all", "schedule"]:
+        return "all", ""
+    if len(rest) == 3 and rest[0] == "group" and rest[1]:
+        return "group", rest[1]
+    if len(rest) == 2 and rest[0] and rest[0] != "group":
+        return "device", rest[0]
+    return None
 
 
 def schedule_source(scope: str, name: str = "") -> str:

@@ -479,6 +479,45 @@ def test_pages_escape_untrusted_text(mon: Any) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
+def test_the_fleet_page_shows_schedule_drift_against_the_documents_the_broker_holds(mon: Any) -> None:
+    """A device whose state reports an older version of its group's retained schedule is "drift"; the same
+    version "in sync"; that version rejected "rejected"; with no document at all "-"."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="drift-test")
+    c.connect("127.0.0.1", mon.broker.port)
+    c.loop_start()
+
+    def state(**schedules: Any) -> None:
+        doc = {"device": "gh1", "version": "0.1.0", "groups": ["greenhouse"], "queue": 0, "outbox": 0,
+               "last_seq": 0, "ts": time.time(), "schedules": schedules}
+        c.publish("edge/gh1/state", json.dumps(doc), qos=1, retain=True).wait_for_publish(5)
+
+    def shown() -> Any:
+        rows = json.loads(http(mon.url + "/api/devices")[1])["devices"]
+        return next((r["schedule"] for r in rows if r["device"] == "gh1"), None)
+
+    try:
+        c.publish("edge/gh1/status", "online", qos=1, retain=True).wait_for_publish(5)
+        state()
+        wait_until(lambda: shown() == "-", message="gh1 without documents")
+        c.publish("edge/group/greenhouse/schedule", json.dumps({"version": 7, "jobs": [], "windows": []}), qos=1,
+                  retain=True).wait_for_publish(5)
+        state(**{"group:greenhouse": {"version": 5, "rejected": None}})
+        wait_until(lambda: shown() == "drift", message="gh1 drifting")
+        state(**{"group:greenhouse": {"version": 7, "rejected": None}})
+        wait_until(lambda: shown() == "in sync", message="gh1 in sync")
+        state(**{"group:greenhouse": {"version": 5, "rejected": {"version": 7, "error": "no action 'valve.open'"}}})
+        wait_until(lambda: shown() == "rejected", message="gh1 rejected")
+        status, html = http(mon.url + "/")
+        assert status == 200 and 'class="sched rejected">rejected<' in html
+    finally:
+        for topic in ("edge/group/greenhouse/schedule", "edge/gh1/state", "edge/gh1/status"):
+            c.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_metrics_and_api_answer(mon: Any) -> None:
     """/metrics is Prometheus text with the devices online; /api/devices is JSON with each device."""
     status, text = http(mon.url + "/metrics")

@@ -361,6 +361,7 @@ def test_a_job_is_paused_resumed_and_run_from_the_device_page(setup: Setup) -> N
     def click(label: str) -> None:
         wait_until(lambda: row().find_element("xpath", f".//button[text()='{label}']"), 15, f"the {label} button").click()
 
+    assert wait_until(lambda: row().find_element("css selector", "td.origin").text, 15, "the origin") == "config"
     click("pause")
     wait_until(lambda: "paused" in row().find_element("tag name", "td").text, 15, "porch-off shown paused")
     setup.shot("device-job-paused")

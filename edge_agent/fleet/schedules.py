@@ -36,8 +36,8 @@ from edge_agent.errors import BrokerUnreachable, ConfigError, InvalidCommand
 from edge_agent.fleet.client import VERSION_MAX, DeviceError, FleetClient, _Snapshot, is_version, request, snapshot
 from edge_agent.fleet.client import reported_schedules as reported
 
-__all__ = ["RESULTS", "ScheduleResult", "Target", "classify", "clear", "get", "load_document", "next_version",
-           "reported", "set_schedule", "status", "targets"]
+__all__ = ["RESULTS", "Desired", "ScheduleResult", "Target", "all_topics", "classify", "clear", "device_rows", "get",
+           "load_document", "next_version", "read_desired", "reported", "set_schedule", "status", "summary", "targets"]
 
 DOC_BYTES = 256 * 1024  # a retained schedule document longer than this is not read
 TOOL_KEYS = ("version", "clear", "set_at", "by")  # set by this tool, not by the file
@@ -121,7 +121,7 @@ def targets(prefix: str, *, devices: Iterable[str] = (), group: str | None = Non
             for d in named]
 
 
-def _all_topics(prefix: str) -> list[str]:
+def all_topics(prefix: str) -> list[str]:
     """Every retained schedule document: ``P/+/schedule`` (all, and each device's) and the groups'."""
     return [schedule_topic(prefix, "device", ANY), schedule_topic(prefix, "group", ANY)]
 
@@ -138,7 +138,8 @@ class Desired:
     problem: str | None = None
 
 
-def _desired(payload: bytes) -> Desired | None:
+def read_desired(payload: bytes) -> Desired | None:
+    """A retained schedule document's payload read back (None: no document, or it was deleted)."""
     if not payload:
         return None  # no document (or deleted)
     try:
@@ -173,7 +174,7 @@ class _Retained:
         if not any(topic_matches_sub(sub, msg.topic) for sub in self._topics):
             return
         with self._lock:
-            self.docs[msg.topic] = _desired(msg.payload)
+            self.docs[msg.topic] = read_desired(msg.payload)
 
     def get(self, topic: str) -> Desired | None:
         with self._lock:
@@ -375,7 +376,7 @@ def status(client: FleetClient) -> list[dict[str, Any]]:
     "problem"}`` (``*_clear``: that version is a tombstone)
     with ``sync`` one of "in sync", "drift", "rejected", "offline" (drifts, applies when back);
     a device with none: one row, source None, "in sync" (its config file only)."""
-    docs, snap = _read(client, _all_topics(client.prefix))
+    docs, snap = _read(client, all_topics(client.prefix))
     snap.close()
     docs.close()
     desired = {topic: d for topic, d in docs.all().items() if d is not None}
@@ -384,30 +385,49 @@ def status(client: FleetClient) -> list[dict[str, Any]]:
         devices = dict(snap.devices)
     for device in sorted(devices):
         info = devices[device]
-        entries, problem = reported(info.state)
-        mine: dict[str, str] = {schedule_topic(client.prefix, "all"): "all"}
-        for g in info.groups:
-            mine[schedule_topic(client.prefix, "group", g)] = schedule_source("group", g)
-        mine[schedule_topic(client.prefix, "device", device)] = "device"
-        sources: dict[str, Desired | None] = {src: desired[topic] for topic, src in mine.items() if topic in desired}
-        for src in entries:
-            sources.setdefault(src, None)
-        if not sources:
-            rows.append({"device": device, "online": info.online, "source": None, "desired": None,
-                         "desired_clear": False, "applied": None, "applied_clear": False, "rejected": None,
-                         "sync": "in sync",
-                         "problem": problem or info.problem})
-            continue
-        for src in sorted(sources, key=_source_order):
-            want = sources[src]
-            entry = entries.get(src)
-            rows.append({"device": device, "online": info.online, "source": src,
-                         "desired": want.version if want else None, "desired_clear": bool(want and want.clear),
-                         "applied": (entry or {}).get("version"), "applied_clear": bool((entry or {}).get("cleared")),
-                         "rejected": (entry or {}).get("rejected"),
-                         "sync": _sync(want, entry, info.status), "problem": problem or info.problem
-                         or (want.problem if want else None)})
+        rows += device_rows(client.prefix, device, info.state, info.groups, info.online, info.status, desired,
+                            info.problem)
     return rows
+
+
+def device_rows(prefix: str, device: str, state: dict[str, Any] | None, groups: Iterable[str], online: bool,
+                device_status: str | None, desired: dict[str, Desired], known_problem: str | None = None,
+                ) -> list[dict[str, Any]]:
+    """:func:`status`'s rows for one device: ``desired`` maps a schedule topic to its retained document
+    (what ``P/+/schedule`` and ``P/group/+/schedule`` hold), ``state`` is the device's retained state.
+    Also the monitor's fleet page (:func:`summary` of these rows)."""
+    entries, problem = reported(state)
+    mine: dict[str, str] = {schedule_topic(prefix, "all"): "all"}
+    for g in groups:
+        mine[schedule_topic(prefix, "group", g)] = schedule_source("group", g)
+    mine[schedule_topic(prefix, "device", device)] = "device"
+    sources: dict[str, Desired | None] = {src: desired[topic] for topic, src in mine.items() if topic in desired}
+    for src in entries:
+        sources.setdefault(src, None)
+    if not sources:
+        return [{"device": device, "online": online, "source": None, "desired": None,
+                 "desired_clear": False, "applied": None, "applied_clear": False, "rejected": None,
+                 "sync": "in sync", "problem": problem or known_problem}]
+    rows = []
+    for src in sorted(sources, key=_source_order):
+        want = sources[src]
+        entry = entries.get(src)
+        rows.append({"device": device, "online": online, "source": src,
+                     "desired": want.version if want else None, "desired_clear": bool(want and want.clear),
+                     "applied": (entry or {}).get("version"), "applied_clear": bool((entry or {}).get("cleared")),
+                     "rejected": (entry or {}).get("rejected"),
+                     "sync": _sync(want, entry, device_status), "problem": problem or known_problem
+                     or (want.problem if want else None)})
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """One word for a device's rows: "rejected", "drift", "offline" (it drifts, and applies when back),
+    "in sync", or "-" when no document concerns it (its config file alone)."""
+    if all(r["source"] is None for r in rows):
+        return "-"
+    found = {r["sync"] for r in rows}
+    return next((word for word in ("rejected", "drift", "offline") if word in found), "in sync")
 
 
 def _source_order(source: str) -> tuple[int, str]:

@@ -28,9 +28,10 @@ from typing import Any
 
 from edge_agent.broker import OPERATOR_MAX_BACKOFF, Backoff, connect, make_client
 from edge_agent.config import MqttSettings
-from edge_agent.contract import ANY, HISTORY_ACTION, Heard, command_topic, device_topic, gpio_topic, heard
+from edge_agent.contract import ANY, HISTORY_ACTION, Heard, command_topic, device_topic, gpio_topic, heard, schedule_of
 from edge_agent.fleet.monitor.ingest import Inbox
 from edge_agent.fleet.monitor.store import INTERNAL_PREFIX
+from edge_agent.fleet.schedules import Desired, all_topics, read_desired
 from edge_agent.fleet.stream import HistoryRequests, lacks_history
 from edge_agent.mqttsock import UnwokenClient
 
@@ -59,6 +60,7 @@ class Link:
         self.connects = 0
         self.dropped = 0  # messages dropped unread (too large, a device id too long): rejected at the boundary
         self._lock = threading.Lock()
+        self._desired: dict[str, Desired] = {}  # schedule topic -> its retained document (the broker holds them)
         self._synced: set[str] = set()
         self._run_id = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
@@ -219,7 +221,7 @@ class Link:
             self._synced.clear()
         self.history.clear()
         client.subscribe([(device_topic(p, ANY, leaf), 1) for leaf in ("status", "state", "events", "reply")]
-                         + [(gpio_topic(p, ANY, ANY), 1)])
+                         + [(gpio_topic(p, ANY, ANY), 1)] + [(topic, 1) for topic in all_topics(p)])
         self.connects += 1
         self.connected.set()
         log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
@@ -231,6 +233,8 @@ class Link:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         where = heard(self.prefix, msg.topic)
         if where is None:
+            if schedule_of(self.prefix, msg.topic) is not None and len(msg.topic) <= 2 * MAX_DEVICE_ID:
+                self._desired_document(msg.topic, msg.payload)
             return
         device = where.device
         if len(msg.payload) > MAX_PAYLOAD or len(device) > MAX_DEVICE_ID:
@@ -241,6 +245,20 @@ class Link:
             self._dispatch(where, msg.payload)
         except Exception:
             log.exception("could not handle a message on %s", msg.topic[:300])
+
+    def _desired_document(self, topic: str, payload: bytes) -> None:
+        """A retained schedule document (fleet schedules): only its version is kept, for the drift shown."""
+        doc = read_desired(payload[:MAX_PAYLOAD]) if len(payload) <= MAX_PAYLOAD else Desired(None, problem="too large")
+        with self._lock:
+            if doc is None:
+                self._desired.pop(topic, None)
+            elif topic in self._desired or len(self._desired) < _PENDING_MAX:  # (bounded: one per device and group)
+                self._desired[topic] = doc
+
+    def desired(self) -> dict[str, Desired]:
+        """The retained schedule documents heard, by topic (see :func:`edge_agent.fleet.schedules.device_rows`)."""
+        with self._lock:
+            return dict(self._desired)
 
     def _dropped(self, device: str, why: str) -> None:
         now = time.monotonic()

@@ -113,12 +113,26 @@ def create_app(monitor: Any) -> Starlette:
 
     # ------------------------------------------------------------------ fleet
 
+    def _with_schedule(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each device's fleet schedules against the documents the broker holds: "in sync", "drift",
+        "rejected", "offline" or "-" (no document concerns it) under ``schedule``."""
+        from edge_agent.fleet.schedules import device_rows, summary
+
+        desired = monitor.link.desired()
+        for d in rows:
+            state = d.get("state")
+            state = state if isinstance(state, dict) else {}
+            groups = [g for g in state.get("groups") or [] if isinstance(g, str)]
+            d["schedule"] = summary(device_rows(monitor.link.prefix, d["device"], state, groups, d["online"],
+                                                "online" if d["online"] else "offline", desired))
+        return rows
+
     async def fleet(request: Request) -> Response:
         devices = store.devices()
-        return page(request, "fleet.html", devices=[d.to_json() for d in devices], title="Fleet")
+        return page(request, "fleet.html", devices=_with_schedule([d.to_json() for d in devices]), title="Fleet")
 
     async def api_devices(request: Request) -> Response:
-        return JSONResponse({"devices": [d.to_json() for d in store.devices()]})
+        return JSONResponse({"devices": _with_schedule([d.to_json() for d in store.devices()])})
 
     # ------------------------------------------------------------------ device
 

@@ -65,6 +65,7 @@
       for (const f of ["status", "version", "uptime", "last_seen", "queue", "outbox", "clock", "failures", "next_job"]) {
         const td = el("td"); td.dataset.f = f; tr.appendChild(td);
       }
+      const sched = el("td", "-"); sched.dataset.f = "schedule"; tr.appendChild(sched);  // (the page's load fills it)
       tbody.appendChild(tr);
     }
     const c = cells(msg.row);
