@@ -204,6 +204,10 @@ class FakeDevice:
     def close(self) -> None:
         self.listener.client.disconnect()  # first: the loop thread then ends at once
         self.listener.client.loop_stop()
+        # paho closes its wake-up socket pair only when the client is collected; this client and this
+        # object refer to each other (on_message), so that may happen at exit, as a ResourceWarning
+        self.listener.client.on_message = None
+        self.listener.client._reset_sockets()
 
 
 @pytest.fixture
@@ -265,6 +269,11 @@ def test_cli_set_text_and_exit_codes(fakes, tmp_path):
     assert empty.returncode == 1 and "no devices in group 'nobody' yet" in empty.stderr
     st = fleet_cli(mqtt.port, mqtt.topic_prefix, "schedule", "status")
     assert st.returncode == 0 and st.stdout.splitlines()[-1] == "5 device(s): 2 in sync, 1 offline, 1 drift, 1 rejected"
+    ls = fleet_cli(mqtt.port, mqtt.topic_prefix, "ls")
+    assert ls.returncode == 0 and "SCHEDULE" in ls.stdout.splitlines()[0], ls.stdout + ls.stderr
+    col = ls.stdout.splitlines()[0].index("SCHEDULE")
+    shown = {ln.split()[0]: ln[col:col + 8].strip() for ln in ls.stdout.splitlines()[1:-1]}
+    assert shown == {"a": "in sync", "b": "in sync", "c": "rejected", "d": "drift", "e": "offline"}, ls.stdout
     cleared = fleet_cli(mqtt.port, mqtt.topic_prefix, "schedule", "clear", "-d", "a")
     assert cleared.returncode == 0 and cleared.stdout.splitlines()[0].split()[:2] == ["a", "cleared"]
 

@@ -42,8 +42,16 @@ def _uptime(value: Any) -> str:
 
 
 def fleet_ls(args: argparse.Namespace) -> int:
+    sync: dict[str, str] = {}
     with _client(args) as client:
         rows = fleet.ls(client, timeout=client.timeout)
+        if not args.json and rows:  # (--json carries each device's reported `schedules`; the text compares them)
+            from edge_agent.fleet.schedules import status, summary
+
+            by_device: dict[str, list[dict[str, Any]]] = {}
+            for row in status(client):
+                by_device.setdefault(row["device"], []).append(row)
+            sync = {device: summary(found) for device, found in by_device.items()}
     if args.json:
         print(json.dumps({"devices": rows}, indent=2, default=str))
         return 0
@@ -51,14 +59,14 @@ def fleet_ls(args: argparse.Namespace) -> int:
         print("no devices on this broker (no retained status or state under this prefix)")
         return 0
     print(f"{'DEVICE':<16} {'STATUS':<8} {'VERSION':<9} {'UPTIME':>7} {'QUEUE':>5} {'OUTBOX':>6} {'CLOCK':<5} "
-          f"{'SEEN':>8} {'FAIL24H':>7}  NEXT JOB")
+          f"{'SEEN':>8} {'FAIL24H':>7} {'SCHEDULE':<8}  NEXT JOB")
     for r in rows:
         clock = {True: "ok", False: "NO", None: "-"}[r["clock_synchronized"]]
         nxt = r["next_job"]
         job = f"{nxt['job']} {nxt['at']}" if isinstance(nxt, dict) else "-"
         print(f"{safe(r['device'])[:16]:<16} {r['status'][:8]:<8} {safe(_num(r['version']))[:9]:<9} "
               f"{_uptime(r['uptime_s']):>7} {_num(r['queue']):>5} {_num(r['outbox']):>6} {clock:<5} "
-              f"{ago(r['last_seen']):>8} {_num(r['failures_24h']):>7}  {safe(job)[:60]}")
+              f"{ago(r['last_seen']):>8} {_num(r['failures_24h']):>7} {sync.get(r['device'], '-'):<8}  {safe(job)[:60]}")
     online = sum(1 for r in rows if r["online"])
     print(f"{len(rows)} device(s), {online} online")
     for r in rows:
