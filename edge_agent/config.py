@@ -30,6 +30,7 @@ __all__ = [
     "load_settings",
     "parse_schedule",
     "parse_settings",
+    "read_toml",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/config.toml"
@@ -199,21 +200,26 @@ def config_path(explicit: str | None = None, environ: Mapping[str, str] | None =
     return explicit or env.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load_settings(path: str) -> Settings:
-    """Read and validate the config file at ``path``; raises :class:`ConfigError`."""
+def read_toml(path: str, what: str = "config file", missing: str = "no such file") -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict; raises :class:`ConfigError` naming the file and the problem."""
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError("no such file (give --config PATH or set EDGE_AGENT_CONFIG)", path=path) from None
+        raise ConfigError(missing, path=path) from None
     except IsADirectoryError:
-        raise ConfigError("is a directory, not a config file", path=path) from None
+        raise ConfigError(f"is a directory, not a {what}", path=path) from None
     except PermissionError:
         raise ConfigError("permission denied", path=path) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text: {exc}", path=path) from None
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate the config file at ``path``; raises :class:`ConfigError`."""
+    raw = read_toml(path, missing="no such file (give --config PATH or set EDGE_AGENT_CONFIG)")
     return parse_settings(raw, path=path)
 
 

@@ -24,7 +24,6 @@ import getpass
 import socket
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -63,21 +62,9 @@ def load_document(path: str) -> dict[str, Any]:
     ``config.toml``) as the JSON document to publish (without its version); validated by the
     config's own code, without the device's ``[devices]`` (each device checks those, and its
     actions). Raises :class:`ConfigError` with one line naming the file, key and problem."""
-    from edge_agent.config import parse_schedule
+    from edge_agent.config import parse_schedule, read_toml
 
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, not a schedule file", path=path) from None
-    except PermissionError:
-        raise ConfigError("permission denied", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc}", path=path) from None
+    raw = read_toml(path, "schedule file")
     for key in TOOL_KEYS:
         if key in raw:
             raise ConfigError("is set by edge-agent fleet schedule, not in the file", path=path, key=key)
