@@ -160,18 +160,11 @@ def ha_brightness_state(doc: dict[str, Any], payload: bytes | str) -> int | None
 def ingress_accepts(payload: str, kind: str) -> bool:
     """The agent's reading of a set payload (ingress._handle_set + gpio.normalize_value)."""
     from edge_agent.config import DeviceSpec
-    from edge_agent.device.actions.gpio import normalize_value
+    from edge_agent.device.actions.gpio import normalize_value, set_payload_value
     from edge_agent.errors import EdgeAgentError
 
-    text = payload.strip()
-    value: Any = text.lower()
-    if value not in ("on", "off", "toggle"):
-        try:
-            value = float(text)
-        except ValueError:
-            pass
     try:
-        normalize_value("gpio.set", DeviceSpec("d", kind, 1), value)
+        normalize_value("gpio.set", DeviceSpec("d", kind, 1), set_payload_value(payload))
     except EdgeAgentError:
         return False
     return True

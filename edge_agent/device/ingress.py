@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_agent.contract import Topics, command_reply, rejection_document
 from edge_agent.device.actions import Registry
+from edge_agent.device.actions.gpio import set_payload_value
 from edge_agent.device.commands import Command, NewCommand, parse_payload
 from edge_agent.device.outbox import Outbox
 from edge_agent.device.store import Store
@@ -105,14 +106,8 @@ class Ingress:
 
     def _check_set(self, device: str, payload: bytes) -> Checked | None:
         text = payload.decode("utf-8", errors="replace").strip()
-        value: Any = text.lower()
-        if value not in ("on", "off", "toggle"):
-            try:
-                value = float(text)
-            except ValueError:
-                pass
         try:
-            _, clean = self.registry().validate("gpio.set", {"device": device, "value": value})
+            _, clean = self.registry().validate("gpio.set", {"device": device, "value": set_payload_value(text)})
         except InvalidCommand as exc:
             log.warning("rejected %s/gpio/%s/set %r: %s", self.topics.base, device[:80], text[:40], exc)
             return None

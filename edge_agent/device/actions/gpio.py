@@ -13,9 +13,21 @@ from edge_agent.device.commands import Command, NewCommand, Param
 if TYPE_CHECKING:
     from edge_agent.device.hardware import Hardware
 
-__all__ = ["gpio_actions"]
+__all__ = ["gpio_actions", "normalize_value", "set_payload_value"]
 
 MAX_PULSE = 86400.0
+
+
+def set_payload_value(text: str) -> Any:
+    """The value a Home Assistant style ``P/D/gpio/<name>/set`` payload stands for: ``on``, ``off``,
+    ``toggle`` (any case) or a number; anything else as it is (``gpio.set`` then refuses it)."""
+    word = text.strip()
+    if word.lower() in ("on", "off", "toggle"):
+        return word.lower()
+    try:
+        return float(word)
+    except ValueError:
+        return word.lower()
 
 
 def normalize_value(action: str, spec: DeviceSpec, value: Any) -> str | float:
