@@ -12,10 +12,26 @@ it), so the buffers need no lock. paho sees a normal socket: ``pending()`` tells
 that buffered bytes wait (as for TLS), and ``want_write()`` stays true while ours hold
 unsent bytes, so a full kernel buffer is waited for, not forgotten.
 
+It also decodes the two packets that come by the thousand in a fast path of its own: a
+PUBACK that says only "success", and a PUBLISH at QoS 0 or 1 without MQTT 5 properties.
+paho builds two ``Properties`` objects (a table of 27 names each) for every such packet
+(one for an MQTT 5 PUBACK's reason, one for its properties); with a command's two replies
+and its own PUBLISH that was a fifth of the daemon's CPU time per command. Here a success
+PUBACK reaches ``on_publish`` with one success reason code and one empty ``Properties``
+made once per client (read them, do not change them), and such a PUBLISH reaches
+``on_message`` with one empty ``Properties`` likewise. Anything else (a PUBACK with a
+failure or properties, PUBCOMP, QoS 2, properties present, a malformed packet) goes to
+paho's own code, as before. Unlike paho, these two paths do not write a debug line to
+paho's logger (the agent does not enable it).
+
 This module is the one place that relies on paho's private parts: ``Client._create_socket()``
-(made on every connect), ``Client._sock``, ``Client._packet_queue()`` and
-``Client._sockpairW`` (its wake-up socket). ``tests/test_mqttsock_hooks.py`` fails when a
-paho release changes them; ``pyproject.toml`` holds paho below its next major version.
+(made on every connect), ``Client._sock``, ``Client._packet_queue()``,
+``Client._sockpairW`` (its wake-up socket), and for the fast paths ``Client._in_packet``,
+``Client._protocol``, ``Client._manual_ack``, ``Client._out_message_mutex``,
+``Client._out_messages``, ``_handle_publish()``, ``_handle_pubackcomp()``,
+``_do_on_publish()``, ``_handle_on_message()`` and ``_send_puback()``.
+``tests/test_mqttsock_hooks.py`` fails when a paho release changes them (and checks the fast
+paths against paho's own decoding); ``pyproject.toml`` holds paho below its next major version.
 """
 
 from __future__ import annotations
@@ -24,6 +40,9 @@ import ssl
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["BufferedClient", "BufferedSocket", "UnwokenClient"]
 
@@ -94,7 +113,53 @@ class BufferedSocket:
 
 
 class BufferedClient(mqtt.Client):
-    """paho's client on a :class:`BufferedSocket`; the owner calls :meth:`flush` after each ``loop()``."""
+    """paho's client on a :class:`BufferedSocket`; the owner calls :meth:`flush` after each
+    ``loop()``. Success PUBACKs and plain PUBLISHes are decoded in a fast path (see the module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._puback_ok = ReasonCode(PacketTypes.PUBACK)  # "Success": shared by every success PUBACK
+        self._puback_props = Properties(PacketTypes.PUBACK)  # empty: shared, read-only
+        self._publish_props = Properties(PacketTypes.PUBLISH)  # empty: shared, read-only
+
+    def _handle_pubackcomp(self, cmd: Any) -> Any:
+        packet = self._in_packet["packet"]
+        size = len(packet)
+        # A PUBACK is the packet id, then (MQTT 5) an optional reason code and an optional
+        # properties length: 2 bytes, or 0x00 after them, or 0x00 0x00.
+        if cmd != "PUBACK" or not (size == 2 or (self._protocol == mqtt.MQTTv5 and 3 <= size <= 4
+                                                    and not any(packet[2:]))):
+            return super()._handle_pubackcomp(cmd)
+        mid = packet[0] << 8 | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, self._puback_ok, self._puback_props)
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> Any:
+        header = self._in_packet["command"]
+        packet = self._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        size = len(packet)
+        if qos > 1 or size < 2:
+            return super()._handle_publish()
+        end = 2 + (packet[0] << 8 | packet[1])
+        pos = end + 2 if qos else end
+        v5 = self._protocol == mqtt.MQTTv5
+        # (an empty topic, a packet too short, or MQTT 5 properties: paho's own code)
+        if end == 2 or pos + v5 > size or (v5 and packet[pos] != 0):
+            return super()._handle_publish()
+        message = mqtt.MQTTMessage(mid=packet[end] << 8 | packet[end + 1] if qos else 0, topic=bytes(packet[2:end]))
+        message.dup = bool(header & 0x08)
+        message.qos = qos
+        message.retain = bool(header & 0x01)
+        message.properties = self._publish_props if v5 else None
+        message.payload = bytes(packet[pos + v5:])
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(message.mid)
+        return mqtt.MQTT_ERR_SUCCESS
 
     def _create_socket(self, *args: Any, **kwargs: Any) -> Any:
         return BufferedSocket(super()._create_socket(*args, **kwargs))

@@ -4,6 +4,7 @@ release changes them: pyproject.toml holds paho below 3), and its buffered socke
 from __future__ import annotations
 
 import inspect
+import random
 import select
 import socket
 import threading
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from bench.harness import wait_until
 from edge_agent.broker import connect, make_client
@@ -60,6 +63,124 @@ def test_packet_queue_wakes_the_loop_through_sockpair_w() -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     for name in ("_sock", "_sockpairW", "_sockpairR"):
         assert hasattr(client, name), name
+
+
+def test_the_fast_paths_hook_where_paho_decodes_publish_and_puback() -> None:
+    """BufferedClient decodes success PUBACKs and plain PUBLISHes itself: paho must still dispatch
+    them to these methods, read the packet from ``_in_packet`` and report through these calls."""
+    assert _params(mqtt.Client._handle_pubackcomp) == ["self", "cmd"]
+    assert _params(mqtt.Client._handle_publish) == ["self"]
+    assert _params(mqtt.Client._do_on_publish) == ["self", "mid", "reason_code", "properties"]
+    assert _params(mqtt.Client._handle_on_message) == ["self", "message"]
+    assert _params(mqtt.Client._send_puback) == ["self", "mid"]
+    handle = _source(mqtt.Client._packet_handle)
+    assert 'self._handle_pubackcomp("PUBACK")' in handle and "self._handle_publish()" in handle
+    puback = _source(mqtt.Client._handle_pubackcomp)
+    assert "self._out_message_mutex" in puback and "self._out_messages" in puback and "_do_on_publish(" in puback
+    publish = _source(mqtt.Client._handle_publish)
+    assert 'self._in_packet["packet"]' in publish and "self._manual_ack" in publish
+    assert "self._handle_on_message(message)" in publish and "time_func()" in publish
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    for name in ("_in_packet", "_protocol", "_manual_ack", "_out_message_mutex", "_out_messages"):
+        assert hasattr(client, name), name
+
+
+def _props_of(msg: mqtt.MQTTMessage) -> object:
+    props = msg.properties
+    return None if props is None else props.json()
+
+
+def _publish_packet(rng: random.Random, v5: bool) -> tuple[int, bytearray]:
+    """A random PUBLISH (QoS 0-2, flags, topic, payload, MQTT 5 properties or none)."""
+    qos = rng.choice([0, 1, 1, 2])
+    header = 0x30 | (rng.random() < 0.2) << 3 | qos << 1 | (rng.random() < 0.2)
+    topic = rng.choice(["a", "edge/porch/cmd/gpio.set", "t/" + "x" * rng.randrange(0, 300), "ünï/cödé"]).encode()
+    body = bytearray(len(topic).to_bytes(2, "big") + topic)
+    if qos:
+        body += rng.randrange(1, 65536).to_bytes(2, "big")
+    if v5:
+        props = Properties(PacketTypes.PUBLISH)
+        if rng.random() < 0.4:
+            props.ResponseTopic = "r/" + str(rng.randrange(1000))
+        if rng.random() < 0.4:
+            props.CorrelationData = rng.randbytes(rng.randrange(1, 20))
+        body += props.pack()
+    body += rng.randbytes(rng.choice([0, 1, 50, 3000]))
+    return header, body
+
+
+@pytest.mark.parametrize("v5", [True, False])
+def test_the_publish_fast_path_gives_what_paho_gives(v5: bool) -> None:
+    """For random PUBLISH packets (the fast path's and the ones it leaves to paho), the message
+    that reaches on_message is the one paho's own decoding makes; QoS 1 with automatic acks
+    sends the same PUBACK."""
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    for manual in (True, False):
+        fast = 0
+        ours = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol, manual_ack=manual)
+        paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol, manual_ack=manual)
+        for _ in range(300):
+            header, body = _publish_packet(rng, v5)
+            got: list[tuple[mqtt.Client, mqtt.MQTTMessage, list[tuple[object, ...]]]] = []
+            for client in (ours, paho):
+                heard: list[mqtt.MQTTMessage] = []
+                acks: list[tuple[object, ...]] = []
+                client.on_message = lambda c, u, msg, heard=heard: heard.append(msg)
+                client._send_puback = lambda mid, acks=acks: acks.append(("puback", mid)) or 0  # type: ignore[method-assign]
+                client._send_pubrec = lambda mid, acks=acks: acks.append(("pubrec", mid)) or 0  # type: ignore[method-assign]
+                client._in_packet = {"command": header, "packet": bytearray(body)}
+                assert client._handle_publish() == mqtt.MQTT_ERR_SUCCESS
+                if (header >> 1) & 3 == 2:  # paho holds QoS 2 until PUBREL: both went to paho
+                    assert not heard
+                    got.append((client, mqtt.MQTTMessage(), acks))
+                    continue
+                assert len(heard) == 1
+                got.append((client, heard[0], acks))
+            (_, a, acks_a), (_, b, acks_b) = got
+            fields = ("mid", "topic", "payload", "qos", "dup", "retain")
+            assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields], (header, bytes(body[:40]))
+            assert _props_of(a) == _props_of(b)
+            assert acks_a == acks_b
+            if v5 and a.properties is ours._publish_props:
+                fast += 1
+        assert fast > 50 if v5 else True  # (the fast path was taken, not only paho's)
+
+
+@pytest.mark.parametrize("packet, reason", [
+    (b"\x12\x34", "Success"),  # MQTT 3.1.1, and MQTT 5's short form
+    (b"\x12\x34\x00", "Success"),
+    (b"\x12\x34\x00\x00", "Success"),
+    (b"\x12\x34\x10", "No matching subscribers"),  # not the fast path: paho's
+    (b"\x12\x34\x87\x00", "Not authorized"),
+    (b"\x12\x34\x00\x03\x1f\x00\x00", "Success"),  # a properties block (an empty reason string)
+])
+def test_the_puback_fast_path_reports_what_paho_reports(packet: bytes, reason: str) -> None:
+    """on_publish gets the same mid, reason and properties from the fast path as from paho, and a
+    PUBACK for a message not in flight calls nothing."""
+    seen: dict[str, list[tuple[int, str, bool, object]]] = {}
+    fast: list[bool] = []
+    for name, cls in (("ours", BufferedClient), ("paho", mqtt.Client)):
+        client = cls(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        calls: list[tuple[int, str, bool, object]] = seen.setdefault(name, [])
+        client.on_publish = lambda c, u, mid, rc, props, calls=calls: calls.append(
+            (mid, str(rc), rc.is_failure, props.json()))
+        if name == "ours":
+            client.on_publish = lambda c, u, mid, rc, props, calls=calls, client=client: calls.append(
+                (mid, str(rc), rc.is_failure, props.json())) or fast.append(props is client._puback_props)
+        client.max_inflight_messages_set(0)
+        info = None
+        while info is None or info.mid != 0x1234:  # (not connected: kept in flight for later)
+            info = client.publish("t", b"x", qos=1)
+        for _ in range(2):  # the second time it is no longer in flight
+            client._in_packet = {"command": 0x40, "packet": bytearray(packet)}
+            assert client._handle_pubackcomp("PUBACK") == mqtt.MQTT_ERR_SUCCESS
+        assert 0x1234 not in client._out_messages  # handed over: no longer in flight
+    assert seen["ours"] == seen["paho"]
+    assert [(mid, rc) for mid, rc, _, _ in seen["ours"]] == [(0x1234, reason)]
+    assert fast == [len(packet) <= 4 and reason == "Success"]  # the fast path took exactly the plain successes
 
 
 # --------------------------------------------------------------------------- BufferedSocket on a socket pair
