@@ -36,7 +36,10 @@ paths against paho's own decoding); ``pyproject.toml`` holds paho below its next
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -117,10 +120,58 @@ class BufferedClient(mqtt.Client):
     ``loop()``. Success PUBACKs and plain PUBLISHes are decoded in a fast path (see the module)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        self._quiet = threading.local()  # (before paho's __init__: it sets _sockpairW)
+        self._loop_ident: int | None = None  # the thread that runs loop()
         super().__init__(*args, **kwargs)
         self._puback_ok = ReasonCode(PacketTypes.PUBACK)  # "Success": shared by every success PUBACK
         self._puback_props = Properties(PacketTypes.PUBACK)  # empty: shared, read-only
         self._publish_props = Properties(PacketTypes.PUBLISH)  # empty: shared, read-only
+
+    # paho writes a wake-up byte to its socket pair for every packet queued, so that a loop
+    # waiting in select() writes it. A packet queued by the loop's own thread (the link's
+    # acks) needs none: the next loop() finds it waiting (want_write) and writes it; the byte
+    # only cost a system call and one more pass of the loop. Other threads' packets (the
+    # publisher's) still wake it: the socket pair is hidden from the loop's thread alone.
+
+    @property
+    def _sockpairW(self) -> Any:
+        return None if getattr(self._quiet, "on", False) else self.__dict__.get("_sockpair_w")
+
+    @_sockpairW.setter
+    def _sockpairW(self, value: Any) -> None:
+        self.__dict__["_sockpair_w"] = value
+
+    def loop(self, timeout: float = 1.0) -> Any:
+        self._loop_ident = threading.get_ident()
+        return super().loop(timeout)
+
+    def _packet_queue(self, *args: Any, **kwargs: Any) -> Any:
+        quiet = self._quiet
+        if getattr(quiet, "on", False):  # inside publishing(): one byte at its end
+            quiet.queued = True
+            return super()._packet_queue(*args, **kwargs)
+        if self._loop_ident != threading.get_ident():
+            return super()._packet_queue(*args, **kwargs)
+        quiet.on = True
+        try:
+            return super()._packet_queue(*args, **kwargs)
+        finally:
+            quiet.on = False
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Publish several messages from another thread with one wake-up of the loop, at the end
+        (not one per message: under load the link's publisher hands over dozens per pass)."""
+        quiet = self._quiet
+        quiet.on, quiet.queued = True, False
+        try:
+            yield
+        finally:
+            quiet.on = False
+            pair = self.__dict__.get("_sockpair_w")
+            if quiet.queued and pair is not None:
+                with contextlib.suppress(BlockingIOError):  # (full: the loop has bytes to wake it)
+                    pair.send(b"0")
 
     def _handle_pubackcomp(self, cmd: Any) -> Any:
         packet = self._in_packet["packet"]
@@ -181,8 +232,8 @@ class UnwokenClient(BufferedClient):
     def _packet_queue(self, *args: Any, **kwargs: Any) -> Any:
         # paho writes a byte to its own socket pair for every packet queued (a PUBACK per event),
         # to wake a select() of loop(); the owner of this client does not wait in loop().
-        pair, self._sockpairW = self._sockpairW, None
+        self._quiet.on = True
         try:
-            return super()._packet_queue(*args, **kwargs)
+            return mqtt.Client._packet_queue(self, *args, **kwargs)
         finally:
-            self._sockpairW = pair
+            self._quiet.on = False

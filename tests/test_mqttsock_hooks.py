@@ -3,6 +3,7 @@ release changes them: pyproject.toml holds paho below 3), and its buffered socke
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 import select
@@ -338,3 +339,55 @@ def test_a_buffered_client_publishes_and_hears_through_a_real_broker(broker, cls
     client.disconnect()
     client.loop(timeout=0.05)
     client.flush()
+
+
+# --------------------------------------------------------------------------- wake-up bytes
+
+
+def _wake_bytes(client: BufferedClient) -> int:
+    """How many wake-up bytes wait in the client's socket pair (read and counted)."""
+    pair = client._sockpairR
+    assert pair is not None
+    got = 0
+    while select.select([pair], [], [], 0)[0]:
+        got += len(pair.recv(4096))
+    return got
+
+
+def test_the_loop_thread_queues_without_waking_itself_and_other_threads_wake_it(broker) -> None:
+    """A packet queued by the thread that runs loop() (the link's acks) writes no wake-up byte; one
+    queued by another thread does, one per packet, and inside publishing() one for all of them.
+    Compared with paho's own client, which writes one per packet whoever queues it."""
+    cfg = MqttSettings(host="127.0.0.1", port=broker.port)
+    counts = {}
+    for cls in (mqtt.Client, BufferedClient):
+        client = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wake-{cls.__name__}", protocol=mqtt.MQTTv5,
+                     manual_ack=True)
+        client.on_socket_register_write = lambda c, u, sock: None  # (as make_client: only the loop writes)
+        connect(client, cfg, keepalive=30)
+        def step(c: mqtt.Client = client) -> bool:
+            c.loop(timeout=0.05)
+            getattr(c, "flush", lambda: None)()  # (a BufferedClient's owner flushes after each pass)
+            return c.is_connected()
+
+        wait_until(step, 10)
+        _wake_bytes(client)
+        for mid in range(1, 6):
+            client.ack(mid, 1)
+        got = [_wake_bytes(client)]
+
+        def other(batched: bool, client: mqtt.Client = client) -> None:
+            with client.publishing() if batched else contextlib.nullcontext():  # type: ignore[attr-defined]
+                for _ in range(7):
+                    client.publish("wake/t", b"x", qos=1)
+
+        for batched in (False, True) if cls is BufferedClient else (False,):
+            t = threading.Thread(target=other, args=(batched,))
+            t.start()
+            t.join()
+            got.append(_wake_bytes(client))
+        counts[cls.__name__] = got
+        assert client._sockpairW is not None  # (hidden only while the loop's thread queues)
+        client.disconnect()
+        client.loop(timeout=0.05)
+    assert counts == {"Client": [5, 7], "BufferedClient": [0, 7, 1]}

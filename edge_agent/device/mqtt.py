@@ -143,12 +143,12 @@ class MqttLink:
     def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.accepted(cur, cmd)
         self._state_dirty.set()
-        self.outbox.wake()
+        self.store.after_commit(self.outbox.wake)
 
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.finished(cur, cmd)
         self._state_dirty.set()
-        self.outbox.wake()
+        self.store.after_commit(self.outbox.wake)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Queue a message in the outbox (the ``mqtt.publish`` action)."""
@@ -529,22 +529,24 @@ class MqttLink:
                 spare = events.IN_FLIGHT - events.inflight if events is not None and window > events.IN_FLIGHT else 0
                 room = max(0, window - busy - spare)
                 if up and busy < window:
-                    rows = self.outbox.pending(last_seq, room)
-                    for m in rows:
-                        last_seq = m.seq
-                        if m.seq in early:
-                            early.discard(m.seq)
-                            continue
-                        info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
-                                              properties=self._props(m.props))
-                        inflight[info.mid] = (m.seq, m.topic)
-                        changed_at = changed_at or now
-                    if early and len(rows) < room:
-                        # Every row left was returned: the early ones not among them are delivered.
-                        last_seq = max(last_seq, *early)
-                        early.clear()
-                    if events is not None:
-                        events.publish(client, window - len(inflight) - events.inflight)
+                    # (one wake-up of the network thread for the whole pass, not one per message)
+                    with client.publishing():
+                        rows = self.outbox.pending(last_seq, room)
+                        for m in rows:
+                            last_seq = m.seq
+                            if m.seq in early:
+                                early.discard(m.seq)
+                                continue
+                            info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
+                                                  properties=self._props(m.props))
+                            inflight[info.mid] = (m.seq, m.topic)
+                            changed_at = changed_at or now
+                        if early and len(rows) < room:
+                            # Every row left was returned: the early ones not among them are delivered.
+                            last_seq = max(last_seq, *early)
+                            early.clear()
+                        if events is not None:
+                            events.publish(client, window - len(inflight) - events.inflight)
 
             except StorageError as exc:
                 log.error("outbox: %s", exc)

@@ -41,8 +41,7 @@ class Outbox:
 
     def put(self, cur: sqlite3.Cursor, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
             coalesce: bool = False, props: dict[str, Any] | None = None) -> None:
-        """Add a message inside the caller's transaction (the publisher is woken at once;
-        it cannot read the row before the transaction commits, as they share the store lock)."""
+        """Add a message inside the caller's transaction (the publisher is woken once it commits)."""
         data = payload.encode() if isinstance(payload, str) else payload
         key = topic if coalesce else None
         if key is not None:
@@ -51,7 +50,7 @@ class Outbox:
             "insert into outbox (topic, payload, qos, retain, coalesce_key, props, created) values (?, ?, ?, ?, ?, ?, ?)",
             (topic, data, qos, int(retain), key, json.dumps(props) if props else None, time.time()),
         )
-        self.wake()
+        self.store.after_commit(self.wake)
 
     def wake(self) -> None:
         with self.cond:

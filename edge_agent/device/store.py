@@ -195,6 +195,8 @@ class Store:
         self.sync = "full" if sync == "full" else "normal"
         self.lock = threading.RLock()
         self._depth = 0
+        self._owner: int | None = None  # the thread inside transaction(), if any
+        self._after: list[Callable[[], None]] = []  # what to call once the transaction commits
         self._background = background
         self._commits = 0
         self._changes = 0
@@ -270,6 +272,7 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
+        after: list[Callable[[], None]] = []
         with self.lock:
             cur = self.conn.cursor()
             if self._depth:
@@ -284,9 +287,11 @@ class Store:
             except sqlite3.Error as exc:
                 raise self._translate(exc) from exc
             self._depth = 1
+            self._owner = threading.get_ident()
             try:
                 yield cur
                 self.conn.commit()
+                after = self._after
                 if self._background:
                     self._count_commit()
             except sqlite3.Error as exc:
@@ -297,7 +302,21 @@ class Store:
                 raise
             finally:
                 self._depth = 0
+                self._owner = None
+                self._after = []
                 cur.close()
+        for fn in after:  # committed, and the lock is free for the threads they wake
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (a wake-up: a worker, the publisher) once the calling thread's transaction
+        commits and the store is free, once however often it is asked; at once outside a
+        transaction. A thread woken inside the transaction would only wait for the lock (and
+        take the CPU from the thread that holds it); after a rollback it is not called."""
+        if self._owner != threading.get_ident():
+            fn()
+        elif fn not in self._after:
+            self._after.append(fn)
 
     def _count_commit(self) -> None:
         # Only commits that changed rows: an idle daemon's empty transactions (a worker's

@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -135,6 +136,13 @@ class QueueStorage(SqliteStorage):
             with self.cond:
                 self._acting -= 1
 
+    def _more_work(self) -> None:
+        with self.cond:
+            # The worker that took a message is about to be busy: if it was the last free one,
+            # the rest of the work needs a sleeper.
+            if self.awake - self._acting <= 1:
+                self.cond.notify()
+
     def wake_all(self) -> None:
         with self.cond:
             self._generation += 1
@@ -194,11 +202,7 @@ class QueueStorage(SqliteStorage):
                 more = cur.execute("select exists (select 1 from task where queue = ?) or exists (select 1 from "
                                    "schedule where queue = ? and timestamp <= ?)", (self.name, self.name, now)).fetchone()[0]
                 if more:
-                    with self.cond:
-                        # This worker is about to be busy: if it was the last free one, the
-                        # rest of the work needs a sleeper.
-                        if self.awake - self._acting <= 1:
-                            self.cond.notify()
+                    self.store.after_commit(self._more_work)
                 data = bytes(row[0])
                 return data, then(cur, data) if then is not None else None, None
             nxt = cur.execute("select min(timestamp) from schedule where queue = ?", (self.name,)).fetchone()[0]
@@ -269,6 +273,7 @@ class TaskQueue:
         self.lanes = [(self.storage, "worker", workers)] + (
             [(self.net_storage, "net", network_workers)] if network_workers else [])
         self._run = self.huey.task(name="run_command")(run_command)
+        self._template = self.huey._registry.create_message(self._run.s(0))  # (see message())
         self.on_submitted = on_submitted
         self._adopt_lock = threading.Lock()
         self._adopted_upto = 0  # the highest seq looked at for commands of other processes
@@ -277,11 +282,16 @@ class TaskQueue:
     # ----------------------------------------------------------------- entering the queue
 
     def message(self, seq: int) -> bytes:
-        return self.huey.serialize_task(self._run.s(seq))
+        """Huey's message for command ``seq``: what ``huey.serialize_task(run_command.s(seq))`` makes,
+        from a template (Huey's task objects cost more than the rest of queueing a command)."""
+        return self.huey.serializer.serialize(self._template._replace(id=uuid.uuid4().hex, args=(seq,)))
 
     def seq_of(self, message: bytes) -> int:
-        """The command seq a message names."""
-        return int(self.huey.deserialize_task(message).args[0])
+        """The command seq a message names (a message of another task is refused)."""
+        got = self.huey.serializer.deserialize(message)
+        if got.name != self._template.name or len(got.args) != 1:
+            raise ValueError(f"not a run_command message: {got.name}{got.args!r}"[:200])
+        return int(got.args[0])
 
     def lane(self, action: str) -> QueueStorage:
         """The queue that runs ``action``: the network lane or the local one."""
@@ -301,7 +311,7 @@ class TaskQueue:
         else:
             row, created = self._submit(cur, new)
         if created:
-            self.lane(row.action).signal()
+            self.store.after_commit(self.lane(row.action).signal)  # (the caller's transaction: once it commits)
         return row, created
 
     def _submit(self, cur: sqlite3.Cursor, new: NewCommand) -> tuple[Command, bool]:
