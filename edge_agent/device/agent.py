@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -160,6 +161,11 @@ class Agent:
         log.info("edge-agent %s ready: device %r, %d device(s), %d job(s), %d window(s), MQTT %s, database %s",
                  __version__, s.device_id, len(s.devices), len(s.jobs), len(s.windows),
                  f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt else "off", s.db_path)
+        # What start-up made (modules, config, registry) lives as long as the daemon: kept out of
+        # the garbage collector's passes, which would otherwise walk it all now and then in the
+        # middle of a command (a pause of milliseconds).
+        gc.collect()
+        gc.freeze()
         systemd.notify("READY=1\nSTATUS=running")
 
     def _make_link(self, store: Store, outbox: Outbox | None, journal: Journal, events: EventLog) -> MqttLink | None:
