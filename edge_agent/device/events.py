@@ -99,9 +99,9 @@ class EventLog:
         doc = event_document(seq, self.device_id, kind, command_id, action, ts, extras)
         if self.outbox is not None and self.wake_publisher:
             # Only when the publisher found nothing to publish at its last look (otherwise an ack or
-            # its linger wakes it); woken once our transaction commits.
+            # its linger wakes it); woken once our transaction commits, lazily (events linger anyway).
             self.wake_publisher = False
-            self.store.after_commit(self.outbox.wake)
+            self.store.after_commit(self.outbox.wake_lazy)
         if seq % self._rows_every == 0:
             cur.execute("delete from events where seq <= ?", (seq - self.max_rows + self._rows_every,))
         return doc

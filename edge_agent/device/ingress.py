@@ -129,21 +129,22 @@ class Ingress:
     def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         """Called in the transaction that queued ``cmd``: commands from MQTT hear ``accepted``."""
         if cmd.source in ("mqtt", "group"):
-            self._reply(cur, cmd, status="accepted")
+            self._reply(cur, cmd, status="accepted", lazy=True)  # (see outbox.LAZY_WAIT)
 
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         """Called in the transaction that records an outcome: every command's outcome is published."""
         self._reply(cur, cmd)
 
     def _reply(self, cur: sqlite3.Cursor, cmd: Command, *, duplicate: bool = False, status: str | None = None,
-               response_topic: str | None = None, correlation: bytes | None = None) -> None:
+               response_topic: str | None = None, correlation: bytes | None = None, lazy: bool = False) -> None:
         doc = command_reply(cmd, duplicate=duplicate, status=status)
-        self._put_reply(cur, doc, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation)
+        self._put_reply(cur, doc, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation,
+                        lazy=lazy)
 
     def _put_reply(self, cur: sqlite3.Cursor, doc: dict[str, Any], response_topic: str | None,
-                   correlation: bytes | None) -> None:
+                   correlation: bytes | None, *, lazy: bool = False) -> None:
         import json
 
         props = {"correlation": correlation.hex()} if correlation is not None else None
         self.outbox.put(cur, response_topic or self.topics.reply, json.dumps(doc, separators=(",", ":"), default=str),
-                        qos=1, props=props)
+                        qos=1, props=props, lazy=lazy)

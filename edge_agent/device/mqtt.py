@@ -44,7 +44,7 @@ from edge_agent.device.commands import Command, NewCommand
 from edge_agent.device.events import EventLog, EventPublisher
 from edge_agent.device.ingress import Checked, Ingress
 from edge_agent.device.journal import Journal
-from edge_agent.device.outbox import Outbox
+from edge_agent.device.outbox import LAZY_WAIT, Outbox
 from edge_agent.device.store import Store
 from edge_agent.errors import StorageError
 
@@ -129,6 +129,7 @@ class MqttLink:
         self._loop_timeout = max(1.0, min(10.0, self.cfg.keepalive / 3))
         self._backoff = Backoff(DEVICE_MAX_BACKOFF)  # the reconnect delays (README: up to 60 s, full jitter)
         self._window = WINDOW
+        self._window_full = False  # the publisher's last pass left rows for want of room in the window
         self._last_error: str | None = None
         self._state_dirty = threading.Event()  # the queue or the last failure may have changed
         self._online_due = False  # connected: `online` goes out after the current states (publisher)
@@ -141,9 +142,8 @@ class MqttLink:
     # ----------------------------------------------------------------- hooks for the agent
 
     def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
-        self.ingress.accepted(cur, cmd)
+        self.ingress.accepted(cur, cmd)  # (a lazy message: it leaves with the final reply of a quick command)
         self._state_dirty.set()
-        self.store.after_commit(self.outbox.wake)
 
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.finished(cur, cmd)
@@ -159,7 +159,7 @@ class MqttLink:
         payload = value.upper() if isinstance(value, str) else f"{value:g}"
         try:
             with self.store.transaction() as cur:
-                self.outbox.put(cur, self.topics.gpio(device), payload, retain=True, coalesce=True)
+                self.outbox.put(cur, self.topics.gpio(device), payload, retain=True, coalesce=True, lazy=True)
         except StorageError as exc:
             # Kept and queued when the disk has space again (Home Assistant would show the old state).
             self._unqueued_states[device] = value
@@ -450,16 +450,18 @@ class MqttLink:
                                   redelivered=bool(getattr(msg, "dup", False)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        # Called with paho's own lock held: only record the mid, the publisher does the rest.
-        # Woken on the first ack of a run only: the publisher checks the deque under the
-        # condition's lock before it sleeps, so an ack appended without a wake-up is seen.
+        # Called with paho's own lock held: only record the mid, the publisher does the rest,
+        # lazily (an ack is settled within LAZY_WAIT, or by a pass that comes sooner). Woken on
+        # the first ack of a run only: the publisher looks at the deque under the condition's
+        # lock before it sleeps, so an ack appended without a wake-up is seen.
         refused = str(reason_code) if getattr(reason_code, "is_failure", False) else None
         first = not self._acked
         self._acked.append((mid, refused))
         if first:
-            with self.outbox.cond:
-                self.outbox.generation += 1
-                self.outbox.cond.notify_all()
+            if self._window_full:
+                self.outbox.wake()  # rows wait for room in the broker's window: refill it now
+            else:
+                self.outbox.wake_lazy()
 
     # ----------------------------------------------------------------- publisher thread
 
@@ -474,7 +476,9 @@ class MqttLink:
         done: list[int] = []
         last_remove = 0.0
         while not self._stop.is_set():
-            generation = self.outbox.generation
+            with self.outbox.cond:
+                generation = self.outbox.generation
+                self.outbox.due = None  # this pass takes what the lazy wakes were for
             while self._acked:
                 mid, refused = self._acked.popleft()
                 sent = inflight.pop(mid, None)
@@ -528,10 +532,12 @@ class MqttLink:
                 # them back until the outbox bound drops them.
                 spare = events.IN_FLIGHT - events.inflight if events is not None and window > events.IN_FLIGHT else 0
                 room = max(0, window - busy - spare)
+                self._window_full = up and busy >= window
                 if up and busy < window:
                     # (one wake-up of the network thread for the whole pass, not one per message)
                     with client.publishing():
                         rows = self.outbox.pending(last_seq, room)
+                        self._window_full = len(rows) >= room
                         for m in rows:
                             last_seq = m.seq
                             if m.seq in early:
@@ -565,11 +571,19 @@ class MqttLink:
                 timeout = min(timeout, REMOVE_EVERY)
             if events is not None and events.due is not None:
                 timeout = min(timeout, max(0.0, events.due - time.monotonic()))
+            until = time.monotonic() + timeout
             with self.outbox.cond:
-                # An ack that came in while this pass ran may not have woken anyone (see
-                # _on_publish): look at the deque under the lock before sleeping.
-                if generation == self.outbox.generation and not self._acked and not self._stop.is_set():
-                    self.outbox.cond.wait(timeout=timeout)
+                while generation == self.outbox.generation and not self._stop.is_set():
+                    # An ack that came in while this pass ran may not have woken anyone (see
+                    # _on_publish): look at the deque under the lock before sleeping.
+                    if self._acked and self.outbox.due is None:
+                        self.outbox.due = time.monotonic() + LAZY_WAIT
+                    left = until - time.monotonic()
+                    if self.outbox.due is not None:
+                        left = min(left, self.outbox.due - time.monotonic())
+                    if left <= 0:
+                        break
+                    self.outbox.cond.wait(timeout=left)  # (a lazy wake only moves `due` closer)
 
     def _states_first(self, client: Any, inflight: dict[int, tuple[int, str]], early: set[int], last_seq: int,
                       room: int) -> bool:

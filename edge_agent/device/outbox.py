@@ -19,7 +19,12 @@ from typing import Any
 
 from edge_agent.device.store import DiskFull, Store
 
-__all__ = ["Outbox", "OutMessage"]
+__all__ = ["LAZY_WAIT", "Outbox", "OutMessage"]
+
+#: seconds a lazy message (a command's ``accepted``, an output's state, an ack to settle) may wait
+#: for the publisher's next pass: a quick command's messages then leave in one pass with its
+#: final reply, instead of a pass each that competes with the worker running the command
+LAZY_WAIT = 0.002
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,14 @@ class Outbox:
     def __init__(self, store: Store):
         self.store = store
         self.cond = threading.Condition()
-        self.generation = 0
+        self.generation = 0  # bumped by wake(): the publisher makes a pass now
+        self.due: float | None = None  # monotonic: by when a lazy wake wants a pass (guarded by cond)
         self._unremoved: list[tuple[int]] = []  # delivered rows a full disk kept us from deleting
 
     def put(self, cur: sqlite3.Cursor, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
-            coalesce: bool = False, props: dict[str, Any] | None = None) -> None:
-        """Add a message inside the caller's transaction (the publisher is woken once it commits)."""
+            coalesce: bool = False, props: dict[str, Any] | None = None, lazy: bool = False) -> None:
+        """Add a message inside the caller's transaction (the publisher is woken once it commits;
+        ``lazy``: within :data:`LAZY_WAIT`, see :meth:`wake_lazy`)."""
         data = payload.encode() if isinstance(payload, str) else payload
         key = topic if coalesce else None
         if key is not None:
@@ -50,12 +57,20 @@ class Outbox:
             "insert into outbox (topic, payload, qos, retain, coalesce_key, props, created) values (?, ?, ?, ?, ?, ?, ?)",
             (topic, data, qos, int(retain), key, json.dumps(props) if props else None, time.time()),
         )
-        self.store.after_commit(self.wake)
+        self.store.after_commit(self.wake_lazy if lazy else self.wake)
 
     def wake(self) -> None:
+        """The publisher makes a pass now (a final reply waits: the sender waits for it)."""
         with self.cond:
             self.generation += 1
             self.cond.notify_all()
+
+    def wake_lazy(self) -> None:
+        """The publisher makes a pass within LAZY_WAIT, or with the next :meth:`wake` if sooner."""
+        with self.cond:
+            if self.due is None:
+                self.due = time.monotonic() + LAZY_WAIT
+                self.cond.notify_all()  # (it recomputes how long it sleeps; no pass)
 
     def pending(self, after_seq: int, limit: int) -> list[OutMessage]:
         rows = self.store.query(
