@@ -295,6 +295,10 @@ class MqttLink:
             while not self._stop.is_set():
                 try:
                     rc = client.loop(timeout=HOLD_LOOK if self._held else self._loop_timeout)
+                    if client.want_write():
+                        # What the publisher queued while select() waited: paho's loop writes it
+                        # only on its next pass (the socket was not in select's write set).
+                        client.loop_write()
                     client.flush()
                     self._store_batch(client)
                     if self._session_up and not self.connected.is_set():
