@@ -13,16 +13,16 @@ that buffered bytes wait (as for TLS), and ``want_write()`` stays true while our
 unsent bytes, so a full kernel buffer is waited for, not forgotten.
 
 It also decodes the two packets that come by the thousand in a fast path of its own: a
-PUBACK that says only "success", and a PUBLISH at QoS 0 or 1 without MQTT 5 properties.
-paho builds two ``Properties`` objects (a table of 27 names each) for every such packet
-(one for an MQTT 5 PUBACK's reason, one for its properties); with a command's two replies
-and its own PUBLISH that was a fifth of the daemon's CPU time per command. Here a success
-PUBACK reaches ``on_publish`` with one success reason code and one empty ``Properties``
-made once per client (read them, do not change them), and such a PUBLISH reaches
-``on_message`` with one empty ``Properties`` likewise. Anything else (a PUBACK with a
-failure or properties, PUBCOMP, QoS 2, properties present, a malformed packet) goes to
-paho's own code, as before. Unlike paho, these two paths do not write a debug line to
-paho's logger (the agent does not enable it).
+PUBACK whose reason is below 0x80 ("success", or "no matching subscribers" for a reply
+nobody listens to) without properties, and a PUBLISH at QoS 0 or 1 without MQTT 5
+properties. paho builds a ``Properties`` object (a table of 27 names) and a reason code
+for each of them; with a command's two replies and its own PUBLISH that was a fifth of the
+daemon's CPU time per command. Here such a PUBACK reaches ``on_publish`` with a reason code
+made once per client and value, and one empty ``Properties`` made once per client (read
+them, do not change them); such a PUBLISH reaches ``on_message`` with one empty
+``Properties`` likewise. Anything else (a failure reason, 0x80 and above; properties;
+PUBCOMP; QoS 2; a malformed packet) goes to paho's own code, as before. Unlike paho, these
+two paths do not write a debug line to paho's logger (the agent does not enable it).
 
 This module is the one place that relies on paho's private parts: ``Client._create_socket()``
 (made on every connect), ``Client._sock``, ``Client._packet_queue()``,
@@ -124,6 +124,7 @@ class BufferedClient(mqtt.Client):
         self._loop_ident: int | None = None  # the thread that runs loop()
         super().__init__(*args, **kwargs)
         self._puback_ok = ReasonCode(PacketTypes.PUBACK)  # "Success": shared by every success PUBACK
+        self._puback_reasons: dict[int, ReasonCode] = {0: self._puback_ok}  # and the other non-failures, made once
         self._puback_props = Properties(PacketTypes.PUBACK)  # empty: shared, read-only
         self._publish_props = Properties(PacketTypes.PUBLISH)  # empty: shared, read-only
 
@@ -177,14 +178,18 @@ class BufferedClient(mqtt.Client):
         packet = self._in_packet["packet"]
         size = len(packet)
         # A PUBACK is the packet id, then (MQTT 5) an optional reason code and an optional
-        # properties length: 2 bytes, or 0x00 after them, or 0x00 0x00.
-        if cmd != "PUBACK" or not (size == 2 or (self._protocol == mqtt.MQTTv5 and 3 <= size <= 4
-                                                    and not any(packet[2:]))):
+        # properties length: 2 bytes, or a reason below 0x80 (0x00 success, 0x10 "no matching
+        # subscribers": a reply nobody listens to) and then nothing or an empty properties length.
+        if cmd != "PUBACK" or not (size == 2 or (self._protocol == mqtt.MQTTv5 and (
+                size == 3 or (size == 4 and packet[3] == 0)) and packet[2] < 0x80)):
             return super()._handle_pubackcomp(cmd)
+        reason = self._puback_ok if size == 2 else self._puback_reasons.get(packet[2])
+        if reason is None:
+            reason = self._puback_reasons[packet[2]] = ReasonCode(PacketTypes.PUBACK, identifier=packet[2])
         mid = packet[0] << 8 | packet[1]
         with self._out_message_mutex:
             if mid in self._out_messages:
-                return self._do_on_publish(mid, self._puback_ok, self._puback_props)
+                return self._do_on_publish(mid, reason, self._puback_props)
         return mqtt.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> Any:

@@ -154,7 +154,9 @@ def test_the_publish_fast_path_gives_what_paho_gives(v5: bool) -> None:
     (b"\x12\x34", "Success"),  # MQTT 3.1.1, and MQTT 5's short form
     (b"\x12\x34\x00", "Success"),
     (b"\x12\x34\x00\x00", "Success"),
-    (b"\x12\x34\x10", "No matching subscribers"),  # not the fast path: paho's
+    (b"\x12\x34\x10", "No matching subscribers"),  # (a reply nobody listens to)
+    (b"\x12\x34\x10\x00", "No matching subscribers"),
+    (b"\x12\x34\x87", "Not authorized"),  # a failure: paho's own code
     (b"\x12\x34\x87\x00", "Not authorized"),
     (b"\x12\x34\x00\x03\x1f\x00\x00", "Success"),  # a properties block (an empty reason string)
 ])
@@ -181,7 +183,8 @@ def test_the_puback_fast_path_reports_what_paho_reports(packet: bytes, reason: s
         assert 0x1234 not in client._out_messages  # handed over: no longer in flight
     assert seen["ours"] == seen["paho"]
     assert [(mid, rc) for mid, rc, _, _ in seen["ours"]] == [(0x1234, reason)]
-    assert fast == [len(packet) <= 4 and reason == "Success"]  # the fast path took exactly the plain successes
+    # the fast path took exactly the reasons below 0x80 without properties
+    assert fast == [len(packet) <= 4 and packet[2:3] < b"\x80"]
 
 
 # --------------------------------------------------------------------------- BufferedSocket on a socket pair
