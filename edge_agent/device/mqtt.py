@@ -131,7 +131,8 @@ class MqttLink:
         self._window = WINDOW
         self._window_full = False  # the publisher's last pass left rows for want of room in the window
         self._last_error: str | None = None
-        self._state_dirty = threading.Event()  # the queue or the last failure may have changed
+        # The queue or the last failure may have changed: a flag the publisher looks at (nobody waits on it).
+        self._state_dirty = False
         self._online_due = False  # connected: `online` goes out after the current states (publisher)
         self._offline_said = False
         self._status_lock = threading.Lock()  # `online` (publisher) never after `offline` (stop)
@@ -143,11 +144,11 @@ class MqttLink:
 
     def accepted(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.accepted(cur, cmd)  # (a lazy message: it leaves with the final reply of a quick command)
-        self._state_dirty.set()
+        self._state_dirty = True
 
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         self.ingress.finished(cur, cmd)
-        self._state_dirty.set()
+        self._state_dirty = True
         self.store.after_commit(self.outbox.wake)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
@@ -167,12 +168,12 @@ class MqttLink:
 
     def state_changed(self) -> None:
         """Something ``state`` says may have changed (the schedules applied): looked at soon."""
-        self._state_dirty.set()
+        self._state_dirty = True
         self.outbox.wake()
 
     def _full_changed(self, full: bool) -> None:
         """Told by the store when the disk becomes full or writable: the state to publish may have changed."""
-        self._state_dirty.set()
+        self._state_dirty = True
         self.outbox.wake()
 
     def _queue_held_states(self, full: bool) -> None:
@@ -496,8 +497,8 @@ class MqttLink:
                               (sent[1] if sent else "?")[:200], refused)
             # Rows sent early (GPIO states before `online`) may stand above rows not sent yet: last_seq caps it.
             self._delivered_upto = min(last_seq, min(seq for seq, _ in inflight.values()) - 1) if inflight else last_seq
-            if self._state_dirty.is_set():
-                self._state_dirty.clear()
+            if self._state_dirty:
+                self._state_dirty = False
                 changed_at = changed_at or time.monotonic()
             try:
                 # Acknowledged rows are deleted in batches (REMOVE_BATCH, REMOVE_EVERY): a command's
