@@ -20,7 +20,19 @@ import threading
 import time
 from typing import Any
 
-from .harness import DEVICE, PREFIX, REPLY_TOPIC, BenchError, HueyConsumer, MqttClient, Row, Submitter, cmd_topic, wait_until
+from .harness import (
+    DEVICE,
+    PREFIX,
+    REPLY_TOPIC,
+    BenchError,
+    HueyConsumer,
+    MqttClient,
+    Row,
+    Submitter,
+    cmd_topic,
+    proc_snapshot,
+    wait_until,
+)
 from .lab import Context, Lab
 from .scale import drain
 
@@ -35,8 +47,14 @@ FIGURES = ("MQTT commands/s with replies", ".delay() commands/s, end to end", "d
            "MQTT messages published per command, burst of 1,000")
 
 
+def _cpu(lab: Lab) -> float:
+    """The daemon's CPU time so far (s, user + system, all threads)."""
+    return proc_snapshot(lab.daemon().pid)["cpu_s"]
+
+
 def mqtt_rate(lab: Lab, n: int) -> dict[str, Any]:
     lab.daemon()
+    cpu0 = _cpu(lab)
     port = lab.broker().port
     run_id = f"tp{time.monotonic_ns()}"
     done = threading.Event()
@@ -72,7 +90,8 @@ def mqtt_rate(lab: Lab, n: int) -> dict[str, Any]:
         listener.close()
     if state["bad"]:
         raise BenchError(f"MQTT throughput: {state['bad']} command(s) did not succeed")
-    return {"rate": n / (state["last"] - t0), "publish_s": published - t0, "total_s": state["last"] - t0}
+    return {"rate": n / (state["last"] - t0), "publish_s": published - t0, "total_s": state["last"] - t0,
+            "cpu_us": (_cpu(lab) - cpu0) / n * 1e6}
 
 
 def messages_per_command(lab: Lab, n: int) -> dict[str, Any]:
@@ -143,13 +162,16 @@ def delay_rate(lab: Lab, n: int) -> dict[str, Any]:
     sub = lab.edge_submitter()
     daemon.wait_idle(60)
     before = daemon.query("select coalesce(max(seq), 0) from commands")[0][0]
+    cpu0 = _cpu(lab)
     r = sub.call(op="noop", system="edge", n=n)
     daemon.wait_idle(60 + n / 50)
+    cpu = _cpu(lab) - cpu0
     count, last = daemon.query("select count(*), max(finished) from commands where seq > ? and action = 'noop'",
                                (before,))[0]
     if count != n:
         raise BenchError(f".delay() throughput: {count} of {n} commands found")
-    return {"rate": n / (last - r["start"]), "submit_rate": n / (r["end"] - r["start"]), "total_s": last - r["start"]}
+    return {"rate": n / (last - r["start"]), "submit_rate": n / (r["end"] - r["start"]), "total_s": last - r["start"],
+            "cpu_us": cpu / n * 1e6}
 
 
 def huey_rate(lab: Lab, n: int) -> dict[str, Any]:
@@ -201,10 +223,12 @@ def run(ctx: Context, lab: Lab) -> list[Row]:
         Row("throughput", "MQTT commands/s with replies", mqtt["rate"], huey["rate"], "/s", base, better="higher",
             goal=f">= {GOAL_VS_HUEY:g}x Huey and >= {GOAL_MQTT:,.0f}/s",
             met=mqtt["rate"] >= max(GOAL_VS_HUEY * huey["rate"], GOAL_MQTT),
-            note=f"n={n}; publishing took {mqtt['publish_s']:.2f} s", extra=mqtt),
+            note=f"n={n}; publishing took {mqtt['publish_s']:.2f} s; daemon CPU {mqtt['cpu_us']:.0f} us/command",
+            extra=mqtt),
         Row("throughput", ".delay() commands/s, end to end", delay["rate"], huey["rate"], "/s", base, better="higher",
             goal=f">= {GOAL_VS_HUEY:g}x Huey", met=delay["rate"] >= GOAL_VS_HUEY * huey["rate"],
-            note=f"n={n}; the caller queued {delay['submit_rate']:.0f}/s (Huey's {huey['submit_rate']:.0f}/s)",
+            note=f"n={n}; the caller queued {delay['submit_rate']:.0f}/s (Huey's {huey['submit_rate']:.0f}/s); "
+                 f"daemon CPU {delay['cpu_us']:.0f} us/command",
             extra={"edge": delay, "huey": huey}),
         Row("throughput", "drain of queued commands/s", edge_drain["rate"], plain_drain["rate"], "/s", base,
             better="higher", goal=">= Huey", met=edge_drain["rate"] >= plain_drain["rate"],
