@@ -290,8 +290,8 @@ def test_events_follow_prints_the_live_stream_and_saves_its_position(fleet, tmp_
             with self.cond:
                 return {d["id"] for d in self.docs if d["event"] == "succeeded"} & set(cids)
 
-        def stop(self) -> int:
-            self.proc.send_signal(signal.SIGINT)
+        def stop(self, signum: int = signal.SIGTERM) -> int:
+            self.proc.send_signal(signum)
             rc = self.proc.wait(20)
             self.reader.join(10)  # the stream's output, to its end
             self.proc.stdout.close()
@@ -324,7 +324,8 @@ def test_events_follow_prints_the_live_stream_and_saves_its_position(fleet, tmp_
             with second.cond:
                 second.cond.wait(1.0)
     finally:
-        second.stop()
+        # Ctrl-C, unless this run ignores SIGINT (started in the background by a shell: so would the child)
+        second.stop(signal.SIGINT if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else signal.SIGTERM)
     with second.cond:
         assert second.docs[0]["seq"] == saved["f07"] + 1
         assert [e["event"] for e in second.docs if e["id"] == "follow-later"] == ["received", "started", "succeeded"]

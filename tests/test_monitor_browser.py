@@ -331,14 +331,6 @@ def test_task_failing_after_retries_shows_each_attempt(setup: Setup) -> None:
     assert "flaky-1" in d.find_element("id", "tasks").text
 
 
-# Known bug, not fixed yet: now and then the page never shows the device's new state live (the
-# device did answer; a 40 s wait does not help). Seen at 7faffb1 too (1 run in 4 of this module, in
-# a fresh clone and in the work tree), more often in fresh clones since. Still run and reported
-# (XFAIL / XPASS); strict=False so that it does not fail CI while it is open.
-_STALE_PAGE = pytest.mark.xfail(strict=False, reason="known bug: the page sometimes stays stale (see the comment above)")
-
-
-@_STALE_PAGE
 def test_revoke_from_the_task_page_ends_a_retry_waiting_task(setup: Setup) -> None:
     """A task waiting 60 s for its retry is revoked from its page: the device says revoked, the page shows it."""
     d = setup.driver
@@ -350,15 +342,20 @@ def test_revoke_from_the_task_page_ends_a_retry_waiting_task(setup: Setup) -> No
     wait_until(lambda: "revoke sent" in d.find_element("tag name", "main").text, 10, "the revoke to be sent")
     wait_until(lambda: any(r["status"] == "revoked" for r in setup.final_replies("patient-1")), 10, "the device to revoke it")
     wait_until(lambda: d.find_element("id", "task-status").text == "revoked", 10, "revoked on the page, live")
+    # ... and it stays so once the page's own look at the task (when its stream opened) has answered: an
+    # answer read before the change must not undo what the stream said since.
+    wait_until(lambda: d.execute_script("return document.body.dataset.refreshed") == "1", 10, "the page's refresh")
+    assert d.find_element("id", "task-status").text == "revoked"
     d.get(setup.monitor.url + "/task/dev1/patient-1")
     kinds = [r.find_elements("tag name", "td")[2].text for r in d.find_elements("css selector", "#events tbody tr")]
     assert kinds[-1] == "revoked" and not d.find_elements("id", "revoke")
 
 
-@_STALE_PAGE
 def test_a_job_is_paused_resumed_and_run_from_the_device_page(setup: Setup) -> None:
     """Logged in, the jobs table's buttons send job.pause, job.resume and job.run (through the send route, with
     its CSRF check); after each reply the page shows the job as the device now reports it."""
+    from selenium.webdriver.support.expected_conditions import staleness_of
+
     d = setup.driver
     setup.login()
     page = setup.monitor.url + "/device/dev2"
@@ -368,7 +365,18 @@ def test_a_job_is_paused_resumed_and_run_from_the_device_page(setup: Setup) -> N
         return d.find_element("xpath", "//table[@id='jobs']//tr[td[1][starts-with(normalize-space(), 'porch-off')]]")
 
     def click(label: str) -> None:
-        wait_until(lambda: row().find_element("xpath", f".//button[text()='{label}']"), 15, f"the {label} button").click()
+        button = wait_until(lambda: row().find_element("xpath", f".//button[text()='{label}']"), 15, f"the {label} button")
+        button.click()
+        # The form's POST navigates away from this page: wait for that before the next row() loads
+        # the page again (a load started first would cancel the submission, and nothing is sent).
+        wait_until(lambda: staleness_of(button)(d), 15, f"the {label} form to be sent")
+        action = {"pause": "job.pause", "resume": "job.resume", "run now": "job.run"}[label]
+
+        def sent() -> bool:
+            with setup.listener.cond:
+                return any(m.topic == f"edge/dev2/cmd/{action}" for m in setup.listener.messages)
+
+        wait_until(sent, 10, f"{action} on the broker")
 
     assert wait_until(lambda: row().find_element("css selector", "td.origin").text, 15, "the origin") == "config"
     click("pause")

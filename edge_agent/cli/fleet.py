@@ -309,6 +309,7 @@ def fleet_events(args: argparse.Namespace) -> int:
 
         stream = EventStream(client, lambda doc: _print_event(doc, args.json), devices=devices, positions=positions)
         stream.start()
+        _stop_on_sigterm()  # (as on Ctrl-C: the position is saved, exit 0)
         try:
             while True:
                 time.sleep(1.0)
@@ -323,6 +324,15 @@ def fleet_events(args: argparse.Namespace) -> int:
             if stream.lost:
                 print(f"events no longer kept by the devices (lost): {stream.lost}", file=sys.stderr)
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _save_positions(path: str, last: dict[str, int]) -> None:

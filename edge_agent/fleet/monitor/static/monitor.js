@@ -98,14 +98,17 @@
     tr.className = t.status;
   }
 
-  let dayTimer = null;
+  let dayTimer = null, dayAsked = 0;
   function refreshDay() {
     const box = document.getElementById("day");
     if (!box || dayTimer) return;
     dayTimer = setTimeout(async () => {
       dayTimer = null;
+      const asked = ++dayAsked;
       const r = await fetch(`/device/${encodeURIComponent(device)}/day.svg?day=${box.dataset.day}`, { credentials: "same-origin" });
-      if (r.ok) box.innerHTML = await r.text(); // the server's own SVG, every text in it escaped
+      const svg = r.ok ? await r.text() : null;
+      // (two fetches may overlap and answer out of order: only the last one asked is shown)
+      if (svg !== null && asked === dayAsked) box.innerHTML = svg; // the server's own SVG, every text in it escaped
     }, 300);
   }
 
@@ -123,17 +126,23 @@
   }
 
   let es = null;
+  let taskHeard = 0; // live messages about this page's task so far
   function setTaskStatus(status) {
     const st = document.getElementById("task-status");
     if (st) { st.textContent = status; st.className = "st " + status; }
   }
   async function refreshTask() {
+    // What changed between the page's render and the stream's start. The stream was open
+    // before this asks, so it brings every later change too: an answer read before a change
+    // can arrive after the stream's message of it, and must not undo it.
+    const heard = taskHeard;
     const path = location.pathname.replace(/^\/task\//, "/api/tasks/");
     const r = await fetch(path, { credentials: "same-origin", headers: { "Accept": "application/json" } });
     if (r.ok) {
       const doc = await r.json();
-      if (doc.task) setTaskStatus(doc.task.status);
+      if (doc.task && heard === taskHeard) setTaskStatus(doc.task.status);
     }
+    body.dataset.refreshed = "1"; // (the page is as the server has it: tests wait for this)
   }
 
   function connect() {
@@ -158,7 +167,7 @@
       } else if (msg.type === "task") {
         if (page === "device" || (page === "tasks" && !location.search)) taskRow(msg.task);
         if (page === "device") refreshDay();
-        if (page === "task" && msg.task.id === body.dataset.task) setTaskStatus(msg.task.status);
+        if (page === "task" && msg.task.id === body.dataset.task) { taskHeard++; setTaskStatus(msg.task.status); }
       } else if (msg.type === "reply") {
         if (page === "device") { reply(msg.reply); refreshDay(); }
       }
