@@ -26,7 +26,7 @@ from edge_agent.config import MqttSettings
 from edge_agent.errors import ConfigError, InvalidCommand
 from edge_agent.fleet import schedules
 from edge_agent.fleet.client import FleetClient
-from edge_agent.fleet.schedules import Desired, classify, load_document, reported
+from edge_agent.fleet.schedules import RetainedDoc, classify, load_document, reported
 from tests.configs import LAMP, agent_config
 from tests.conftest import ROOT, Broker, Daemon, Listener, fleet_cli, start_all
 
@@ -116,11 +116,11 @@ def test_targets():
 def test_next_version_is_the_time_in_ms_or_one_more_than_the_retained():
     now = 1_765_000_000.123
     assert schedules._version_after([], now) == 1_765_000_000_123
-    assert schedules._version_after([Desired(5), None, Desired(None, problem="x")], now) == 1_765_000_000_123
+    assert schedules._version_after([RetainedDoc(5), None, RetainedDoc(None, problem="x")], now) == 1_765_000_000_123
     ahead = 1_765_000_000_123 + 10**6  # another operator's clock, ahead of ours
-    assert schedules._version_after([Desired(ahead), Desired(7)], now) == ahead + 1
+    assert schedules._version_after([RetainedDoc(ahead), RetainedDoc(7)], now) == ahead + 1
     with pytest.raises(InvalidCommand):
-        schedules._version_after([Desired(2**63 - 1)], now)
+        schedules._version_after([RetainedDoc(2**63 - 1)], now)
 
 
 def test_reported_keeps_well_formed_entries_only():
@@ -151,12 +151,12 @@ def test_classify(entry, version, clear, expect):
 
 
 @pytest.mark.parametrize("want, entry, device_status, expect", [
-    (Desired(5), {"version": 5, "rejected": None}, "online", "in sync"),
-    (Desired(5), {"version": 4, "rejected": None}, "online", "drift"),
-    (Desired(5), {"version": 6, "rejected": None}, "online", "drift"),  # the broker holds an older one
-    (Desired(5), {"version": 4, "rejected": None}, "offline", "offline"),
-    (Desired(5), {"version": 4, "rejected": {"version": 5, "error": "e"}}, "online", "rejected"),
-    (Desired(5, clear=True), None, "online", "in sync"),
+    (RetainedDoc(5), {"version": 5, "rejected": None}, "online", "in sync"),
+    (RetainedDoc(5), {"version": 4, "rejected": None}, "online", "drift"),
+    (RetainedDoc(5), {"version": 6, "rejected": None}, "online", "drift"),  # the broker holds an older one
+    (RetainedDoc(5), {"version": 4, "rejected": None}, "offline", "offline"),
+    (RetainedDoc(5), {"version": 4, "rejected": {"version": 5, "error": "e"}}, "online", "rejected"),
+    (RetainedDoc(5, clear=True), None, "online", "in sync"),
     (None, {"version": 4, "rejected": None}, "online", "drift"),  # the retained document was deleted
     (None, {"version": 4, "cleared": True, "rejected": None}, "online", "in sync"),
     (None, None, "online", "in sync"),

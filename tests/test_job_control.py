@@ -124,6 +124,20 @@ def test_a_pause_is_kept_in_the_database_and_the_report_marks_it(bench: Bench, t
         again.close()
 
 
+def test_a_paused_job_has_no_next_firings(bench: Bench) -> None:
+    """The state document's ``next_jobs`` (and so ``fleet ls`` and the monitor) and ``edge-agent status``
+    leave a paused job out: none of its instants fires."""
+    from edge_agent.device.status import collect_status
+
+    assert [f["job"] for f in bench.scheduler.next_firings()] == ["lamp-on"]
+    assert [f["job"] for f in collect_status(bench.settings, store=bench.store)["next_firings"]] == ["lamp-on"] * 5
+    bench.firings.pause("lamp-on", 0.0)
+    assert bench.scheduler.next_firings() == []
+    assert collect_status(bench.settings, store=bench.store)["next_firings"] == []
+    bench.firings.resume("lamp-on")
+    assert [f["job"] for f in bench.scheduler.next_firings()] == ["lamp-on"]
+
+
 def test_a_database_of_schema_3_gets_the_paused_jobs_table(tmp_path: Path) -> None:
     path = str(tmp_path / "agent.db")
     Store(path).close()
@@ -214,6 +228,12 @@ def test_fleet_job_pause_to_two_agents_survives_a_restart(broker, daemon_factory
                               location=ISTANBUL, devices=LAMP, jobs=[AT_2030])
         daemons[name] = daemon_factory(config, env={FAKE_TIME: "2026-06-01T20:00:00+03:00"})
     start_all(list(daemons.values()))
+
+    def next_job_of_b() -> Any:
+        rows = json.loads(fleet_cli(broker.port, prefix, "ls", "--json").stdout)["devices"]
+        return next((r["next_job"] for r in rows if r["device"] == "b"), "no row")
+
+    wait_until(lambda: (next_job_of_b() or {}).get("job") == "lamp-on", 20, interval=0.2, message="b's next job")
     who = ("--device", "a", "--device", "b")
     out = fleet_cli(broker.port, prefix, "job", "pause", "lamp-on", *who, "--timeout", "20", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -221,6 +241,8 @@ def test_fleet_job_pause_to_two_agents_survives_a_restart(broker, daemon_factory
     for name in ("a", "b"):
         assert devices[name]["status"] == "succeeded", devices
         assert devices[name]["reply"]["result"] == {"job": "lamp-on", "paused": True, "changed": True}
+    # b's retained state is published again without the paused job's firings
+    wait_until(lambda: next_job_of_b() is None, 20, interval=0.2, message=lambda: f"b's next job: {next_job_of_b()}")
     text = fleet_cli(broker.port, prefix, "job", "pause", "lamp-onn", "--device", "a", "--timeout", "20")
     assert text.returncode == 1 and "did you mean 'lamp-on'?" in text.stdout, text.stdout + text.stderr
 

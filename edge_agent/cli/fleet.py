@@ -44,12 +44,14 @@ def _uptime(value: Any) -> str:
 def fleet_ls(args: argparse.Namespace) -> int:
     sync: dict[str, str] = {}
     with _client(args) as client:
-        rows = fleet.ls(client, timeout=client.timeout)
-        if not args.json and rows:  # (--json carries each device's reported `schedules`; the text compares them)
-            from edge_agent.fleet.schedules import status, summary
+        if args.json:  # (--json carries each device's reported `schedules`; the text compares them)
+            rows = fleet.ls(client, timeout=client.timeout)
+        else:
+            from edge_agent.fleet.schedules import ls_and_status, summary
 
+            rows, status_rows = ls_and_status(client)
             by_device: dict[str, list[dict[str, Any]]] = {}
-            for row in status(client):
+            for row in status_rows:
                 by_device.setdefault(row["device"], []).append(row)
             sync = {device: summary(found) for device, found in by_device.items()}
     if args.json:

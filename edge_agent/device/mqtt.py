@@ -633,7 +633,8 @@ class MqttLink:
         return _key_of(doc)
 
     def _state_key(self) -> Any:
-        """What a change republishes ``state`` for: queue depth, outbox depth, failures (cheap to read)."""
+        """What a change republishes ``state`` for: queue depth, outbox depth, failures, the schedules
+        applied, the next firings (a job paused or resumed)."""
         return _key_of(self._changing())
 
     def _changing(self) -> dict[str, Any]:
@@ -646,6 +647,7 @@ class MqttLink:
             "disk_full": self.store.full,
             "failures_24h": self.journal.failures_since(time.time() - 86400),
             "schedules": self.daemon.schedule_state(),
+            "next_jobs": self.daemon.next_jobs(5),  # (a job paused or resumed, a schedule applied)
         }
         for failed in self.journal.recent_failures(1):
             doc["last_error"] = {"action": failed.action, "type": failed.error_type, "message": failed.error_message,
@@ -663,7 +665,7 @@ class MqttLink:
             "outbox": changing["outbox"],
             "outbox_oldest_s": changing["outbox_oldest_s"],
             "clock_synchronized": daemon.clock_trusted(),
-            "next_jobs": daemon.next_jobs(5),
+            "next_jobs": changing["next_jobs"],
             "next_sunset": daemon.next_solar("sunset"),
             "last_error": changing["last_error"],
             "groups": list(self.settings.groups),
@@ -677,4 +679,4 @@ class MqttLink:
 
 def _key_of(doc: dict[str, Any]) -> Any:
     return (doc["queue"], doc["outbox"], doc["failures_24h"], json.dumps(doc["last_error"], sort_keys=True, default=str),
-            doc["disk_full"], json.dumps(doc["schedules"], sort_keys=True))
+            doc["disk_full"], json.dumps(doc["schedules"], sort_keys=True), json.dumps(doc["next_jobs"]))

@@ -415,11 +415,15 @@ class Scheduler:
     # ----------------------------------------------------------------- reporting
 
     def next_firings(self, count: int = 5) -> list[dict[str, str]]:
+        """The next ``count`` firings, soonest first; a paused job has none (its instants are skipped)."""
         now = datetime.fromtimestamp(self.clock(), UTC)
         out: list[tuple[datetime, str]] = []
         with self._lock:
             jobs = list(self.jobs)
+        paused = self.firings.paused()
         for spec, job in jobs:
+            if spec.name in paused:
+                continue
             nxt = job.trigger.next_after(now)
             if nxt is not None:
                 out.append((nxt, spec.name))

@@ -66,12 +66,16 @@ def collect_status(settings: Any, store: Any = None) -> dict[str, Any]:
     doc["failures"] = [{"id": c.id, "action": c.action, "state": c.state, "at": c.finished,
                         "error": {"type": c.error_type, "message": c.error_message}} for c in journal.recent_failures(5)]
     try:
+        from datetime import datetime
+
         from edge_agent.device.report import jobs_report
 
-        firings: list[tuple[str, str]] = []
+        firings: list[tuple[datetime, str, str]] = []
         for job in jobs_report(settings, count=5, store=store)["jobs"]:
-            firings.extend((n, job["name"]) for n in job["next"])
-        doc["next_firings"] = [{"at": at, "job": name} for at, name in sorted(firings)[:5]]
+            if not job["paused"]:  # (a paused job's instants are skipped: none of them fires)
+                firings.extend((datetime.fromisoformat(n), n, job["name"]) for n in job["next"])
+        # (sorted as instants: across a DST change the texts' offsets differ)
+        doc["next_firings"] = [{"at": at, "job": name} for _, at, name in sorted(firings)[:5]]
     except ImportError:
         doc["next_firings"] = []
     return doc

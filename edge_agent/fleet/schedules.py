@@ -35,7 +35,7 @@ from edge_agent.errors import BrokerUnreachable, ConfigError, InvalidCommand
 from edge_agent.fleet.client import VERSION_MAX, DeviceError, FleetClient, _Snapshot, is_version, request, snapshot
 from edge_agent.fleet.client import reported_schedules as reported
 
-__all__ = ["RESULTS", "Desired", "ScheduleResult", "Target", "all_topics", "classify", "clear", "device_rows", "get",
+__all__ = ["RESULTS", "RetainedDoc", "ScheduleResult", "Target", "all_topics", "classify", "clear", "device_rows", "get", "ls_and_status",
            "load_document", "next_version", "read_desired", "reported", "set_schedule", "status", "summary", "targets"]
 
 DOC_BYTES = 256 * 1024  # a retained schedule document longer than this is not read
@@ -117,7 +117,7 @@ def all_topics(prefix: str) -> list[str]:
 
 
 @dataclass
-class Desired:
+class RetainedDoc:
     """A retained schedule document as read back: its version, and whether it is a tombstone."""
 
     version: int | None
@@ -125,18 +125,18 @@ class Desired:
     problem: str | None = None
 
 
-def read_desired(payload: bytes) -> Desired | None:
+def read_desired(payload: bytes) -> RetainedDoc | None:
     """A retained schedule document's payload read back (None: no document, or it was deleted)."""
     if not payload:
         return None  # no document (or deleted)
     try:
         doc = loads(payload, DOC_BYTES)
     except Rejected as exc:
-        return Desired(None, problem=f"not a schedule document: {exc}")
+        return RetainedDoc(None, problem=f"not a schedule document: {exc}")
     version = doc.get("version") if isinstance(doc, dict) else None
     if not is_version(version):
-        return Desired(None, problem=f"not a schedule document (version {show(version)})")
-    return Desired(version, clear=doc.get("clear") is True)
+        return RetainedDoc(None, problem=f"not a schedule document (version {show(version)})")
+    return RetainedDoc(version, clear=doc.get("clear") is True)
 
 
 class _Retained:
@@ -144,7 +144,7 @@ class _Retained:
 
     def __init__(self, client: FleetClient, topics: list[str]):
         self.prefix = client.prefix
-        self.docs: dict[str, Desired | None] = {}
+        self.docs: dict[str, RetainedDoc | None] = {}
         self._lock = threading.Lock()
         self._remove: Callable[[], None] | None = client.on_message(self._handle)
         self._topics = topics
@@ -163,11 +163,11 @@ class _Retained:
         with self._lock:
             self.docs[msg.topic] = read_desired(msg.payload)
 
-    def get(self, topic: str) -> Desired | None:
+    def get(self, topic: str) -> RetainedDoc | None:
         with self._lock:
             return self.docs.get(topic)
 
-    def all(self) -> dict[str, Desired | None]:
+    def all(self) -> dict[str, RetainedDoc | None]:
         with self._lock:
             return dict(self.docs)
 
@@ -205,7 +205,7 @@ def next_version(client: FleetClient, topics: Iterable[str], *, retained: _Retai
             docs.close()
 
 
-def _version_after(current: Iterable[Desired | None], now: float | None = None) -> int:
+def _version_after(current: Iterable[RetainedDoc | None], now: float | None = None) -> int:
     top = max((d.version for d in current if d is not None and d.version is not None), default=0)
     version = max(int((time.time() if now is None else now) * 1000), top + 1)
     if version > VERSION_MAX:
@@ -363,6 +363,12 @@ def status(client: FleetClient) -> list[dict[str, Any]]:
     "problem"}`` (``*_clear``: that version is a tombstone)
     with ``sync`` one of "in sync", "drift", "rejected", "offline" (drifts, applies when back);
     a device with none: one row, source None, "in sync" (its config file only)."""
+    return ls_and_status(client)[1]
+
+
+def ls_and_status(client: FleetClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`edge_agent.fleet.client.ls`'s rows and :func:`status`'s, from one read of what the broker
+    retains (``fleet ls`` shows both: the retained messages are read once, not twice)."""
     docs, snap = _read(client, all_topics(client.prefix))
     snap.close()
     docs.close()
@@ -370,15 +376,16 @@ def status(client: FleetClient) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with snap.cond:
         devices = dict(snap.devices)
+        listed = [devices[d].row() for d in sorted(devices)]
     for device in sorted(devices):
         info = devices[device]
         rows += device_rows(client.prefix, device, info.state, info.groups, info.online, info.status, desired,
                             info.problem)
-    return rows
+    return listed, rows
 
 
 def device_rows(prefix: str, device: str, state: dict[str, Any] | None, groups: Iterable[str], online: bool,
-                device_status: str | None, desired: dict[str, Desired], known_problem: str | None = None,
+                device_status: str | None, desired: dict[str, RetainedDoc], known_problem: str | None = None,
                 ) -> list[dict[str, Any]]:
     """:func:`status`'s rows for one device: ``desired`` maps a schedule topic to its retained document
     (what ``P/+/schedule`` and ``P/group/+/schedule`` hold), ``state`` is the device's retained state.
@@ -388,7 +395,7 @@ def device_rows(prefix: str, device: str, state: dict[str, Any] | None, groups: 
     for g in groups:
         mine[schedule_topic(prefix, "group", g)] = schedule_source("group", g)
     mine[schedule_topic(prefix, "device", device)] = "device"
-    sources: dict[str, Desired | None] = {src: desired[topic] for topic, src in mine.items() if topic in desired}
+    sources: dict[str, RetainedDoc | None] = {src: desired[topic] for topic, src in mine.items() if topic in desired}
     for src in entries:
         sources.setdefault(src, None)
     if not sources:
@@ -421,7 +428,7 @@ def _source_order(source: str) -> tuple[int, str]:
     return ({"all": 0, "device": 2}.get(source, 1), source)
 
 
-def _sync(want: Desired | None, entry: dict[str, Any] | None, device_status: str | None) -> str:
+def _sync(want: RetainedDoc | None, entry: dict[str, Any] | None, device_status: str | None) -> str:
     applied = (entry or {}).get("version")
     if want is None or want.version is None:
         # nothing (readable) on the broker: in sync only when the device runs nothing from it

@@ -31,7 +31,7 @@ from edge_agent.config import MqttSettings
 from edge_agent.contract import ANY, HISTORY_ACTION, Heard, command_topic, device_topic, gpio_topic, heard, schedule_of
 from edge_agent.fleet.monitor.ingest import Inbox
 from edge_agent.fleet.monitor.store import INTERNAL_PREFIX
-from edge_agent.fleet.schedules import Desired, all_topics, read_desired
+from edge_agent.fleet.schedules import RetainedDoc, all_topics, read_desired
 from edge_agent.fleet.stream import HistoryRequests, lacks_history
 from edge_agent.mqttsock import UnwokenClient
 
@@ -60,7 +60,7 @@ class Link:
         self.connects = 0
         self.dropped = 0  # messages dropped unread (too large, a device id too long): rejected at the boundary
         self._lock = threading.Lock()
-        self._desired: dict[str, Desired] = {}  # schedule topic -> its retained document (the broker holds them)
+        self._desired: dict[str, RetainedDoc] = {}  # schedule topic -> its retained document (the broker holds them)
         self._synced: set[str] = set()
         self._run_id = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
@@ -248,14 +248,14 @@ class Link:
 
     def _desired_document(self, topic: str, payload: bytes) -> None:
         """A retained schedule document (fleet schedules): only its version is kept, for the drift shown."""
-        doc = read_desired(payload[:MAX_PAYLOAD]) if len(payload) <= MAX_PAYLOAD else Desired(None, problem="too large")
+        doc = read_desired(payload[:MAX_PAYLOAD]) if len(payload) <= MAX_PAYLOAD else RetainedDoc(None, problem="too large")
         with self._lock:
             if doc is None:
                 self._desired.pop(topic, None)
             elif topic in self._desired or len(self._desired) < _PENDING_MAX:  # (bounded: one per device and group)
                 self._desired[topic] = doc
 
-    def desired(self) -> dict[str, Desired]:
+    def desired(self) -> dict[str, RetainedDoc]:
         """The retained schedule documents heard, by topic (see :func:`edge_agent.fleet.schedules.device_rows`)."""
         with self._lock:
             return dict(self._desired)
