@@ -440,6 +440,32 @@ def test_sigkilled_agent_turns_offline_without_reload(setup: Setup) -> None:
     wait_until(lambda: fleet_status(d, "dev3") == "online", 10, "dev3 back online")
 
 
+def test_an_open_fleet_page_catches_up_when_its_stream_comes_back(setup: Setup) -> None:
+    """The monitor restarts under an open fleet page, and an agent dies while it is down: the monitor
+    hears the agent's last will at its start, before the page's stream is back; once back, the page
+    asks for the devices and the row says offline, with no reload."""
+    d = setup.driver
+    d.get(setup.monitor.url + "/")
+    wait_until(lambda: fleet_status(d, "dev3") == "online", 10, "dev3 online on the page")
+    d.execute_script("window.__sameDocument = 1")
+    assert setup.monitor.stop() == 0
+    wait_until(lambda: "on" not in d.find_element("id", "live").get_attribute("class").split(), 10, "the stream gone")
+    setup.agents["dev3"].kill()
+    status = Listener(setup.broker.port, ["edge/dev3/status"])  # the broker holds the last will
+    try:
+        status.wait_for(lambda m: m.payload == b"offline", 10)
+    finally:
+        status.close()
+    setup.monitor.start()
+    try:
+        wait_until(lambda: "on" in d.find_element("id", "live").get_attribute("class").split(), 15, "the page's stream back")
+        wait_until(lambda: fleet_status(d, "dev3") == "offline", 5, "dev3 offline on the page")
+        assert d.execute_script("return window.__sameDocument") == 1
+    finally:
+        setup.agents["dev3"].start()
+    wait_until(lambda: fleet_status(d, "dev3") == "online", 10, "dev3 back online")
+
+
 def test_monitor_stopped_while_50_commands_run_shows_all_50_after_restart(setup: Setup) -> None:
     """With the monitor down, 50 commands run on an agent; started again, it fetches them with agent.history."""
     d = setup.driver

@@ -71,6 +71,7 @@
     const c = cells(msg.row);
     fill(tr, c);
     tr.querySelector('[data-f="status"]').className = c.status;
+    if (typeof msg.row.schedule === "string") fill(tr, { schedule: msg.row.schedule }); // (the API's rows have it)
     const rows = [...tbody.rows];
     const online = rows.filter((r) => r.querySelector('[data-f="status"]').textContent === "online").length;
     const count = document.getElementById("count");
@@ -145,6 +146,34 @@
     body.dataset.refreshed = "1"; // (the page is as the server has it: tests wait for this)
   }
 
+  // Live device messages heard so far, per device (see refreshDevices).
+  const deviceHeard = new Map();
+  function onDevice(msg) {
+    deviceHeard.set(msg.device, (deviceHeard.get(msg.device) || 0) + 1);
+    if (page === "fleet") fleetRow(msg);
+    if (page === "device" && msg.device === device) {
+      const c = cells(msg.row);
+      fill(document.querySelector(".facts"), c);
+      const st = document.getElementById("dev-status");
+      st.textContent = c.status; st.className = c.status;
+    }
+  }
+  async function refreshDevices() {
+    // What changed while no stream was open (between the page's render and the stream's start, or
+    // while it reconnected after the monitor restarted): the devices as the server has them now. The
+    // stream was open before this asks, so it brings every later change too: a device heard of
+    // since the question is left as the stream said (an older answer must not undo it).
+    const before = new Map(deviceHeard);
+    const url = page === "device" ? `/api/devices/${encodeURIComponent(device)}` : "/api/devices";
+    const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    if (!r.ok) return;
+    const doc = await r.json();
+    for (const row of page === "device" ? [doc] : doc.devices || []) {
+      if ((deviceHeard.get(row.device) || 0) === (before.get(row.device) || 0)) onDevice({ device: row.device, row });
+    }
+    body.dataset.refreshed = "1";
+  }
+
   function connect() {
     const url = device ? `/live?device=${encodeURIComponent(device)}` : "/live";
     es = new EventSource(url);
@@ -152,18 +181,13 @@
     es.onopen = () => {
       if (dot) dot.classList.add("on");
       if (page === "task") refreshTask(); // what changed between the page's render and the stream's start
+      if (page === "fleet" || page === "device") refreshDevices(); // (the same for the devices)
     };
     es.onerror = () => dot && dot.classList.remove("on");
     es.onmessage = (e) => {
       const msg = JSON.parse(e.data);
       if (msg.type === "device") {
-        if (page === "fleet") fleetRow(msg);
-        if (page === "device" && msg.device === device) {
-          const c = cells(msg.row);
-          fill(document.querySelector(".facts"), c);
-          const st = document.getElementById("dev-status");
-          st.textContent = c.status; st.className = c.status;
-        }
+        onDevice(msg);
       } else if (msg.type === "task") {
         if (page === "device" || (page === "tasks" && !location.search)) taskRow(msg.task);
         if (page === "device") refreshDay();
