@@ -465,6 +465,23 @@ def test_an_open_fleet_page_catches_up_when_its_stream_comes_back(setup: Setup) 
         setup.agents["dev3"].start()
     wait_until(lambda: fleet_status(d, "dev3") == "online", 10, "dev3 back online")
 
+    # The tasks page likewise: a task that ran while the monitor was down shows once the stream is back,
+    # with a cell for each column (this page has a device column).
+    d.get(setup.monitor.url + "/tasks")
+    wait_until(lambda: "on" in d.find_element("id", "live").get_attribute("class").split(), 10, "the stream")
+    d.execute_script("window.__sameDocument = 1")
+    assert setup.monitor.stop() == 0
+    setup.publish_command("dev1", "echo", "while-away", {"text": "nobody watching"})
+    wait_until(lambda: any(r["status"] == "succeeded" for r in setup.final_replies("while-away")), 10, "the echo")
+    setup.monitor.start()
+    row = "#tasks tbody tr[data-id='while-away']"
+    wait_until(lambda: d.find_element("css selector", row + " [data-f=status]").text == "succeeded", 15,
+               "the task that ran while the monitor was down, on the page")
+    header = d.find_elements("css selector", "#tasks thead th")
+    cells = d.find_elements("css selector", row + " td")
+    assert [c.text for c in cells[:2]][1] == "dev1" and len(cells) == len(header), [c.text for c in cells]
+    assert d.execute_script("return window.__sameDocument") == 1
+
 
 def test_monitor_stopped_while_50_commands_run_shows_all_50_after_restart(setup: Setup) -> None:
     """With the monitor down, 50 commands run on an agent; started again, it fetches them with agent.history."""

@@ -86,6 +86,11 @@
       tr = document.createElement("tr");
       tr.dataset.id = t.id; tr.dataset.device = t.device;
       tr.appendChild(el("td", when(t.updated)));
+      if ([...document.querySelectorAll("#tasks thead th")].some((th) => th.textContent === "device")) {
+        const cell = el("td"), link = el("a", t.device); // (the tasks page has a device column)
+        link.href = "/device/" + encodeURIComponent(t.device);
+        cell.appendChild(link); tr.appendChild(cell);
+      }
       const idcell = el("td"), a = el("a", t.id);
       a.href = `/task/${encodeURIComponent(t.device)}/${t.id.split("/").map(encodeURIComponent).join("/")}`;
       idcell.appendChild(a); tr.appendChild(idcell);
@@ -158,6 +163,26 @@
       st.textContent = c.status; st.className = c.status;
     }
   }
+  // Live task messages heard so far, per device and id (see refreshTasks).
+  const tasksHeard = new Map();
+  function onTask(t) {
+    const key = t.device + "\u0000" + t.id;
+    tasksHeard.set(key, (tasksHeard.get(key) || 0) + 1);
+    taskRow(t);
+  }
+  async function refreshTasks() {
+    // The newest tasks as the server has them (as refreshDevices does for the devices), oldest first
+    // so that new ones go on top in order.
+    const before = new Map(tasksHeard);
+    const q = page === "device" ? `?device=${encodeURIComponent(device)}&limit=50` : "?limit=50";
+    const r = await fetch("/api/tasks" + q, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    if (!r.ok) return;
+    const doc = await r.json();
+    for (const t of (doc.tasks || []).slice().reverse()) {
+      const key = t.device + "\u0000" + t.id;
+      if ((tasksHeard.get(key) || 0) === (before.get(key) || 0)) taskRow(t);
+    }
+  }
   async function refreshDevices() {
     // What changed while no stream was open (between the page's render and the stream's start, or
     // while it reconnected after the monitor restarted): the devices as the server has them now. The
@@ -182,6 +207,7 @@
       if (dot) dot.classList.add("on");
       if (page === "task") refreshTask(); // what changed between the page's render and the stream's start
       if (page === "fleet" || page === "device") refreshDevices(); // (the same for the devices)
+      if (page === "device" || (page === "tasks" && !location.search)) refreshTasks(); // (and their tasks)
     };
     es.onerror = () => dot && dot.classList.remove("on");
     es.onmessage = (e) => {
@@ -189,7 +215,7 @@
       if (msg.type === "device") {
         onDevice(msg);
       } else if (msg.type === "task") {
-        if (page === "device" || (page === "tasks" && !location.search)) taskRow(msg.task);
+        if (page === "device" || (page === "tasks" && !location.search)) onTask(msg.task);
         if (page === "device") refreshDay();
         if (page === "task" && msg.task.id === body.dataset.task) { taskHeard++; setTaskStatus(msg.task.status); }
       } else if (msg.type === "reply") {
