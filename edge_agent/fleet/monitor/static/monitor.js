@@ -196,7 +196,6 @@
     for (const row of page === "device" ? [doc] : doc.devices || []) {
       if ((deviceHeard.get(row.device) || 0) === (before.get(row.device) || 0)) onDevice({ device: row.device, row });
     }
-    body.dataset.refreshed = "1";
   }
 
   function connect() {
@@ -208,6 +207,7 @@
       if (page === "task") refreshTask(); // what changed between the page's render and the stream's start
       if (page === "fleet" || page === "device") refreshDevices(); // (the same for the devices)
       if (page === "device" || (page === "tasks" && !location.search)) refreshTasks(); // (and their tasks)
+      if (page === "device") refreshDay();
     };
     es.onerror = () => dot && dot.classList.remove("on");
     es.onmessage = (e) => {
