@@ -626,15 +626,17 @@ class MqttLink:
 
     def _publish_state(self) -> Any:
         """Publish ``state``; returns its :meth:`_state_key`."""
-        doc = self.state_document()
+        changing = self._changing()
+        doc = self.state_document(changing)
         client = self._client
         if client is not None:
             client.publish(self.topics.state, json.dumps(doc, separators=(",", ":"), default=str), qos=1, retain=True)
-        return _key_of(doc)
+        return _key_of(changing)
 
     def _state_key(self) -> Any:
         """What a change republishes ``state`` for: queue depth, outbox depth, failures, the schedules
-        applied, the next firings (a job paused or resumed)."""
+        applied, the jobs paused (``next_jobs`` leaves them out; not its instants: a job firing every
+        second would republish ``state`` every second)."""
         return _key_of(self._changing())
 
     def _changing(self) -> dict[str, Any]:
@@ -647,16 +649,21 @@ class MqttLink:
             "disk_full": self.store.full,
             "failures_24h": self.journal.failures_since(time.time() - 86400),
             "schedules": self.daemon.schedule_state(),
-            "next_jobs": self.daemon.next_jobs(5),  # (a job paused or resumed, a schedule applied)
+            "paused_jobs": self._paused_jobs(),  # (in the key only: a pause changes next_jobs)
         }
         for failed in self.journal.recent_failures(1):
             doc["last_error"] = {"action": failed.action, "type": failed.error_type, "message": failed.error_message,
                                  "at": failed.finished}
         return doc
 
-    def state_document(self) -> dict[str, Any]:
+    def _paused_jobs(self) -> list[str]:
+        from edge_agent.device.scheduler import Firings
+
+        return sorted(Firings(self.store).paused())
+
+    def state_document(self, changing: dict[str, Any] | None = None) -> dict[str, Any]:
         daemon = self.daemon
-        changing = self._changing()
+        changing = changing if changing is not None else self._changing()
         return {
             "device": self.settings.device_id,
             "version": __version__,
@@ -665,7 +672,7 @@ class MqttLink:
             "outbox": changing["outbox"],
             "outbox_oldest_s": changing["outbox_oldest_s"],
             "clock_synchronized": daemon.clock_trusted(),
-            "next_jobs": changing["next_jobs"],
+            "next_jobs": daemon.next_jobs(5),
             "next_sunset": daemon.next_solar("sunset"),
             "last_error": changing["last_error"],
             "groups": list(self.settings.groups),
@@ -679,4 +686,4 @@ class MqttLink:
 
 def _key_of(doc: dict[str, Any]) -> Any:
     return (doc["queue"], doc["outbox"], doc["failures_24h"], json.dumps(doc["last_error"], sort_keys=True, default=str),
-            doc["disk_full"], json.dumps(doc["schedules"], sort_keys=True), json.dumps(doc["next_jobs"]))
+            doc["disk_full"], json.dumps(doc["schedules"], sort_keys=True), tuple(doc.get("paused_jobs") or ()))
