@@ -279,6 +279,34 @@ def start_all(daemons: list[Daemon], workers: int = 20) -> None:
 
 
 @contextlib.contextmanager
+def agents_on_their_broker(root: Path, tag: str, names: list[str],
+                           config: Callable[[Path, str, int, str], Path]) -> Iterator[tuple[Broker, str, dict[str, Daemon]]]:
+    """A mosquitto of its own under ``root`` and one real agent per name, started in parallel:
+    ``config(folder, name, broker_port, prefix)`` writes each agent's config (a topic prefix
+    ``tag`` + 6 random hex digits, shared by all); every agent is killed and the broker stopped
+    at the end."""
+    import uuid
+
+    (root / "broker").mkdir()
+    broker = Broker(root / "broker")
+    broker.start()
+    prefix = f"{tag}{uuid.uuid4().hex[:6]}"
+    daemons = {}
+    for name in names:
+        (root / name).mkdir()
+        daemons[name] = Daemon(config(root / name, name, broker.port, prefix))
+    try:
+        start_all(list(daemons.values()))
+        yield broker, prefix, daemons
+    finally:
+        for d in daemons.values():
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait(10)
+        broker.stop()
+
+
+@contextlib.contextmanager
 def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (e.g. "2m") mounted at ``folder/disk``, unmounted after; the test
     is skipped, saying why, where it cannot be mounted (not root, no mount)."""

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from edge_agent.config import MqttSettings
 from edge_agent.fleet.client import FleetClient
 from edge_agent.fleet.stream import EventStream
 from tests.configs import LAMP, agent_config
-from tests.conftest import ROOT, Broker, Daemon, Listener, fleet_cli, start_all
+from tests.conftest import ROOT, Broker, Daemon, Listener, agents_on_their_broker, fleet_cli, start_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -51,28 +52,14 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
-    (root / "broker").mkdir()
-    broker = Broker(root / "broker")
-    broker.start()
-    prefix = f"fl{uuid.uuid4().hex[:6]}"
-    daemons = {}
-    for i in range(N):
-        name = f"f{i:02d}"
-        folder = root / name
-        folder.mkdir()
-        groups = ["all20", "even" if i % 2 == 0 else "odd"]
-        daemons[name] = Daemon(agent_config(folder, device=name, groups=groups, mqtt_port=broker.port, prefix=prefix,
-                                            devices=LAMP, queue={"workers": 2, "network_workers": 0}))
-    try:
-        start_all(list(daemons.values()))
+    def config(folder: Path, name: str, port: int, prefix: str) -> Path:
+        groups = ["all20", "even" if int(name[1:]) % 2 == 0 else "odd"]
+        return agent_config(folder, device=name, groups=groups, mqtt_port=port, prefix=prefix, devices=LAMP,
+                            queue={"workers": 2, "network_workers": 0})
+
+    with agents_on_their_broker(tmp_path_factory.mktemp("fleet"), "fl", [f"f{i:02d}" for i in range(N)],
+                                config) as (broker, prefix, daemons):
         yield Fleet(broker, prefix, daemons)
-    finally:
-        for d in daemons.values():
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait(10)
-        broker.stop()
 
 
 def _all_up(rows: dict[str, dict[str, Any]]) -> bool:

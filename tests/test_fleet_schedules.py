@@ -28,7 +28,7 @@ from edge_agent.fleet import schedules
 from edge_agent.fleet.client import FleetClient
 from edge_agent.fleet.schedules import RetainedDoc, classify, load_document, reported
 from tests.configs import LAMP, agent_config
-from tests.conftest import ROOT, Broker, Daemon, Listener, fleet_cli, start_all
+from tests.conftest import ROOT, Broker, Daemon, Listener, agents_on_their_broker, fleet_cli, start_all
 
 WATER = """\
 # the greenhouse's watering, moved from 06:00 to 05:30
@@ -325,27 +325,13 @@ class Greenhouse:
 
 @pytest.fixture(scope="module")
 def greenhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Greenhouse]:
+    def config(folder: Path, name: str, port: int, prefix: str) -> Path:
+        return agent_config(folder, device=name, groups=["greenhouse"], mqtt_port=port, prefix=prefix, devices=LAMP,
+                            jobs=CONFIG_JOB, queue={"workers": 1, "network_workers": 0})
+
     root = tmp_path_factory.mktemp("greenhouse")
-    (root / "broker").mkdir()
-    broker = Broker(root / "broker")
-    broker.start()
-    prefix = f"gh{uuid.uuid4().hex[:6]}"
-    daemons = {}
-    for i in range(N):
-        name = f"g{i:02d}"
-        (root / name).mkdir()
-        daemons[name] = Daemon(agent_config(root / name, device=name, groups=["greenhouse"], mqtt_port=broker.port,
-                                            prefix=prefix, devices=LAMP, jobs=CONFIG_JOB,
-                                            queue={"workers": 1, "network_workers": 0}))
-    try:
-        start_all(list(daemons.values()))
+    with agents_on_their_broker(root, "gh", [f"g{i:02d}" for i in range(N)], config) as (broker, prefix, daemons):
         yield Greenhouse(broker, prefix, daemons, root)
-    finally:
-        for d in daemons.values():
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait(10)
-        broker.stop()
 
 
 @pytest.mark.slow
