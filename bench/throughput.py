@@ -209,10 +209,7 @@ def _combined(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
     figure of the rounds kept (``rounds``)."""
     total = sum(r["total_s"] for r in runs)
     out: dict[str, Any] = {"rate": n * len(runs) / total, "total_s": total, "rounds": runs}
-    for key in ("publish_s",):
-        if key in runs[0]:
-            out[key] = sum(r[key] for r in runs) / len(runs)
-    for key in ("cpu_us", "submit_rate"):
+    for key in ("publish_s", "cpu_us", "submit_rate"):  # (means of a round's figures)
         if key in runs[0]:
             out[key] = sum(r[key] for r in runs) / len(runs)
     return out

@@ -5,47 +5,36 @@ is seen offline there, and its command waits for it."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from bench.harness import wait_until
 from tests.configs import LAMP, agent_config
-from tests.conftest import Broker, Daemon, fleet_cli, start_all
+from tests.conftest import Broker, agents_on_their_broker, fleet_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def bridged(tmp_path):
-    (tmp_path / "devices").mkdir()
-    (tmp_path / "operator").mkdir()
-    near = Broker(tmp_path / "devices")
-    near.start()
-    prefix = f"br{uuid.uuid4().hex[:6]}"
-    far = Broker(tmp_path / "operator", extra=(
-        "connection to-devices\n"
-        f"address 127.0.0.1:{near.port}\n"
-        f"topic {prefix}/# both 1\n"
-        "cleansession false\n"
-        "restart_timeout 1 5\n"
-    ))
-    far.start()
-    daemons = {}
-    for name in ("b1", "b2", "b3"):
-        (tmp_path / name).mkdir()
-        daemons[name] = Daemon(agent_config(tmp_path / name, device=name, groups=["yard"], mqtt_port=near.port,
-                                            prefix=prefix, devices=LAMP))
-    try:
-        start_all(list(daemons.values()))
-        yield far, prefix, daemons
-    finally:
-        for d in daemons.values():
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait(10)
-        far.stop()
-        near.stop()
+    def config(folder, name, port, prefix):
+        return agent_config(folder, device=name, groups=["yard"], mqtt_port=port, prefix=prefix, devices=LAMP)
+
+    # The devices on their broker (the near one); the operator's broker bridges to it.
+    with agents_on_their_broker(tmp_path, "br", ["b1", "b2", "b3"], config) as (near, prefix, daemons):
+        (tmp_path / "operator").mkdir()
+        far = Broker(tmp_path / "operator", extra=(
+            "connection to-devices\n"
+            f"address 127.0.0.1:{near.port}\n"
+            f"topic {prefix}/# both 1\n"
+            "cleansession false\n"
+            "restart_timeout 1 5\n"
+        ))
+        far.start()
+        try:
+            yield far, prefix, daemons
+        finally:
+            far.stop()
 
 
 def _ls(port, prefix, pred, timeout=60):

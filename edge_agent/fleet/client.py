@@ -328,6 +328,11 @@ class _Snapshot:
             self._remove = None
             self._client.unsubscribe([self.marker])
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per device heard so far, sorted by name (what ``fleet ls`` shows)."""
+        with self.cond:
+            return [self.devices[d].row() for d in sorted(self.devices)]
+
     def handle(self, msg: Any) -> None:
         if msg.topic == self.marker:
             with self.cond:
@@ -389,8 +394,7 @@ def ls(client: FleetClient, timeout: float = 10.0) -> list[dict[str, Any]]:
     """One row per device, sorted by name."""
     snap = snapshot(client, timeout=timeout)
     snap.close()
-    with snap.cond:
-        return [snap.devices[d].row() for d in sorted(snap.devices)]
+    return snap.rows()
 
 
 # --------------------------------------------------------------------------- send

@@ -374,9 +374,9 @@ def ls_and_status(client: FleetClient) -> tuple[list[dict[str, Any]], list[dict[
     docs.close()
     desired = {topic: d for topic, d in docs.all().items() if d is not None}
     rows: list[dict[str, Any]] = []
+    listed = snap.rows()
     with snap.cond:
         devices = dict(snap.devices)
-        listed = [devices[d].row() for d in sorted(devices)]
     for device in sorted(devices):
         info = devices[device]
         rows += device_rows(client.prefix, device, info.state, info.groups, info.online, info.status, desired,

@@ -132,29 +132,29 @@
   }
 
   let es = null;
-  let taskHeard = 0; // live messages about this page's task so far
   function setTaskStatus(status) {
     const st = document.getElementById("task-status");
     if (st) { st.textContent = status; st.className = "st " + status; }
   }
-  async function refreshTask() {
-    // What changed between the page's render and the stream's start. The stream was open
-    // before this asks, so it brings every later change too: an answer read before a change
-    // can arrive after the stream's message of it, and must not undo it.
-    const heard = taskHeard;
-    const path = location.pathname.replace(/^\/task\//, "/api/tasks/");
-    const r = await fetch(path, { credentials: "same-origin", headers: { "Accept": "application/json" } });
-    if (r.ok) {
-      const doc = await r.json();
-      if (doc.task && heard === taskHeard) setTaskStatus(doc.task.status);
-    }
-    body.dataset.refreshed = "1"; // (the page is as the server has it: tests wait for this)
+
+  // Catching up. When its stream opens (after the page's render, or again after the monitor
+  // restarted) a page asks for what it shows as the server has it now. The stream was open
+  // before the question, so it brings every later change too: an answer read before a change
+  // can arrive after the stream's message of it, and must not undo it. So the live messages are
+  // counted per device and per task, and an answer's row is used only if none came since.
+  const heard = new Map();
+  const deviceKey = (name) => "d\u0000" + name;
+  const taskKey = (t) => "t\u0000" + t.device + "\u0000" + t.id;
+  function hear(key) { heard.set(key, (heard.get(key) || 0) + 1); }
+  async function ask(url) {
+    const before = new Map(heard);
+    const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    const doc = r.ok ? await r.json() : null;
+    return { doc, fresh: (key) => (heard.get(key) || 0) === (before.get(key) || 0) };
   }
 
-  // Live device messages heard so far, per device (see refreshDevices).
-  const deviceHeard = new Map();
   function onDevice(msg) {
-    deviceHeard.set(msg.device, (deviceHeard.get(msg.device) || 0) + 1);
+    hear(deviceKey(msg.device));
     if (page === "fleet") fleetRow(msg);
     if (page === "device" && msg.device === device) {
       const c = cells(msg.row);
@@ -163,39 +163,23 @@
       st.textContent = c.status; st.className = c.status;
     }
   }
-  // Live task messages heard so far, per device and id (see refreshTasks).
-  const tasksHeard = new Map();
-  function onTask(t) {
-    const key = t.device + "\u0000" + t.id;
-    tasksHeard.set(key, (tasksHeard.get(key) || 0) + 1);
-    taskRow(t);
+  async function refreshDevices() {
+    const { doc, fresh } = await ask(page === "device" ? `/api/devices/${encodeURIComponent(device)}` : "/api/devices");
+    for (const row of doc === null ? [] : page === "device" ? [doc] : doc.devices || []) {
+      if (fresh(deviceKey(row.device))) onDevice({ device: row.device, row });
+    }
   }
   async function refreshTasks() {
-    // The newest tasks as the server has them (as refreshDevices does for the devices), oldest first
-    // so that new ones go on top in order.
-    const before = new Map(tasksHeard);
-    const q = page === "device" ? `?device=${encodeURIComponent(device)}&limit=50` : "?limit=50";
-    const r = await fetch("/api/tasks" + q, { credentials: "same-origin", headers: { "Accept": "application/json" } });
-    if (!r.ok) return;
-    const doc = await r.json();
-    for (const t of (doc.tasks || []).slice().reverse()) {
-      const key = t.device + "\u0000" + t.id;
-      if ((tasksHeard.get(key) || 0) === (before.get(key) || 0)) taskRow(t);
+    // (the newest tasks, oldest first so that new ones go on top in order)
+    const { doc, fresh } = await ask("/api/tasks" + (page === "device" ? `?device=${encodeURIComponent(device)}&limit=50` : "?limit=50"));
+    for (const t of (doc && doc.tasks || []).slice().reverse()) {
+      if (fresh(taskKey(t))) taskRow(t);
     }
   }
-  async function refreshDevices() {
-    // What changed while no stream was open (between the page's render and the stream's start, or
-    // while it reconnected after the monitor restarted): the devices as the server has them now. The
-    // stream was open before this asks, so it brings every later change too: a device heard of
-    // since the question is left as the stream said (an older answer must not undo it).
-    const before = new Map(deviceHeard);
-    const url = page === "device" ? `/api/devices/${encodeURIComponent(device)}` : "/api/devices";
-    const r = await fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } });
-    if (!r.ok) return;
-    const doc = await r.json();
-    for (const row of page === "device" ? [doc] : doc.devices || []) {
-      if ((deviceHeard.get(row.device) || 0) === (before.get(row.device) || 0)) onDevice({ device: row.device, row });
-    }
+  async function refreshTask() {
+    const { doc, fresh } = await ask(location.pathname.replace(/^\/task\//, "/api/tasks/"));
+    if (doc && doc.task && fresh(taskKey(doc.task))) setTaskStatus(doc.task.status);
+    body.dataset.refreshed = "1"; // (the page is as the server has it: tests wait for this)
   }
 
   function connect() {
@@ -215,9 +199,10 @@
       if (msg.type === "device") {
         onDevice(msg);
       } else if (msg.type === "task") {
-        if (page === "device" || (page === "tasks" && !location.search)) onTask(msg.task);
+        hear(taskKey(msg.task));
+        if (page === "device" || (page === "tasks" && !location.search)) taskRow(msg.task);
         if (page === "device") refreshDay();
-        if (page === "task" && msg.task.id === body.dataset.task) { taskHeard++; setTaskStatus(msg.task.status); }
+        if (page === "task" && msg.task.id === body.dataset.task) setTaskStatus(msg.task.status);
       } else if (msg.type === "reply") {
         if (page === "device") { reply(msg.reply); refreshDay(); }
       }
