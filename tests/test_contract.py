@@ -292,3 +292,35 @@ def test_no_module_but_the_contract_builds_or_splits_a_topic() -> None:
                                                        and any(leaf in v.value for leaf in leaves) for v in node.values):
                 found.append(f"{path.name}:{node.lineno} builds a topic")
     assert found == []
+
+
+# The reply text is made by a template on the hot path (twice per command from MQTT): it must be
+# byte for byte what json.dumps makes of the reply document, for any row.
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+_times = st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4_000_000_000)
+
+
+@settings(max_examples=300)
+@given(state=st.sampled_from(["queued", "running", "succeeded", "failed", "expired", "revoked"]),
+       command_id=st.text(min_size=1, max_size=12), action=st.text(min_size=1, max_size=12),
+       attempts=st.integers(0, 10), created=_times, finished=st.none() | _times,
+       result=_json_values | st.tuples(st.integers()) | st.sets(st.integers(), max_size=2),
+       stored=st.booleans(), error=st.none() | st.tuples(st.text(max_size=8), st.none() | st.text(max_size=8)),
+       duplicate=st.booleans(), status=st.none() | st.just("accepted"))
+def test_the_reply_text_is_json_dumps_of_the_reply(state, command_id, action, attempts, created, finished, result,
+                                                   stored, error, duplicate, status) -> None:
+    from edge_agent.contract import command_reply_json
+    from edge_agent.device.commands import Command
+    from edge_agent.device.journal import encode_result
+
+    text = encode_result(result) if stored else None  # a row that recorded its result carries the stored text
+    value = json.loads(text) if text is not None else (result if not stored else None)
+    cmd = Command(seq=1, id=command_id, action=action, args={}, source="mqtt", state=state, attempts=attempts,
+                  created=created, not_before=None, deadline=None, started=None, finished=finished, next_attempt=None,
+                  result=value, error_type=error[0] if error else None, error_message=error[1] if error else None,
+                  reply_to=None, correlation=None, parked=False, result_json=text)
+    expected = json.dumps(command_reply(cmd, duplicate=duplicate, status=status), separators=(",", ":"), default=str)
+    assert command_reply_json(cmd, duplicate=duplicate, status=status) == expected

@@ -11,6 +11,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.harness import wait_until
 from edge_agent.config import parse_settings
@@ -578,3 +580,28 @@ def test_a_burst_of_1000_commands_costs_at_most_2_5_messages_each_and_every_even
     for cid in ids:
         assert [e["event"] for e in mine if e["id"] == cid] == ["received", "started", "succeeded"], cid
     assert stream.fills == 0 and stream.lost == {}
+
+
+@settings(max_examples=200)
+@given(attempts=st.integers(0, 10), started=st.floats(0, 4e9) | st.integers(0, 4_000_000_000),
+       took=st.floats(0, 1e5) | st.integers(0, 100), result=st.none() | st.integers() | st.floats()
+       | st.text(max_size=6) | st.lists(st.integers(), max_size=3) | st.tuples(st.text(max_size=3)))
+def test_a_succeeded_events_extras_text_is_what_json_dumps_makes(attempts, started, took, result):
+    """The worker writes a `succeeded` event's extras from the stored result text: the same bytes
+    as json.dumps of the extras (what every other event gets), whatever the result and times."""
+    from edge_agent.device.commands import Command
+    from edge_agent.device.events import _succeeded_json
+    from edge_agent.device.journal import encode_result
+
+    text = encode_result(result)
+    cmd = Command(seq=1, id="c", action="a", args={}, source="mqtt", state="succeeded", attempts=attempts,
+                  created=started, not_before=None, deadline=None, started=started, finished=started + took,
+                  next_attempt=None, result=json.loads(text) if text is not None else None, error_type=None,
+                  error_message=None, reply_to=None, correlation=None, parked=False, result_json=text)
+    runtime = round(cmd.finished - cmd.started, 6) if cmd.finished and cmd.started else None
+    made = _succeeded_json(cmd, runtime)
+    expected = json.dumps({"attempt": attempts, "runtime": runtime, "result": cmd.result}, separators=(",", ":"),
+                          default=str)
+    assert made is None or made == expected
+    if type(runtime) is float or runtime is None:
+        assert made is not None  # the fast path is taken for the daemon's own rows (float times)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.device.commands import NewCommand
-from edge_agent.device.journal import Journal
+from edge_agent.device.journal import Journal, encode_result
 from edge_agent.device.store import Store
 
 
@@ -71,6 +71,29 @@ def test_claim_runs_a_queued_command_once(env):
         assert (running.state, running.attempts, running.started) == ("running", 1, clock.now)
         assert journal.claim(cur, row.seq) is None
         assert journal.claim(cur, 999_999) is None
+
+
+def test_the_rows_add_and_finish_make_are_the_rows_stored(env):
+    """add and finish (with the claimed row) make their Command without reading it back: it is
+    the row a read gets, field for field, also for a result JSON holds differently (a tuple)."""
+    store, journal, clock = env
+    new = NewCommand(action="t", args={"n": 1, "s": "é"}, id="r1", source="mqtt", not_before=5.0, deadline=9.5,
+                     reply_to="x/y", correlation=b"\x01")
+    with store.transaction() as cur:
+        added, created = journal.add(cur, new, enqueued=True)
+    assert created and added == journal.get("r1")
+    assert added.args_json == journal.get("r1").args_json == '{"n":1,"s":"\\u00e9"}'
+    for i, (state, result, error) in enumerate([("succeeded", (1, "a"), None), ("succeeded", None, None),
+                                                ("failed", None, ("permanent", "no"))]):
+        row, _ = _add(journal, store, f"f{i}")
+        clock.now += 1.25
+        with store.transaction() as cur:
+            claimed = journal.claim(cur, row.seq)
+            assert claimed is not None
+            done = journal.finish(cur, row.seq, state, error=error, claimed=claimed,
+                                  result_json=encode_result(result))
+        assert done == journal.get(f"f{i}")
+        assert done.result_json == encode_result(result)
 
 
 def test_finish_records_outcomes(env):

@@ -89,6 +89,11 @@ class Command:
     correlation: bytes | None
     parked: bool
     max_attempts: int | None = None
+    #: ``result`` as the JSON text the journal stored, when this row came from recording it
+    #: (replies and events are made from it instead of encoding the result again)
+    result_json: str | None = field(default=None, compare=False, repr=False)
+    #: ``args`` as the JSON text stored in the journal (the ``received`` event is made from it)
+    args_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -85,16 +86,17 @@ class EventLog:
 
     # ----------------------------------------------------------------- writing
 
-    def emit(self, cur: sqlite3.Cursor, kind: str, command_id: str | None, action: str | None,
-             **extras: Any) -> dict[str, Any]:
-        """Record one event in the caller's transaction (the publisher is woken); returns it."""
+    def emit(self, cur: sqlite3.Cursor, kind: str, command_id: str | None, action: str | None, *,
+             extras_json: str | None = None, **extras: Any) -> dict[str, Any]:
+        """Record one event in the caller's transaction (the publisher is woken); returns it.
+        ``extras_json``: ``extras`` as JSON text already (what ``json.dumps`` makes of them)."""
         assert kind in KINDS, kind
         if not self.enabled:
             return {}
         ts = round(self.clock(), 3)
         # seq is the rowid SQLite gives the row: max + 1 (no AUTOINCREMENT), in one statement
         seq = int(cur.execute("insert into events (ts, event, id, action, extras) values (?, ?, ?, ?, ?) returning seq",
-                              (ts, kind, command_id, action,
+                              (ts, kind, command_id, action, extras_json if extras_json is not None else
                                json.dumps(extras, separators=(",", ":"), default=str) if extras else None)).fetchone()[0])
         doc = event_document(seq, self.device_id, kind, command_id, action, ts, extras)
         if self.outbox is not None and self.wake_publisher:
@@ -287,6 +289,16 @@ class Replies(Protocol):
     def finished(self, cur: sqlite3.Cursor, cmd: Command) -> None: ...
 
 
+def _succeeded_json(cmd: Command, runtime: float | None) -> str | None:
+    """A ``succeeded`` event's extras as ``json.dumps`` writes them, from the stored result text
+    (None when there is none to use: then they are encoded as usual)."""
+    if (cmd.result_json is None and cmd.result is not None) or type(cmd.attempts) is not int \
+            or not (runtime is None or (type(runtime) is float and math.isfinite(runtime))):
+        return None
+    return f'{{"attempt":{cmd.attempts},"runtime":{"null" if runtime is None else repr(runtime)},' \
+           f'"result":{cmd.result_json or "null"}}}'
+
+
 class EventReporter:
     """The runner's and the queue's hooks: each records its event, then tells ``inner`` (the
     MQTT replies) where it has something to say. Called inside the transaction that makes
@@ -301,7 +313,9 @@ class EventReporter:
     def received(self, cur: sqlite3.Cursor, cmd: Command) -> None:
         """TaskQueue's ``on_submitted``: every command queued here or adopted from another process."""
         if cmd.action not in QUIET_ACTIONS:
-            self.events.emit(cur, "received", cmd.id, cmd.action, source=cmd.source, args=cmd.args)
+            self.events.emit(cur, "received", cmd.id, cmd.action, source=cmd.source, args=cmd.args,
+                             extras_json=f'{{"source":{_quote(cmd.source)},"args":{cmd.args_json}}}'
+                             if cmd.args_json is not None and isinstance(cmd.source, str) else None)
         if self._accepted is not None:
             self._accepted(cur, cmd)
 
@@ -318,7 +332,8 @@ class EventReporter:
             # A command parked for the network said `retried` once when it was parked; its
             # probes (one every few seconds for as long as the outage lasts) say nothing.
             return
-        self.events.emit(cur, "started", cmd.id, cmd.action, attempt=cmd.attempts)
+        self.events.emit(cur, "started", cmd.id, cmd.action, attempt=cmd.attempts,
+                         extras_json=f'{{"attempt":{cmd.attempts}}}' if type(cmd.attempts) is int else None)
 
     def retried(self, cur: sqlite3.Cursor, before: Command, cmd: Command) -> None:
         """``cmd`` waits for a later attempt (``before``: the row as it was claimed)."""
@@ -334,7 +349,7 @@ class EventReporter:
             if cmd.state == "succeeded":
                 runtime = round(cmd.finished - cmd.started, 6) if cmd.finished and cmd.started else None
                 self.events.emit(cur, "succeeded", cmd.id, cmd.action, attempt=cmd.attempts, runtime=runtime,
-                                 result=cmd.result)
+                                 result=cmd.result, extras_json=_succeeded_json(cmd, runtime))
             elif cmd.state == "failed":
                 self.events.emit(cur, "failed", cmd.id, cmd.action, attempt=cmd.attempts, error=_error(cmd))
             elif cmd.state == "expired":

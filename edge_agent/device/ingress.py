@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.contract import Topics, command_reply, rejection_document
+from edge_agent.contract import Topics, command_reply_json, rejection_document
 from edge_agent.device.actions import Registry
 from edge_agent.device.actions.gpio import set_payload_value
 from edge_agent.device.commands import Command, NewCommand, parse_payload
@@ -137,14 +137,14 @@ class Ingress:
 
     def _reply(self, cur: sqlite3.Cursor, cmd: Command, *, duplicate: bool = False, status: str | None = None,
                response_topic: str | None = None, correlation: bytes | None = None, lazy: bool = False) -> None:
-        doc = command_reply(cmd, duplicate=duplicate, status=status)
-        self._put_reply(cur, doc, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation,
+        text = command_reply_json(cmd, duplicate=duplicate, status=status)
+        self._put_reply(cur, text, response_topic or cmd.reply_to, correlation if response_topic else cmd.correlation,
                         lazy=lazy)
 
-    def _put_reply(self, cur: sqlite3.Cursor, doc: dict[str, Any], response_topic: str | None,
+    def _put_reply(self, cur: sqlite3.Cursor, doc: dict[str, Any] | str, response_topic: str | None,
                    correlation: bytes | None, *, lazy: bool = False) -> None:
         import json
 
         props = {"correlation": correlation.hex()} if correlation is not None else None
-        self.outbox.put(cur, response_topic or self.topics.reply, json.dumps(doc, separators=(",", ":"), default=str),
-                        qos=1, props=props, lazy=lazy)
+        text = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"), default=str)
+        self.outbox.put(cur, response_topic or self.topics.reply, text, qos=1, props=props, lazy=lazy)

@@ -12,6 +12,7 @@ commands a kill left ``running`` back in line, with their attempt given back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -22,7 +23,7 @@ from typing import Any
 from edge_agent.device.commands import Command, NewCommand
 from edge_agent.device.store import Store
 
-__all__ = ["Journal", "Recovery"]
+__all__ = ["Journal", "Recovery", "encode_result"]
 
 _COLUMNS = (
     "seq, id, action, args, source, state, attempts, created, not_before, deadline, started, finished, "
@@ -35,7 +36,7 @@ def _row(r: tuple[Any, ...]) -> Command:
         seq=r[0], id=r[1], action=r[2], args=json.loads(r[3]), source=r[4], state=r[5], attempts=r[6],
         created=r[7], not_before=r[8], deadline=r[9], started=r[10], finished=r[11], next_attempt=r[12],
         result=json.loads(r[13]) if r[13] is not None else None, error_type=r[14], error_message=r[15],
-        reply_to=r[16], correlation=r[17], parked=bool(r[18]), max_attempts=r[19],
+        reply_to=r[16], correlation=r[17], parked=bool(r[18]), max_attempts=r[19], args_json=r[3], result_json=r[13],
     )
 
 
@@ -51,6 +52,17 @@ class Recovery:
     interrupted: list[Command]
 
 
+def encode_result(value: Any) -> str | None:
+    """An action's return value as the journal stores it (JSON text; a value JSON cannot hold is
+    stored as its ``repr``); None for None."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return json.dumps(repr(value), separators=(",", ":"))
+
+
 class Journal:
     """Reads and changes command rows. Methods taking ``cur`` join the caller's transaction."""
 
@@ -63,14 +75,19 @@ class Journal:
     def add(self, cur: sqlite3.Cursor, cmd: NewCommand, *, enqueued: bool) -> tuple[Command, bool]:
         """Insert ``cmd``; if its id is already known, return the stored row and False."""
         now = self.clock()
+        args = json.dumps(cmd.args, separators=(",", ":"))
         row = cur.execute(
             "insert into commands (id, action, args, source, state, created, not_before, deadline, reply_to, correlation, enqueued) "
-            f"values (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) on conflict (id) do nothing returning {_COLUMNS}",
-            (cmd.id, cmd.action, json.dumps(cmd.args, separators=(",", ":")), cmd.source, now, cmd.not_before,
-             cmd.deadline, cmd.reply_to, cmd.correlation, int(enqueued)),
+            "values (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) on conflict (id) do nothing returning seq",
+            (cmd.id, cmd.action, args, cmd.source, now, cmd.not_before, cmd.deadline, cmd.reply_to, cmd.correlation,
+             int(enqueued)),
         ).fetchone()
         if row is not None:
-            return _row(row), True
+            # The new row, as a select would read it (args: the validated mapping just stored).
+            return Command(seq=row[0], id=cmd.id, action=cmd.action, args=cmd.args, source=cmd.source, state="queued",
+                           attempts=0, created=now, not_before=cmd.not_before, deadline=cmd.deadline, started=None,
+                           finished=None, next_attempt=None, result=None, error_type=None, error_message=None,
+                           reply_to=cmd.reply_to, correlation=cmd.correlation, parked=False, args_json=args), True
         row = cur.execute(f"select {_COLUMNS} from commands where id = ?", (cmd.id,)).fetchone()
         return _row(row), False
 
@@ -85,16 +102,30 @@ class Journal:
         return _row(row) if row else None
 
     def finish(self, cur: sqlite3.Cursor, seq: int, state: str, *, result: Any = None,
-               error: tuple[str, str] | None = None) -> Command:
-        """Record an outcome: ``succeeded``, ``failed`` or ``expired``."""
+               error: tuple[str, str] | None = None, claimed: Command | None = None,
+               result_json: str | None = None) -> Command:
+        """Record an outcome: ``succeeded``, ``failed`` or ``expired``. ``claimed``: the row as
+        this worker claimed it (the outcome is then made from it, not read back); ``result_json``:
+        ``result`` encoded already (as :func:`encode_result` does)."""
         now = self.clock()
-        row = cur.execute(
-            f"update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
-            f"next_attempt = null, parked = 0 where seq = ? returning {_COLUMNS}",
-            (state, now, json.dumps(result, default=str, separators=(",", ":")) if result is not None else None,
-             error[0] if error else None, error[1] if error else None, seq),
-        ).fetchone()
-        return _row(row)
+        if result_json is None and result is not None:
+            result_json = json.dumps(result, default=str, separators=(",", ":"))
+        params = (state, now, result_json, error[0] if error else None, error[1] if error else None, seq)
+        if claimed is None:
+            row = cur.execute(
+                f"update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
+                f"next_attempt = null, parked = 0 where seq = ? returning {_COLUMNS}", params).fetchone()
+            return dataclasses.replace(_row(row), result_json=result_json)
+        # Nothing but the claiming worker changes a running row, and this sets every column that moves.
+        cur.execute("update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
+                    "next_attempt = null, parked = 0 where seq = ?", params)
+        c = claimed
+        return Command(seq=c.seq, id=c.id, action=c.action, args=c.args, source=c.source, state=state,
+                       attempts=c.attempts, created=c.created, not_before=c.not_before, deadline=c.deadline,
+                       started=c.started, finished=now,
+                       next_attempt=None, result=json.loads(result_json) if result_json is not None else None,
+                       error_type=params[3], error_message=params[4], reply_to=c.reply_to, correlation=c.correlation,
+                       parked=False, max_attempts=c.max_attempts, result_json=result_json, args_json=c.args_json)
 
     def retry_later(self, cur: sqlite3.Cursor, seq: int, when: float, error: tuple[str, str], *,
                     refund: bool = False, max_attempts: int | None = None) -> Command:

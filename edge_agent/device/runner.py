@@ -18,11 +18,11 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from edge_agent.device.actions.registry import Action, Registry
 from edge_agent.device.commands import Command
-from edge_agent.device.journal import Journal
+from edge_agent.device.journal import Journal, encode_result
 from edge_agent.device.network import PROBE_INTERVAL, NetworkGate, target_of
 from edge_agent.device.retry import classify
 from edge_agent.device.store import DiskFull, Store
@@ -173,7 +173,7 @@ class Runner:
         except Exception as exc:
             failed = self._failed(cmd, action, exc, target)
             return None if defer else failed
-        finish = Finish(self, cmd, _jsonable(result), target, time.monotonic() - started)
+        finish = Finish(self, cmd, encode_result(result), target, time.monotonic() - started)
         if defer:
             return finish
         done = self.record(cmd, finish.record)
@@ -272,11 +272,11 @@ class Finish:
 
     said_full = False  # the worker logged that the disk is full while it holds this outcome
 
-    def __init__(self, runner: Runner, cmd: Command, result: Any, target: str | None, took: float):
-        self.runner, self.cmd, self.result, self.target, self.took = runner, cmd, result, target, took
+    def __init__(self, runner: Runner, cmd: Command, result_json: str | None, target: str | None, took: float):
+        self.runner, self.cmd, self.result_json, self.target, self.took = runner, cmd, result_json, target, took
 
     def record(self, cur: sqlite3.Cursor) -> Command:
-        done = self.runner.journal.finish(cur, self.cmd.seq, "succeeded", result=self.result)
+        done = self.runner.journal.finish(cur, self.cmd.seq, "succeeded", claimed=self.cmd, result_json=self.result_json)
         self.runner.reporter.finished(cur, done)
         return done
 
@@ -311,13 +311,3 @@ def _error_type(exc: BaseException) -> str:
 def _error_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
-
-
-def _jsonable(value: Any) -> Any:
-    import json
-
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return repr(value)

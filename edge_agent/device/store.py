@@ -510,8 +510,11 @@ class Store:
         with self._sync_cond:
             if self._closing:
                 return
-            if flush_by is not None and (self._flush_due is None or flush_by < self._flush_due):
+            sooner = flush_by is not None and (self._flush_due is None or flush_by < self._flush_due)
+            if sooner:
                 self._flush_due = flush_by
+            # (a bare call: something else changed, the probe's time: always a wake-up)
+            news = sooner or (checkpoint and not self._checkpoint_due) or (flush_by is None and not checkpoint)
             self._checkpoint_due = self._checkpoint_due or checkpoint
             if self._syncer is None:
                 thread = threading.Thread(target=self._sync_loop, name="store-sync", daemon=True)
@@ -521,7 +524,8 @@ class Store:
                     log.warning("%s: cannot start the store-sync thread: %s", self.path, exc)
                     return
                 self._syncer = thread
-            self._sync_cond.notify()
+            if news:  # (a flush due no sooner than the one it waits for: nothing to wake it for)
+                self._sync_cond.notify()
 
     def _take_flush(self, *, due_only: bool) -> bool:
         """Whether to flush now (the request is taken); called with ``_sync_cond`` held."""
