@@ -104,6 +104,13 @@ def test_messages_keep_the_task_name_earlier_versions_wrote(parts):
     _, _, queue, _ = parts
     message = queue.huey.serializer.deserialize(queue.message(7))
     assert (message.name, message.args) == ("edge_agent.runner.run_command", (7,))
+    # Ids are made from a random part per queue and a count (no OS random call per message): unique
+    # within a queue and across queues (a restart makes a new queue).
+    store = parts[0]
+    ids = [queue.huey.serializer.deserialize(queue.message(i)).id for i in range(1000)]
+    ids += [TaskQueue(store, Journal(store)).huey.serializer.deserialize(
+        TaskQueue(store, Journal(store)).message(1)).id for _ in range(2)]
+    assert len(set(ids)) == len(ids) and all(isinstance(i, str) and len(i) == 32 for i in ids)
 
 
 def test_blocking_dequeue_wakes_on_signal(parts):

@@ -22,6 +22,7 @@ workers), so requests hanging until their timeouts never hold up local work.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sqlite3
 import threading
@@ -274,6 +275,9 @@ class TaskQueue:
             [(self.net_storage, "net", network_workers)] if network_workers else [])
         self._run = self.huey.task(name="run_command")(run_command)
         self._template = self.huey._registry.create_message(self._run.s(0))  # (see message())
+        # Message ids: unique without a call to the OS's random source per message (Huey
+        # only carries them; nothing here reads them): this process's random part, a count.
+        self._id_part, self._id_count = uuid.uuid4().hex[:20], itertools.count(1)  # (next() of a count: atomic)
         self.on_submitted = on_submitted
         self._adopt_lock = threading.Lock()
         self._adopted_upto = 0  # the highest seq looked at for commands of other processes
@@ -284,7 +288,8 @@ class TaskQueue:
     def message(self, seq: int) -> bytes:
         """Huey's message for command ``seq``: what ``huey.serialize_task(run_command.s(seq))`` makes,
         from a template (Huey's task objects cost more than the rest of queueing a command)."""
-        return self.huey.serializer.serialize(self._template._replace(id=uuid.uuid4().hex, args=(seq,)))
+        return self.huey.serializer.serialize(self._template._replace(id=f"{self._id_part}{next(self._id_count):012x}",
+                                                                         args=(seq,)))
 
     def seq_of(self, message: bytes) -> int:
         """The command seq a message names (a message of another task is refused)."""
