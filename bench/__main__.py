@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from . import cron, fleet, footprint, latency, monitor, pickup, recovery, scale, solar, startup, throughput, wear
+from . import cron, fleet, footprint, hotpath, latency, monitor, pickup, recovery, scale, solar, startup, throughput, wear
 from .harness import BENCH_DIR, Broker, Row
 from .lab import Context, Lab, make_workdir, remove_workdir
 from .report import document, machine, machine_line, table
@@ -32,6 +32,7 @@ BENCHMARKS: tuple[tuple[str, ModuleType], ...] = (
     ("latency", latency),
     ("idle pickup", pickup),
     ("throughput", throughput),
+    ("hotpath", hotpath),
     ("wear", wear),
     ("footprint", footprint),
     ("scale", scale),
