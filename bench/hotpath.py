@@ -91,6 +91,7 @@ level = "error"
 """)
     agent = Agent(load_settings(str(config)))
     agent.start()
+    assert agent.workers is not None and agent.queue is not None
     agent.workers.stop(5.0)  # the steps below run on this thread alone
     for storage, _, _ in agent.queue.lanes:
         storage.stopping = False
