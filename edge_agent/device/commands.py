@@ -149,7 +149,7 @@ def parse_payload(payload: bytes, *, max_size: int) -> tuple[str | None, dict[st
         raise InvalidCommand("payload is not UTF-8 text") from None
     try:
         if text.startswith("\ufeff"):
-            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)  # (as json.loads)
         doc = _DECODER.decode(text)  # (json.loads with these options, without a decoder made per call)
     except RecursionError:
         raise InvalidCommand("payload is nested too deeply") from None

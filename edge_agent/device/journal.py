@@ -12,7 +12,6 @@ commands a kill left ``running`` back in line, with their attempt given back.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import time
@@ -115,7 +114,7 @@ class Journal:
             row = cur.execute(
                 f"update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
                 f"next_attempt = null, parked = 0 where seq = ? returning {_COLUMNS}", params).fetchone()
-            return dataclasses.replace(_row(row), result_json=result_json)
+            return _row(row)
         # Nothing but the claiming worker changes a running row, and this sets every column that moves.
         cur.execute("update commands set state = ?, finished = ?, result = ?, error_type = ?, error_message = ?, "
                     "next_attempt = null, parked = 0 where seq = ?", params)
