@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import PY, ROOT, BenchError, Row
+from .harness import PY, ROOT, BenchError, Row, cmd_topic, write_daemon_config
 from .lab import Context, Lab
 
 FIGURES = ("CPU per command on one thread: ingest (MQTT) / enqueue", "CPU per command on one thread: worker / dequeue + execute")
@@ -68,28 +68,8 @@ def _agent(workdir: Path) -> Any:
     from edge_agent.config import load_settings
     from edge_agent.device.agent import Agent
 
-    config = workdir / "config.toml"
-    config.write_text(f"""
-[device]
-id = "bench"
-[clock]
-trust = "always"
-[storage]
-path = "{workdir / 'agent.db'}"
-[gpio]
-pin_factory = "mock"
-[tasks]
-modules = ["bench_tasks"]
-paths = ["{ROOT / 'bench' / 'usertasks'}"]
-[mqtt]
-host = "127.0.0.1"
-port = 1
-topic_prefix = "edge"
-discovery = false
-[log]
-level = "error"
-""")
-    agent = Agent(load_settings(str(config)))
+    # The benchmarked daemon's config (mock pins, bench_tasks, 4 workers), MQTT at a closed port.
+    agent = Agent(load_settings(str(write_daemon_config(workdir, mqtt_port=1))))
     agent.start()
     assert agent.workers is not None and agent.queue is not None
     agent.workers.stop(5.0)  # the steps below run on this thread alone
@@ -102,7 +82,7 @@ def _ingest(agent: Any, n: int, tag: str) -> float:
     link = agent.link
     t0 = time.thread_time()
     for first in range(0, n, BATCH):
-        checked = [link.ingress.check("edge/bench/cmd/noop", b'{"id":"%s-%d","args":{"i":%d}}' % (tag.encode(), i, i))
+        checked = [link.ingress.check(cmd_topic("noop"), b'{"id":"%s-%d","args":{"i":%d}}' % (tag.encode(), i, i))
                    for i in range(first, min(n, first + BATCH))]
         with agent.store.transaction() as cur:
             for c in checked:

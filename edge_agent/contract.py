@@ -383,16 +383,15 @@ _REPLY = '{"id":%s,"action":%s,"status":%s,"result":%s,"error":%s,"attempt":%d,"
 def command_reply_json(cmd: CommandRow, *, duplicate: bool = False, status: str | None = None) -> str:
     """``json.dumps(command_reply(cmd, ...), separators=(",", ":"), default=str)``, the same text,
     made without the dict and from the row's stored result text when it has one (a reply is
-    written for every command: twice per command from MQTT)."""
+    written for every command: twice per command from MQTT). Rows the template cannot write
+    as json.dumps would (a result without its text, odd types) go through json.dumps."""
     result = getattr(cmd, "result_json", None)
-    if (result is None and cmd.result is not None) or not isinstance(cmd.id, str) \
-            or not isinstance(cmd.action, str) or type(cmd.attempts) is not int:
+    ts = round(cmd.finished or cmd.created, 3)
+    if (result is None and cmd.result is not None) or not isinstance(cmd.id, str) or not isinstance(cmd.action, str) \
+            or type(cmd.attempts) is not int or type(ts) is not float or not math.isfinite(ts):
         return json.dumps(command_reply(cmd, duplicate=duplicate, status=status), separators=(",", ":"), default=str)
     error = "null" if not cmd.error_type else json.dumps(error_document(cmd.error_type, cmd.error_message),
                                                          separators=(",", ":"), default=str)
-    ts = round(cmd.finished or cmd.created, 3)
-    if type(ts) is not float or not math.isfinite(ts):
-        return json.dumps(command_reply(cmd, duplicate=duplicate, status=status), separators=(",", ":"), default=str)
     return _REPLY % (_quote(cmd.id), _quote(cmd.action), _quote(reply_status(cmd.state) if status is None else status),
                      "null" if result is None else result, error, cmd.attempts, ts,
                      ',"duplicate":true' if duplicate else "")

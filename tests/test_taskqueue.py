@@ -108,8 +108,9 @@ def test_messages_keep_the_task_name_earlier_versions_wrote(parts):
     # within a queue and across queues (a restart makes a new queue).
     store = parts[0]
     ids = [queue.huey.serializer.deserialize(queue.message(i)).id for i in range(1000)]
-    ids += [TaskQueue(store, Journal(store)).huey.serializer.deserialize(
-        TaskQueue(store, Journal(store)).message(1)).id for _ in range(2)]
+    for _ in range(2):
+        other = TaskQueue(store, Journal(store))
+        ids.append(other.huey.serializer.deserialize(other.message(1)).id)
     assert len(set(ids)) == len(ids) and all(isinstance(i, str) and len(i) == 32 for i in ids)
 
 

@@ -6,6 +6,8 @@
   const page = body.dataset.page;
   const device = body.dataset.device || null;
   const csrf = body.dataset.csrf;
+  // (the tasks page's table has a device column; a device's page does not: read once, it never changes)
+  const tasksHaveDevice = [...document.querySelectorAll("#tasks thead th")].some((th) => th.textContent === "device");
 
   function dur(s) {
     if (typeof s !== "number") return "-";
@@ -86,8 +88,8 @@
       tr = document.createElement("tr");
       tr.dataset.id = t.id; tr.dataset.device = t.device;
       tr.appendChild(el("td", when(t.updated)));
-      if ([...document.querySelectorAll("#tasks thead th")].some((th) => th.textContent === "device")) {
-        const cell = el("td"), link = el("a", t.device); // (the tasks page has a device column)
+      if (tasksHaveDevice) {
+        const cell = el("td"), link = el("a", t.device);
         link.href = "/device/" + encodeURIComponent(t.device);
         cell.appendChild(link); tr.appendChild(cell);
       }
